@@ -12,10 +12,12 @@ or composite (:mod:`rnn_jax.compose`) over time with ``jax.lax.scan``.
 
 from rnn_jax.cells import Cell, LSTMState, gru, lstm, simple_rnn
 from rnn_jax.compose import Bidirectional, Stack, bidirectional, stack
+from rnn_jax.linear_rnn import LinearRNN, lru, mingru, minlstm
 from rnn_jax.unroll import last_output, reverse_padded, rnn
 
 __all__ = [
-    "Bidirectional", "Cell", "LSTMState", "Stack", "bidirectional", "gru", "last_output", "lstm",
+    "Bidirectional", "Cell", "LSTMState", "LinearRNN", "Stack", "bidirectional", "gru",
+    "last_output", "lru", "lstm", "mingru", "minlstm",
     "reverse_padded", "rnn", "simple_rnn", "stack",
 ]
 __version__ = "0.1.0"
