@@ -1,0 +1,428 @@
+"""Tests of rnn_jax.data: the IDX reader against hand-built files, the search order, views, batching.
+
+IDX files are built here byte by byte with ``struct`` (an independent writer),
+corrupt ones included; the real shared MNIST is checked against the figures of
+its README and its SHA256SUMS in one ``slow`` test.
+"""
+
+import gzip
+import hashlib
+import os
+import struct
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from rnn_jax import data
+
+SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+BIG_ENDIAN = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def idx_bytes(array, type_byte=None, dims=None, magic=b"\x00\x00"):
+  """An IDX file's bytes, written independently of rnn_jax.data; every field overridable."""
+  array = np.asarray(array)
+  if type_byte is None:
+    type_byte = {np.dtype(v).newbyteorder("="): k for k, v in BIG_ENDIAN.items()}[array.dtype]
+  dims = array.shape if dims is None else dims
+  header = magic + struct.pack(">BB", type_byte, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+  payload = array.astype(BIG_ENDIAN.get(type_byte, ">u1")).tobytes()
+  return header + payload
+
+
+def write(path, content, compress=None):
+  """Writes bytes to ``path``, gzip-compressed when the name ends in .gz (or ``compress``)."""
+  path = Path(path)
+  if compress if compress is not None else path.suffix == ".gz":
+    content = gzip.compress(content)
+  path.write_bytes(content)
+  return path
+
+
+def make_dataset(directory, n_train=5, n_test=3, seed=0, gz=True):
+  """Writes a tiny MNIST-like dataset (28x28 uint8 images, labels 0..9) and returns its arrays."""
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  suffix = ".gz" if gz else ""
+  arrays = {}
+  for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, (n,), dtype=np.uint8)
+    write(directory / f"{prefix}-images-idx3-ubyte{suffix}", idx_bytes(images))
+    write(directory / f"{prefix}-labels-idx1-ubyte{suffix}", idx_bytes(labels))
+    arrays[split] = (images, labels)
+  return arrays
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+  """No real data reachable: HOME, the env var, system and shared folders and TFDS all redirected."""
+  home = tmp_path / "home"
+  home.mkdir()
+  monkeypatch.setenv("HOME", str(home))
+  monkeypatch.delenv(data.ENV_VAR, raising=False)
+  monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+  monkeypatch.setattr(data, "_SYSTEM_DIRS", {"mnist": (), "fashion_mnist": (str(tmp_path / "usr"),)})
+  monkeypatch.setattr(data, "_shared_dirs", lambda dataset: [tmp_path / "shared" / dataset])
+
+  def no_tfds():
+    raise ImportError("No module named 'tensorflow_datasets'")
+
+  monkeypatch.setattr(data, "_import_tfds", no_tfds)
+  return tmp_path
+
+
+# ----------------------------------------------------------------------------- read_idx
+
+
+def test_read_idx_literal_bytes(tmp_path):
+  """Three labels 7, 0, 9: magic 0x00000801, one dimension of 3."""
+  path = write(tmp_path / "labels", b"\x00\x00\x08\x01\x00\x00\x00\x03\x07\x00\x09")
+  np.testing.assert_array_equal(data.read_idx(path), [7, 0, 9])
+
+
+@pytest.mark.parametrize("type_byte", sorted(BIG_ENDIAN))
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_every_dtype(tmp_path, type_byte, gz):
+  rng = np.random.default_rng(type_byte)
+  expected = (rng.standard_normal((2, 3, 4)) * 100).astype(np.dtype(BIG_ENDIAN[type_byte]).newbyteorder("="))
+  path = write(tmp_path / ("x.gz" if gz else "x"), idx_bytes(expected, type_byte))
+  array = data.read_idx(path)
+  assert array.dtype == expected.dtype and array.dtype.isnative and array.flags.writeable
+  np.testing.assert_array_equal(array, expected)
+
+
+def test_gzip_detected_by_content(tmp_path):
+  """A gzip file without .gz in its name is still read (e.g. a renamed download)."""
+  path = write(tmp_path / "plain-name", idx_bytes(np.arange(6, dtype=np.uint8).reshape(2, 3)), True)
+  np.testing.assert_array_equal(data.read_idx(path), [[0, 1, 2], [3, 4, 5]])
+
+
+def test_write_idx_bytes(tmp_path):
+  array = np.arange(-3, 3, dtype=np.int16).reshape(3, 2)
+  data.write_idx(tmp_path / "a.gz", array)
+  data.write_idx(tmp_path / "a", array)
+  assert gzip.decompress((tmp_path / "a.gz").read_bytes()) == idx_bytes(array)
+  assert (tmp_path / "a").read_bytes() == idx_bytes(array)
+  assert sorted(os.listdir(tmp_path)) == ["a", "a.gz"]  # No temporary files left behind.
+  with pytest.raises(ValueError, match="uint64"):
+    data.write_idx(tmp_path / "b", np.zeros(2, np.uint64))
+
+
+GOOD = idx_bytes(np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
+CORRUPT = {
+    "truncated payload": (GOOD[:-1], "truncated: dimensions [2, 3, 4] of uint8 need 24 payload bytes, the file has 23"),
+    "extra bytes": (GOOD + b"\x00", "extra bytes after the data"),
+    "bad magic": (b"\x01" + GOOD[1:], "bad magic number 0x01000803"),
+    "unknown dtype byte": (GOOD[:2] + b"\x0a" + GOOD[3:], "unknown IDX type byte 0x0A"),
+    "dims claim more": (idx_bytes(np.zeros(24, np.uint8), dims=(2, 3, 5)), "truncated: dimensions [2, 3, 5]"),
+    "zero dims": (b"\x00\x00\x08\x00", "0 dimensions"),
+    "truncated header": (GOOD[:9], "truncated header: 3 dimensions need 16 bytes"),
+    "too short": (b"\x00\x00", "too short for an IDX header"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPT))
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_corrupt(tmp_path, case, gz):
+  content, message = CORRUPT[case]
+  path = write(tmp_path / ("bad-file.gz" if gz else "bad-file"), content)
+  with pytest.raises(data.DataError, match="bad-file") as error:
+    data.read_idx(path)
+  assert message in str(error.value)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda z: z[:len(z) // 2], "corrupt gzip data"),                         # Cut mid-stream.
+    (lambda z: z[:-8] + bytes(8), "corrupt gzip data"),                       # CRC and size zeroed.
+    (lambda z: z[:12] + bytes(b ^ 0xFF for b in z[12:30]) + z[30:], "corrupt gzip data"),
+    (lambda z: GOOD, "named .gz but is not gzip data"),                       # Plain data named .gz.
+])
+def test_read_idx_bad_gzip(tmp_path, damage, message):
+  compressed = gzip.compress(idx_bytes(np.random.default_rng(0).integers(0, 256, 4000, np.uint8)))
+  path = write(tmp_path / "images.gz", damage(compressed), compress=False)
+  with pytest.raises(data.DataError, match="images.gz") as error:
+    data.read_idx(path)
+  assert message in str(error.value)
+
+
+def test_read_idx_missing_file(tmp_path):
+  with pytest.raises(data.DataError, match="nothing-here.*cannot be read"):
+    data.read_idx(tmp_path / "nothing-here")
+
+
+# ----------------------------------------------------------------------------- load
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_load_tiny_dataset(tmp_path, gz):
+  arrays = make_dataset(tmp_path / "mnist", gz=gz)
+  for split in data.SPLITS:
+    images, labels = data.load("mnist", split, data_dir=tmp_path)
+    assert images.dtype == np.uint8 and labels.dtype == np.int32
+    np.testing.assert_array_equal(images, arrays[split][0])
+    np.testing.assert_array_equal(labels, arrays[split][1])
+
+
+def test_load_accepts_dotted_file_names(tmp_path):
+  """The ``train-images.idx3-ubyte`` spelling of some copies."""
+  make_dataset(tmp_path, gz=False)
+  for name in os.listdir(tmp_path):
+    os.rename(tmp_path / name, tmp_path / name.replace("-idx", ".idx"))
+  assert data.load("mnist", "test", data_dir=tmp_path)[0].shape == (3, 28, 28)
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("train-images-idx3-ubyte.gz", idx_bytes(np.zeros((5, 27, 28), np.uint8)),
+     "expected uint8 images [N, 28, 28], found uint8 [5, 27, 28]"),
+    ("train-images-idx3-ubyte.gz", idx_bytes(np.zeros((5, 28, 28), np.int16)),
+     "expected uint8 images [N, 28, 28], found int16"),
+    ("train-labels-idx1-ubyte.gz", idx_bytes(np.zeros((5, 1), np.uint8)),
+     "expected integer labels [N], found uint8 [5, 1]"),
+    ("train-labels-idx1-ubyte.gz", idx_bytes(np.array([0, 1, 2, 10, 3], np.uint8)),
+     "labels must be in 0..9, found 0..10"),
+    ("train-labels-idx1-ubyte.gz", idx_bytes(np.zeros(4, np.uint8)),
+     "holds 5 images but"),
+])
+def test_load_wrong_contents(tmp_path, file, content, message):
+  make_dataset(tmp_path)
+  write(tmp_path / file, content)
+  with pytest.raises(data.DataError) as error:
+    data.load("mnist", "train", data_dir=tmp_path)
+  assert message in str(error.value) and file in str(error.value)
+
+
+def test_load_count_mismatch_names_both_files(tmp_path):
+  make_dataset(tmp_path)
+  write(tmp_path / "t10k-labels-idx1-ubyte.gz", idx_bytes(np.zeros(2, np.uint8)))
+  with pytest.raises(data.DataError, match=r"t10k-images.*holds 3 images but .*t10k-labels.*holds 2"):
+    data.load("mnist", "test", data_dir=tmp_path)
+
+
+def test_load_refuses_another_datasets_labels(tmp_path, monkeypatch):
+  """A folder whose labels carry another dataset's fingerprint is refused."""
+  arrays = make_dataset(tmp_path)
+  digest = hashlib.sha256(arrays["train"][1].tobytes()).hexdigest()
+  monkeypatch.setitem(data._LABEL_FINGERPRINTS, digest, ("fashion_mnist", "train"))
+  with pytest.raises(data.DataError, match="published fashion_mnist train labels, but mnist train"):
+    data.load("mnist", "train", data_dir=tmp_path)
+  assert len(data.load("fashion_mnist", "train", data_dir=tmp_path)[0]) == 5
+
+
+def test_load_bad_arguments(tmp_path):
+  with pytest.raises(ValueError, match="dataset must be one of mnist, fashion_mnist; got 'cifar'"):
+    data.load("cifar")
+  with pytest.raises(ValueError, match="split must be one of train, test; got 'valid'"):
+    data.load("mnist", "valid", data_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- search order
+
+
+def test_search_order(isolated, monkeypatch):
+  """Each place wins over every later one; removing it uncovers the next."""
+  places = {
+      "env_sub": isolated / "env" / "mnist",
+      "env_flat": isolated / "env",
+      "cache": isolated / "home" / ".cache" / "rnn_jax" / "mnist",
+      "shared": isolated / "shared" / "mnist",
+  }
+  for place in places.values():
+    make_dataset(place)
+  monkeypatch.setenv(data.ENV_VAR, str(isolated / "env"))
+  explicit = isolated / "explicit"
+  make_dataset(explicit)
+  assert data.find_data_dir("mnist", data_dir=explicit) == str(explicit)
+  assert data.find_data_dir("mnist", data_dir=str(isolated / "env")) == str(places["env_sub"])
+  for name in ("env_sub", "env_flat", "cache", "shared"):
+    assert data.find_data_dir("mnist") == str(places[name])
+    (places[name] / "train-images-idx3-ubyte.gz").unlink()
+
+
+def test_fashion_mnist_places(isolated, monkeypatch):
+  """fashion_mnist: a fashion-mnist/ subfolder of the env folder; the Debian folder."""
+  make_dataset(isolated / "usr")
+  assert data.find_data_dir("fashion_mnist") == str(isolated / "usr")
+  make_dataset(isolated / "env" / "fashion-mnist")
+  monkeypatch.setenv(data.ENV_VAR, str(isolated / "env"))
+  assert data.find_data_dir("fashion_mnist") == str(isolated / "env" / "fashion-mnist")
+
+
+def test_explicit_data_dir_is_the_only_place(isolated, monkeypatch):
+  """A wrong --data_dir is an error even when other places hold the data."""
+  make_dataset(isolated / "shared" / "mnist")
+  make_dataset(isolated / "env")
+  monkeypatch.setenv(data.ENV_VAR, str(isolated / "env"))
+  with pytest.raises(data.DataError) as error:
+    data.load("mnist", data_dir=isolated / "wrong")
+  message = str(error.value)
+  assert f"data_dir {isolated / 'wrong' / 'mnist'}: no such folder" in message
+  assert str(isolated / "env") not in message and "shared" not in message
+  assert "--data_dir" in message
+
+
+def test_nothing_found_lists_every_place(isolated):
+  partial = isolated / "home" / ".cache" / "rnn_jax" / "mnist"
+  make_dataset(partial)
+  (partial / "t10k-labels-idx1-ubyte.gz").unlink()
+  with pytest.raises(data.DataError) as error:
+    data.find_data_dir("mnist")
+  lines = str(error.value).splitlines()
+  assert lines[0] == "no mnist data found. Tried, in order:"
+  assert lines[1:5] == [
+      f"  - ${data.ENV_VAR}: not set",
+      f"  - cache {partial}: missing t10k-labels-idx1-ubyte[.gz]",
+      f"  - shared copy {isolated / 'shared' / 'mnist'}: no such folder",
+      f"  - tensorflow-datasets: not installed (prepared copy or download into "
+      f"{isolated / 'home' / 'tensorflow_datasets'})",
+  ]
+  fixes = "\n".join(lines[5:])
+  for hint in ("--data_dir", f"set {data.ENV_VAR}", "pip install 'rnn_jax[data]'"):
+    assert hint in fixes
+
+
+def test_tfds_offline_is_listed_and_not_downloaded(isolated, monkeypatch):
+  """tensorflow-datasets installed but nothing prepared and no network: no download attempted."""
+  calls = []
+
+  class FakeTfds:
+
+    @staticmethod
+    def data_source(name, split, data_dir, download):
+      calls.append((name, split, download))
+      raise FileNotFoundError(f"Could not find {name} in {data_dir}")
+
+  monkeypatch.setattr(data, "_import_tfds", lambda: FakeTfds)
+  monkeypatch.setattr(data, "_reachable", lambda host, port: False)
+  with pytest.raises(data.DataError) as error:
+    data.find_data_dir("fashion_mnist")
+  message = str(error.value)
+  assert "tensorflow-datasets prepared copy in" in message and "FileNotFoundError" in message
+  assert "tensorflow-datasets download: no network (fashion-mnist.s3" in message
+  assert "apt-get install dataset-fashion-mnist" in message
+  assert calls == [("fashion_mnist", "train", False)]
+
+
+# ----------------------------------------------------------------------------- views
+
+
+def test_views_shapes_and_values():
+  images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+  images[0, 0, 0], images[0, 0, 1] = 0, 255
+  rows = data.as_sequences(images, "rows")
+  pixels = data.as_sequences(images, "pixels")
+  assert rows.shape == (3, 28, 28) and pixels.shape == (3, 784, 1)
+  assert rows.dtype == pixels.dtype == np.float32
+  assert rows[0, 0, 0] == 0.0 and rows[0, 0, 1] == 1.0
+  np.testing.assert_allclose(rows, images / 255.0, rtol=1e-7)
+  for n, r, c in ((0, 0, 5), (1, 3, 27), (2, 27, 0)):
+    assert pixels[n, 28 * r + c, 0] == rows[n, r, c]
+  assert data.as_sequences(images[0], "pixels").shape == (784, 1)  # Any leading batch shape.
+
+
+def test_permuted_pixels_fixed_per_seed():
+  """Images with distinct pixel values reveal the order: the same for every image and call."""
+  grid = np.arange(16, dtype=np.uint8).reshape(4, 4)
+  images = np.stack([grid, 15 - grid])
+  order = np.rint(data.as_sequences(images, "permuted_pixels", 7)[..., 0] * 255).astype(int)
+  assert order.shape == (2, 16)
+  assert sorted(order[0]) == list(range(16)) and not np.array_equal(order[0], np.arange(16))
+  np.testing.assert_array_equal(order[1], 15 - order[0])  # Same permutation on both images.
+  again = data.as_sequences(images, "permuted_pixels", 7)
+  np.testing.assert_array_equal(np.rint(again[..., 0] * 255), order)
+  other = np.rint(data.as_sequences(images, "permuted_pixels", 8)[..., 0] * 255)
+  assert not np.array_equal(other, order)
+  np.testing.assert_array_equal(order[0], data.pixel_permutation(7, 16))
+
+
+def test_views_bad_input():
+  with pytest.raises(ValueError, match="view must be one of rows, pixels, permuted_pixels"):
+    data.as_sequences(np.zeros((1, 28, 28), np.uint8), "columns")
+  with pytest.raises(ValueError, match="images must be uint8"):
+    data.as_sequences(np.zeros((1, 28, 28), np.float32))
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def test_epoch_permutation():
+  first = data.epoch_permutation(3, 0, 1000)
+  np.testing.assert_array_equal(np.sort(first), np.arange(1000))
+  np.testing.assert_array_equal(data.epoch_permutation(3, 0, 1000), first)
+  assert not np.array_equal(data.epoch_permutation(3, 1, 1000), first)
+  assert not np.array_equal(data.epoch_permutation(4, 0, 1000), first)
+  # Pinned: changing the scheme would change every run's data order (and break resumes).
+  np.testing.assert_array_equal(data.epoch_permutation(0, 0, 10), [4, 6, 2, 7, 3, 5, 9, 0, 8, 1])
+
+
+def test_epoch_permutation_from_jax_keys():
+  typed, raw = jax.random.key(5), jax.random.PRNGKey(5)
+  np.testing.assert_array_equal(data.epoch_permutation(typed, 2, 50),
+                                data.epoch_permutation(raw, 2, 50))
+  np.testing.assert_array_equal(data.epoch_permutation(typed, 2, 50),
+                                data.epoch_permutation(jax.random.key(5), 2, 50))
+  assert not np.array_equal(data.epoch_permutation(typed, 2, 50),
+                            data.epoch_permutation(jax.random.key(6), 2, 50))
+  with pytest.raises(ValueError, match="seed must be non-negative"):
+    data.epoch_permutation(-1, 0, 5)
+
+
+def test_batch_indices_cover_each_epoch_once():
+  batches = data.batch_indices(1, 0, 103, 10)
+  assert batches.shape == (10, 10)
+  assert len(np.unique(batches)) == 100  # 3 dropped, no repeats.
+  np.testing.assert_array_equal(batches.ravel(), data.epoch_permutation(1, 0, 103)[:100])
+  np.testing.assert_array_equal(data.batch_indices(1, 0, 103, 10), batches)
+  assert not np.array_equal(data.batch_indices(1, 1, 103, 10), batches)
+  assert data.batch_indices(1, 0, 10, 10).shape == (1, 10)
+  for bad in (0, 11):
+    with pytest.raises(ValueError, match="batch_size must be in 1..num_examples"):
+      data.batch_indices(1, 0, 10, bad)
+
+
+def test_iterate_batches_resume_equals_uninterrupted():
+  steps_per_epoch = 23 // 5
+  stream = data.iterate_batches(9, 23, 5)
+  uninterrupted = [next(stream) for _ in range(11)]
+  for step, epoch, indices in uninterrupted:
+    np.testing.assert_array_equal(
+        indices, data.batch_indices(9, step // steps_per_epoch, 23, 5)[step % steps_per_epoch])
+    assert epoch == step // steps_per_epoch
+  resumed = data.iterate_batches(9, 23, 5, start_step=6)
+  for expected in uninterrupted[6:]:
+    step, epoch, indices = next(resumed)
+    assert (step, epoch) == expected[:2]
+    np.testing.assert_array_equal(indices, expected[2])
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"shared MNIST not found at {SHARED_MNIST}")
+def test_real_mnist(tmp_path):
+  """Counts, pixel statistics and class counts of the shared README; SHA256SUMS; speed."""
+  for line in (SHARED_MNIST / "SHA256SUMS").read_text().splitlines():
+    digest, name = line.split()
+    assert hashlib.sha256((SHARED_MNIST / name).read_bytes()).hexdigest() == digest, name
+  start = time.perf_counter()
+  train_images, train_labels = data.load("mnist", "train", data_dir=SHARED_MNIST)
+  test_images, test_labels = data.load("mnist", "test", data_dir=SHARED_MNIST)
+  seconds = time.perf_counter() - start
+  assert seconds < 10, f"loading both splits took {seconds:.1f} s"  # About 0.5 s on our CPU.
+  assert train_images.shape == (60000, 28, 28) and test_images.shape == (10000, 28, 28)
+  for images, mean, std in ((train_images, 0.1307, 0.3081), (test_images, 0.1325, 0.3105)):
+    scaled = data.as_sequences(images).astype(np.float64)
+    assert abs(scaled.mean() - mean) < 5e-5 and abs(scaled.std() - std) < 5e-5
+  np.testing.assert_array_equal(np.bincount(train_labels),
+                                [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949])
+  # The test split's labels under train's names are recognised by their fingerprint.
+  for kind in ("images-idx3", "labels-idx1"):
+    os.symlink(SHARED_MNIST / f"t10k-{kind}-ubyte.gz", tmp_path / f"train-{kind}-ubyte.gz")
+    os.symlink(SHARED_MNIST / f"t10k-{kind}-ubyte.gz", tmp_path / f"t10k-{kind}-ubyte.gz")
+  with pytest.raises(data.DataError, match="published mnist test labels, but mnist train"):
+    data.load("mnist", "train", data_dir=tmp_path)
