@@ -80,14 +80,21 @@ def scan_cell(cell: Cell, params, xs: jax.Array, carry, lengths=None, reverse=Fa
   return outputs, carry
 
 
+BACKWARDS = ("autodiff", "fused")
+
+
 def run_time_major(cell, params, xs, carry, lengths=None, reverse=False, unroll=1,
-                   dropout_rng=None, hoist=False):
+                   dropout_rng=None, hoist=False, backward="autodiff"):
   """Runs a cell or a composite over time-major ``xs [T, ..., I]``; no argument checks.
 
-  The one dispatch point between plain cells (one scan) and composites
-  (``cell.run``, which calls back here for each part).
+  The one dispatch point between plain cells (one scan, differentiated by
+  autodiff or by :func:`rnn_jax.backward.fused_scan`) and composites
+  (``cell.run``, which calls back here for each part with the default ``backward``).
   """
   if isinstance(cell, Cell):
+    if backward == "fused":
+      from rnn_jax.backward import fused_scan  # pylint: disable=import-outside-toplevel
+      return fused_scan(cell, params, xs, carry, lengths, reverse, unroll, hoist)
     return scan_cell(cell, params, xs, carry, lengths, reverse, unroll, hoist)
   return cell.run(params, xs, carry, lengths, reverse, unroll, dropout_rng, hoist)
 
@@ -105,7 +112,7 @@ def _check_carry(cell, carry, batch_shape):
 
 def rnn(cell, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
         reverse: bool = False, time_major: bool = False, unroll: int = 1,
-        dropout_rng: jax.Array | None = None, hoist: bool = False):
+        dropout_rng: jax.Array | None = None, hoist: bool = False, backward: str = "autodiff"):
   """Runs a cell (or a ``stack``/``bidirectional`` of cells) over a sequence.
 
   Works under ``jax.jit``, ``jax.grad`` and ``jax.vmap``; every check below
@@ -126,6 +133,10 @@ def rnn(cell, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
       default, for evaluation) disables dropout.
     hoist: compute the input projection of all time steps as one matmul
       before the scan instead of once per step inside it.
+    backward: how gradients of a cell's scan are computed: ``"autodiff"``
+      (JAX differentiates the scan) or ``"fused"`` (:mod:`rnn_jax.backward`'s
+      custom VJP: one reverse scan, weight gradients batched over time).
+      Composites run their layers with the default.
 
   Returns:
     ``(outputs, final_carry)``: outputs ``[..., T, O]`` (``[T, ..., O]`` if
@@ -163,8 +174,10 @@ def rnn(cell, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
   else:
     _check_carry(cell, initial_carry, batch_shape)
 
+  if backward not in BACKWARDS:
+    raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
   outputs, carry = run_time_major(cell, params, xs, initial_carry, lengths, reverse, unroll,
-                                  dropout_rng, hoist)
+                                  dropout_rng, hoist, backward)
   if not time_major:
     outputs = jnp.moveaxis(outputs, 0, -2)
   return outputs, carry
