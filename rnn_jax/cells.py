@@ -81,13 +81,18 @@ class Cell(NamedTuple):
 
 
 def _blockwise(init: Initializer, blocks: int) -> Initializer:
-  """Applies ``init`` to each ``[rows, H]`` gate block of a ``[rows, blocks*H]`` matrix."""
+  """Applies ``init`` to each ``[rows, H]`` gate block of a ``[rows, blocks*H]`` matrix.
+
+  The blocks are drawn in at least float32 and then cast to ``dtype``: the
+  orthogonal initialiser's QR has no bfloat16/float16 kernel on CPU.
+  """
 
   def init_fn(key, shape, dtype=jnp.float32):
     rows, cols = shape
     keys = jax.random.split(key, blocks)
-    parts = [init(k, (rows, cols // blocks), dtype) for k in keys]
-    return jnp.concatenate(parts, axis=1)
+    draw_dtype = jnp.promote_types(dtype, jnp.float32)
+    parts = [init(k, (rows, cols // blocks), draw_dtype) for k in keys]
+    return jnp.concatenate(parts, axis=1).astype(dtype)
 
   return init_fn
 
@@ -155,8 +160,8 @@ def simple_rnn(
   def init(key, input_size):
     k_ih, k_hh, k_b = jax.random.split(key, 3)
     return {
-        "w_ih": kernel_init(k_ih, (input_size, hidden_size), param_dtype),
-        "w_hh": recurrent_init(k_hh, (hidden_size, hidden_size), param_dtype),
+        "w_ih": _blockwise(kernel_init, 1)(k_ih, (input_size, hidden_size), param_dtype),
+        "w_hh": _blockwise(recurrent_init, 1)(k_hh, (hidden_size, hidden_size), param_dtype),
         "b": bias_init(k_b, (hidden_size,), param_dtype),
     }
 
