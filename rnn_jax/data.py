@@ -445,7 +445,8 @@ def as_sequences(images: np.ndarray, view: str = "rows", permutation_seed: int =
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.ndim < 2:
     raise ValueError(f"images must be uint8 [..., H, W]; got {images.dtype} {list(images.shape)}")
-  scaled = images.astype(np.float32) / np.float32(255)
+  scaled = images.astype(np.float32)
+  scaled /= np.float32(255)  # In place: one [N, 784] float32 allocation, not two.
   if view == "rows":
     return scaled
   height, width = images.shape[-2:]
