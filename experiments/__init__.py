@@ -1,0 +1,1 @@
+"""Command-line experiments built on rnn_jax (training scripts)."""

@@ -1,0 +1,89 @@
+"""PNG figures of a training run (matplotlib, Agg backend, imported lazily).
+
+* :func:`plot_curves`: training loss and accuracy against the step, with the
+  test-set evaluations as markers.
+* :func:`plot_prediction_by_step`: the seed tutorials' picture of how a
+  prediction forms: for one input sequence, the softmax over the classes after
+  each time step, one small bar chart per step, next to the image.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_curves(records: Sequence[dict[str, Any]], path: str, title: str = "") -> None:
+  """Writes loss and accuracy curves to ``path``.
+
+  Args:
+    records: :class:`~rnn_jax.metrics.MetricsLog` records; ``kind == "train"``
+      ones need ``step``, ``loss``, ``accuracy``; ``kind == "eval"`` ones
+      ``step``, ``test_loss``, ``test_accuracy``.
+    path: the PNG file.
+    title: figure title.
+  """
+  plt = _pyplot()
+  train = [r for r in records if r.get("kind") == "train"]
+  evals = [r for r in records if r.get("kind") == "eval"]
+  figure, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  if train:
+    steps = [r["step"] for r in train]
+    ax_loss.plot(steps, [r["loss"] for r in train], label="train (batch mean)")
+    ax_acc.plot(steps, [100 * r["accuracy"] for r in train], label="train (batch mean)")
+  if evals:
+    steps = [r["step"] for r in evals]
+    ax_loss.plot(steps, [r["test_loss"] for r in evals], "o-", label="test")
+    ax_acc.plot(steps, [100 * r["test_accuracy"] for r in evals], "o-", label="test")
+  ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log")
+  ax_acc.set(xlabel="step", ylabel="accuracy (%)", ylim=(80, 100.5))
+  for axis in (ax_loss, ax_acc):
+    axis.grid(alpha=0.3)
+    axis.legend()
+  figure.suptitle(title)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def plot_prediction_by_step(image: np.ndarray, probabilities: np.ndarray, label: int,
+                            path: str, columns: int = 7) -> None:
+  """One bar chart per time step of the class probabilities, beside the input image.
+
+  Args:
+    image: ``[28, 28]`` (or any 2-D) input, shown on the left.
+    probabilities: ``[T, C]``, the softmax after each of the ``T`` steps.
+    label: the true class, drawn in a different colour.
+    path: the PNG file.
+    columns: bar charts per row.
+  """
+  plt = _pyplot()
+  num_steps, num_classes = probabilities.shape
+  rows = math.ceil(num_steps / columns)
+  figure = plt.figure(figsize=(2 + 1.6 * columns, 1.3 * rows + 0.6))
+  grid = figure.add_gridspec(rows, columns + 2)
+  image_axis = figure.add_subplot(grid[:, :2])
+  image_axis.imshow(image, cmap="gray_r")
+  image_axis.set(title=f"label {label}", xticks=[], yticks=[])
+  colours = ["tab:green" if c == label else "tab:blue" for c in range(num_classes)]
+  for t in range(num_steps):
+    axis = figure.add_subplot(grid[t // columns, 2 + t % columns])
+    axis.bar(range(num_classes), probabilities[t], color=colours)
+    axis.set_ylim(0, 1)
+    axis.set_xticks(range(num_classes))
+    axis.tick_params(labelsize=5, length=1, pad=1)
+    axis.set_yticks([])
+    axis.set_title(f"step {t + 1}: {int(np.argmax(probabilities[t]))}", fontsize=7, pad=2)
+  figure.suptitle("softmax over the classes after each step is read", fontsize=10)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
