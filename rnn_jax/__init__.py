@@ -21,3 +21,11 @@ __all__ = [
     "reverse_padded", "rnn", "simple_rnn", "stack",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+  """Imports the optional submodules ``rnn_jax.interop`` and ``rnn_jax.linen`` on first use."""
+  if name in ("interop", "linen"):
+    import importlib  # pylint: disable=g-import-not-at-top
+    return importlib.import_module(f"rnn_jax.{name}")
+  raise AttributeError(f"module 'rnn_jax' has no attribute {name!r}")
