@@ -151,7 +151,7 @@ def make_train_step(model: Classifier, optimizer: optax.GradientTransformation, 
     (loss, accuracy), grads = grad_fn(state.params, inputs[indices], labels[indices], rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads)) & (state.bad_step < 0)
+    ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & (state.bad_step < 0)
     keep = lambda new, old: jnp.where(ok, new, old)
     new_state = TrainState(
         step=jnp.where(ok, state.step + 1, state.step),
@@ -241,7 +241,8 @@ def fit(state: TrainState, train_step, inputs, labels, *, seed: int, batch_size:
   """Runs ``train_step`` from ``state.step`` up to ``num_steps``.
 
   Args:
-    state: the initial or restored state.
+    state: the initial or restored state; its buffers are donated to the
+      first step, so do not use it afterwards (copy what you need first).
     train_step: from :func:`make_train_step`.
     inputs: ``[N, T, F]`` training inputs (put on the device once here).
     labels: ``[N]`` int labels.
