@@ -25,11 +25,18 @@ that holds all four:
 5. ``../shared/data/<dataset>`` beside the repository (our machines' offline
    copy), relative to the package's source tree and to the working directory;
 6. a prepared tensorflow-datasets copy (``$TFDS_DATA_DIR`` or
-   ``~/tensorflow_datasets``), read with ``tfds.data_source`` (array_record, no
-   TensorFlow needed) and converted once to IDX files in place 3;
-7. a tensorflow-datasets download into that folder, tried only when
+   ``~/tensorflow_datasets``, array_record format), read with
+   ``tfds.data_source`` and converted once to plain IDX files in place 3. No
+   TensorFlow needed, but Pillow (or OpenCV) to decode its PNG images; the
+   examples keep TFDS's (shuffled) order;
+7. a download of the four original ``.gz`` files by tensorflow-datasets'
+   download manager, from the URLs and with the SHA-256 checksums it
+   registers for the dataset, copied into place 3. Tried only when
    ``tensorflow-datasets`` is installed (``pip install 'rnn_jax[data]'``) and
-   the dataset's download host answers a 2-second connection attempt.
+   the download host answers a 2-second connection attempt. (Preparing a TFDS
+   copy with ``tfds.data_source(..., download=True)`` would need TensorFlow:
+   tensorflow-datasets 4.9.10 reads the MNIST files with ``tf.io.gfile`` and
+   encodes PNGs with ``tf.image``.)
 
 Local folders come before tensorflow-datasets because importing it takes
 seconds. If nothing is found, one :class:`DataError` lists every place tried
@@ -46,7 +53,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 import socket
+import urllib.parse
 import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -75,11 +84,6 @@ _FILE_STEMS = {
 # Subfolder names accepted under --data_dir and $RNN_JAX_DATA_DIR.
 _SUBFOLDERS = {"mnist": ("mnist",), "fashion_mnist": ("fashion_mnist", "fashion-mnist")}
 _SYSTEM_DIRS = {"mnist": (), "fashion_mnist": ("/usr/share/datasets/fashion-mnist",)}
-# Host that tensorflow-datasets downloads each dataset from (connectivity probe).
-_DOWNLOAD_HOSTS = {
-    "mnist": ("storage.googleapis.com", 443),
-    "fashion_mnist": ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80),
-}
 # SHA-256 of the label payload (the bytes after the 8-byte header) of the
 # published files, to catch a folder holding another dataset or split.
 _LABEL_FINGERPRINTS = {
@@ -188,7 +192,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
   header = bytes([0, 0, codes[native], array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
   payload = header + np.ascontiguousarray(array, native.newbyteorder(">")).tobytes()
   if path.suffix == ".gz":
-    payload = gzip.compress(payload, mtime=0)
+    payload = gzip.compress(payload, compresslevel=6, mtime=0)  # Level 9 is ~10x slower.
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   tmp.write_bytes(payload)
   os.replace(tmp, path)
@@ -206,10 +210,14 @@ def _find_file(directory: Path, stem: str) -> Path | None:
   return None
 
 
+def _all_stems() -> list[str]:
+  """The four IDX file names, without ``.gz``."""
+  return [stem for pair in _FILE_STEMS.values() for stem in pair]
+
+
 def _missing_files(directory: Path) -> list[str]:
   """Names of the four IDX files that ``directory`` lacks."""
-  stems = [stem for pair in _FILE_STEMS.values() for stem in pair]
-  return [stem for stem in stems if _find_file(directory, stem) is None]
+  return [stem for stem in _all_stems() if _find_file(directory, stem) is None]
 
 
 def default_cache_dir(dataset: str = "mnist") -> Path:
@@ -277,22 +285,65 @@ def _reachable(host: str, port: int, timeout: float = _CONNECT_TIMEOUT_S) -> boo
     return False
 
 
-def _convert_tfds(tfds, dataset: str, tfds_dir: Path, download: bool) -> Path:
-  """Reads both splits through ``tfds.data_source`` and writes them as IDX files to the cache."""
+def _copy_atomically(source: Path, destination: Path) -> None:
+  tmp = destination.with_name(f".{destination.name}.tmp{os.getpid()}")
+  shutil.copyfile(source, tmp)
+  os.replace(tmp, destination)
+
+
+def _convert_prepared_tfds(tfds, dataset: str, tfds_dir: Path) -> Path:
+  """Reads both splits of a prepared copy with ``tfds.data_source``; writes plain IDX to the cache.
+
+  The examples keep tensorflow-datasets' order (it shuffles when preparing),
+  not the original files' order. Decoding its PNG images without TensorFlow
+  needs Pillow or OpenCV.
+  """
   target = default_cache_dir(dataset)
   target.mkdir(parents=True, exist_ok=True)
   for split, (images_stem, labels_stem) in _FILE_STEMS.items():
-    source = tfds.data_source(dataset, split=split, data_dir=os.fspath(tfds_dir),
-                              download=download)
+    source = tfds.data_source(dataset, split=split, data_dir=os.fspath(tfds_dir), download=False)
     count = len(source)
     images = np.empty((count,) + IMAGE_SHAPE, np.uint8)
     labels = np.empty((count,), np.uint8)
-    for index in range(count):
-      example = source[index]
-      images[index] = np.asarray(example["image"]).reshape(IMAGE_SHAPE)
-      labels[index] = example["label"]
-    write_idx(target / f"{images_stem}.gz", images)
-    write_idx(target / f"{labels_stem}.gz", labels)
+    get_many = getattr(source, "__getitems__", None) or (lambda keys: [source[k] for k in keys])
+    for start in range(0, count, 1000):  # Batched reads: ~3x faster than one at a time.
+      for index, example in enumerate(get_many(list(range(start, min(start + 1000, count)))),
+                                      start):
+        images[index] = np.asarray(example["image"]).reshape(IMAGE_SHAPE)
+        labels[index] = example["label"]
+    write_idx(target / images_stem, images)  # Plain IDX: no gzip time to write or read.
+    write_idx(target / labels_stem, labels)
+  return target
+
+
+def _download_with_tfds(tfds, dataset: str, tfds_dir: Path, tried: list[str]) -> Path | None:
+  """Downloads the four original .gz files with TFDS's download manager into the cache.
+
+  tensorflow-datasets 4.9.10 needs TensorFlow to *prepare* the MNIST
+  datasets (``tf.io.gfile``, PNG encoding), so this fetches only the raw IDX
+  files, from the URLs and with the SHA-256 checksums TFDS registers for the
+  dataset; that needs no TensorFlow. The download is skipped when the host
+  does not answer within 2 s.
+  """
+  url_infos = tfds.builder_cls(dataset).url_infos or {}
+  urls = {stem: url for url in url_infos for stem in _all_stems()
+          if url.rsplit("/", 1)[-1] == stem + ".gz"}
+  if len(urls) != len(_all_stems()):
+    tried.append(f"tensorflow-datasets download: no URLs registered for {dataset}")
+    return None
+  parts = urllib.parse.urlsplit(next(iter(urls.values())))
+  host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+  if not _reachable(host, port):
+    tried.append(f"tensorflow-datasets download: no network ({host}:{port} did not answer "
+                 f"within {_CONNECT_TIMEOUT_S:g} s)")
+    return None
+  manager = tfds.download.DownloadManager(download_dir=os.fspath(tfds_dir / "downloads"),
+                                          url_infos=url_infos, dataset_name=dataset)
+  paths = manager.download(urls)
+  target = default_cache_dir(dataset)
+  target.mkdir(parents=True, exist_ok=True)
+  for stem, path in paths.items():
+    _copy_atomically(Path(os.fspath(path)), target / f"{stem}.gz")
   return target
 
 
@@ -301,20 +352,20 @@ def _try_tfds(dataset: str, tried: list[str]) -> Path | None:
   tfds_dir = _tfds_data_dir()
   try:
     tfds = _import_tfds()
-  except ImportError:
-    tried.append(f"tensorflow-datasets: not installed (prepared copy or download into {tfds_dir})")
+  except ImportError as error:  # Not installed, or a missing dependency (importlib_resources).
+    problem = ("not installed" if error.name == "tensorflow_datasets"
+               else f"import failed: {error}")
+    tried.append(f"tensorflow-datasets: {problem} (prepared copy or download into {tfds_dir})")
     return None
+  if not (tfds_dir / dataset).is_dir():
+    tried.append(f"tensorflow-datasets prepared copy {tfds_dir / dataset}: no such folder")
+  else:
+    try:
+      return _convert_prepared_tfds(tfds, dataset, tfds_dir)
+    except Exception as error:  # pylint: disable=broad-except  # Any failure: report, go on.
+      tried.append(f"tensorflow-datasets prepared copy in {tfds_dir}: {_first_line(error)}")
   try:
-    return _convert_tfds(tfds, dataset, tfds_dir, download=False)
-  except Exception as error:  # pylint: disable=broad-except  # Any failure: report and go on.
-    tried.append(f"tensorflow-datasets prepared copy in {tfds_dir}: {_first_line(error)}")
-  host, port = _DOWNLOAD_HOSTS[dataset]
-  if not _reachable(host, port):
-    tried.append(f"tensorflow-datasets download: no network ({host}:{port} did not answer "
-                 f"within {_CONNECT_TIMEOUT_S:g} s)")
-    return None
-  try:
-    return _convert_tfds(tfds, dataset, tfds_dir, download=True)
+    return _download_with_tfds(tfds, dataset, tfds_dir, tried)
   except Exception as error:  # pylint: disable=broad-except
     tried.append(f"tensorflow-datasets download into {tfds_dir}: {_first_line(error)}")
     return None

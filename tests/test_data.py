@@ -70,7 +70,7 @@ def isolated(tmp_path, monkeypatch):
   monkeypatch.setattr(data, "_shared_dirs", lambda dataset: [tmp_path / "shared" / dataset])
 
   def no_tfds():
-    raise ImportError("No module named 'tensorflow_datasets'")
+    raise ModuleNotFoundError("No module named 'tensorflow_datasets'", name="tensorflow_datasets")
 
   monkeypatch.setattr(data, "_import_tfds", no_tfds)
   return tmp_path
@@ -285,26 +285,65 @@ def test_nothing_found_lists_every_place(isolated):
     assert hint in fixes
 
 
+def test_tfds_broken_install_is_reported(isolated, monkeypatch):
+  """tensorflow-datasets 4.9.10 without TensorFlow fails to import without importlib_resources."""
+  def broken():
+    raise ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources")
+
+  monkeypatch.setattr(data, "_import_tfds", broken)
+  with pytest.raises(data.DataError, match=r"tensorflow-datasets: import failed: No module named "
+                     r"'importlib_resources' \(prepared copy"):
+    data.find_data_dir("mnist")
+
+
 def test_tfds_offline_is_listed_and_not_downloaded(isolated, monkeypatch):
-  """tensorflow-datasets installed but nothing prepared and no network: no download attempted."""
+  """tensorflow-datasets installed, its copy unreadable, no network: listed, no download tried."""
+  tfds_dir = isolated / "tfds"
+  (tfds_dir / "fashion_mnist").mkdir(parents=True)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tfds_dir))
+  host = "http://fashion-mnist.example/"
   calls = []
 
-  class FakeTfds:
+  class FakeTfds:  # No ``download`` attribute: constructing a DownloadManager would fail loudly.
 
     @staticmethod
     def data_source(name, split, data_dir, download):
-      calls.append((name, split, download))
-      raise FileNotFoundError(f"Could not find {name} in {data_dir}")
+      calls.append(("data_source", name, split, data_dir, download))
+      raise NotImplementedError(f"file format not supported\nsecond line")
+
+    @staticmethod
+    def builder_cls(name):
+      calls.append(("builder_cls", name))
+      return type("Builder", (), {"url_infos": {host + stem + ".gz": None
+                                                for stem in data._all_stems()}})
+
+  def unreachable(host, port):
+    calls.append(("reachable", host, port))
+    return False
 
   monkeypatch.setattr(data, "_import_tfds", lambda: FakeTfds)
-  monkeypatch.setattr(data, "_reachable", lambda host, port: False)
+  monkeypatch.setattr(data, "_reachable", unreachable)
   with pytest.raises(data.DataError) as error:
     data.find_data_dir("fashion_mnist")
   message = str(error.value)
-  assert "tensorflow-datasets prepared copy in" in message and "FileNotFoundError" in message
-  assert "tensorflow-datasets download: no network (fashion-mnist.s3" in message
+  assert (f"tensorflow-datasets prepared copy in {tfds_dir}: NotImplementedError: file format "
+          "not supported\n") in message
+  assert ("tensorflow-datasets download: no network (fashion-mnist.example:80 did not answer "
+          "within 2 s)") in message
   assert "apt-get install dataset-fashion-mnist" in message
-  assert calls == [("fashion_mnist", "train", False)]
+  assert calls == [("data_source", "fashion_mnist", "train", str(tfds_dir), False),
+                   ("builder_cls", "fashion_mnist"), ("reachable", "fashion-mnist.example", 80)]
+
+
+def test_reachable_refused_quickly(tmp_path):
+  """A closed local port: refused at once (loopback only, never the network)."""
+  import socket
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]  # Bound but not listening: connections are refused.
+    start = time.perf_counter()
+    assert not data._reachable("127.0.0.1", port)
+  assert time.perf_counter() - start < 2
 
 
 # ----------------------------------------------------------------------------- views
