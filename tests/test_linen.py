@@ -1,0 +1,129 @@
+"""rnn_jax.linen.RNN: params are cell.init's pytree, outputs are rnn_jax.rnn's, it trains and jits."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import rnn_jax
+from rnn_jax import linen as rnn_linen
+
+INPUT, HIDDEN, STEPS, BATCH = 3, 4, 5, 3
+LENGTHS = np.array([2, 5, 3], np.int32)
+STACKED = rnn_jax.stack([rnn_jax.bidirectional(rnn_jax.lstm(HIDDEN), rnn_jax.gru(HIDDEN)),
+                         rnn_jax.simple_rnn(HIDDEN)], dropout=0.5)
+DROPOUT_STACK = rnn_jax.stack([rnn_jax.simple_rnn(HIDDEN)] * 2, dropout=0.5)
+
+
+class KeyProbe(nn.Module):
+  """Returns the keys Flax hands a top-level module's first ``param`` and ``make_rng`` calls."""
+
+  @nn.compact
+  def __call__(self, xs, with_dropout=False):
+    key = self.param("cell", lambda rng, size: jax.random.key_data(rng), xs.shape[-1])
+    if with_dropout:
+      return jax.random.key_data(self.make_rng("dropout"))
+    return key
+
+
+def _inputs(seed):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal((BATCH, STEPS, INPUT)),
+                     jnp.float32)
+
+
+@pytest.mark.parametrize("cell", [rnn_jax.lstm(HIDDEN), STACKED], ids=["lstm", "stack"])
+def test_params_are_cell_init_pytree(cell):
+  xs = _inputs(0)
+  root = jax.random.key(42)
+  variables = rnn_linen.RNN(cell).init(root, xs)
+  assert set(variables) == {"params"} and set(variables["params"]) == {"cell"}
+  param_key = jax.random.wrap_key_data(KeyProbe().init(root, xs)["params"]["cell"])
+  expected = cell.init(param_key, INPUT)
+  got = variables["params"]["cell"]
+  assert jax.tree.structure(got) == jax.tree.structure(expected)
+  for want_leaf, got_leaf in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(got_leaf, want_leaf)
+
+
+def test_apply_matches_rnn_and_jits(rnn_jit):
+  xs = _inputs(1)
+  model = rnn_linen.RNN(STACKED, return_carry=True, reverse=True)
+  variables = model.init(jax.random.key(0), xs)
+  params = variables["params"]["cell"]
+  want_out, want_carry = rnn_jit(STACKED, params, xs, lengths=LENGTHS, reverse=True)
+  got_out, got_carry = jax.jit(model.apply)(variables, xs, lengths=LENGTHS)
+  np.testing.assert_allclose(got_out, want_out, atol=1e-6)
+  assert jax.tree.structure(got_carry) == jax.tree.structure(want_carry)
+  for got, want in zip(jax.tree.leaves(got_carry), jax.tree.leaves(want_carry)):
+    np.testing.assert_allclose(got, want, atol=1e-6)
+  # Time-major inputs and an explicit initial carry pass through.
+  carry = jax.tree.map(lambda leaf: leaf + 0.5, STACKED.initial_carry((BATCH,)))
+  tm_out = jax.jit(rnn_linen.RNN(STACKED, time_major=True).apply)(
+      variables, jnp.swapaxes(xs, 0, 1), initial_carry=carry)
+  want_tm, _ = rnn_jit(STACKED, params, xs, initial_carry=carry)
+  np.testing.assert_allclose(jnp.swapaxes(tm_out, 0, 1), want_tm, atol=1e-6)
+
+
+def test_dropout_uses_flax_dropout_rng(rnn_jit):
+  xs = _inputs(2)
+  model = rnn_linen.RNN(DROPOUT_STACK)
+  variables = model.init(jax.random.key(0), xs)
+  params = variables["params"]["cell"]
+  dropout_root = jax.random.key(7)
+  probe_vars = KeyProbe().init(jax.random.key(0), xs)
+  dropout_key = jax.random.wrap_key_data(
+      KeyProbe().apply(probe_vars, xs, with_dropout=True, rngs={"dropout": dropout_root}))
+  apply = jax.jit(model.apply, static_argnames="deterministic")
+  got = apply(variables, xs, deterministic=False, rngs={"dropout": dropout_root})
+  want, _ = rnn_jit(DROPOUT_STACK, params, xs, dropout_rng=dropout_key)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  deterministic, _ = rnn_jit(DROPOUT_STACK, params, xs)
+  assert np.abs(np.asarray(got) - np.asarray(deterministic)).max() > 1e-3
+  np.testing.assert_allclose(apply(variables, xs), deterministic, atol=1e-6)
+  with pytest.raises(Exception, match="dropout"):  # stack dropout needs the rng stream
+    model.apply(variables, xs, deterministic=False)
+  # A cell without dropout needs no rng even when not deterministic.
+  plain = rnn_linen.RNN(rnn_jax.gru(HIDDEN))
+  plain_vars = plain.init(jax.random.key(0), xs)
+  plain_apply = jax.jit(plain.apply, static_argnames="deterministic")
+  np.testing.assert_allclose(plain_apply(plain_vars, xs, deterministic=False),
+                             plain_apply(plain_vars, xs), atol=0)
+
+
+class Classifier(nn.Module):
+  """An RNN layer inside a Flax model: last valid output -> Dense."""
+
+  @nn.compact
+  def __call__(self, xs, lengths):
+    outputs = rnn_linen.RNN(rnn_jax.lstm(HIDDEN))(xs, lengths=lengths)
+    return nn.Dense(2)(rnn_jax.last_output(outputs, lengths))
+
+
+def test_flax_model_trains_one_optax_step():
+  xs, labels = _inputs(3), jnp.array([0, 1, 1])
+  model = Classifier()
+  params = model.init(jax.random.key(0), xs, LENGTHS)["params"]
+  assert set(params) == {"RNN_0", "Dense_0"} and set(params["RNN_0"]) == {"cell"}
+  optimizer = optax.sgd(0.1)
+  opt_state = optimizer.init(params)
+
+  def loss_fn(params):
+    logits = model.apply({"params": params}, xs, LENGTHS)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  @jax.jit
+  def train_step(params, opt_state):
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = optimizer.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, loss, grads
+
+  new_params, _, loss, grads = train_step(params, opt_state)
+  cell_grads = grads["RNN_0"]["cell"]
+  assert set(cell_grads) == {"w_ih", "w_hh", "b"}
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(cell_grads))
+  # An SGD step of 0.1 along the gradient lowers the loss (first order: by ~0.1 |g|^2).
+  grad_sq = sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads))
+  new_loss = jax.jit(loss_fn)(new_params)
+  assert new_loss < loss - 0.05 * grad_sq, (float(loss), float(new_loss), grad_sq)
