@@ -65,7 +65,10 @@ def _import_torch():
 def _numpy(value) -> np.ndarray:
   """A torch tensor (detached, on CPU) or any array-like as a NumPy array."""
   if hasattr(value, "detach"):
-    value = value.detach().cpu().numpy()
+    value = value.detach().cpu()
+    if str(value.dtype) == "torch.bfloat16":  # NumPy has no bfloat16; widen exactly
+      value = value.float()
+    value = value.numpy()
   return np.asarray(value)
 
 
@@ -133,8 +136,10 @@ def from_torch(module) -> tuple[Any, Any]:
     ``(cell, params)``: a plain cell for one layer in one direction, a
     ``bidirectional(cell, cell)`` layer for ``bidirectional=True``, a
     ``stack`` of those (``dropout=module.dropout``) for ``num_layers > 1``;
-    params are float32 ``jax.Array`` pytrees as ``cell.init`` would return
-    (``w_ih [I_k, G*H]``, ``w_hh [H, G*H]``, ``b [G*H]`` or ``b_ih``/``b_hh``).
+    params are ``jax.Array`` pytrees as ``cell.init`` would return
+    (``w_ih [I_k, G*H]``, ``w_hh [H, G*H]``, ``b [G*H]`` or ``b_ih``/``b_hh``;
+    ``I_k`` is ``I`` for the first layer, ``D*H`` after), in the module's
+    dtype (float64 only with ``jax_enable_x64``; bfloat16 is widened to float32).
 
   Raises:
     TypeError: for any other module.
@@ -260,6 +265,12 @@ def _torch_biases(cell: Cell, params: dict, hidden: int) -> tuple[np.ndarray, np
   return bias_ih, np.zeros_like(bias_ih)
 
 
+def _torch_signature(cell: Cell) -> tuple:
+  """What a torch module fixes for all its layers: type, size, activation (not forget_bias)."""
+  return (cell.name, cell.hidden_size,
+          tuple(item for item in cell.config if item[0] != "forget_bias"))
+
+
 def _new_module(kind: str, structure, cell, params, batch_first: bool):
   """A fresh torch module with the shape of ``structure``."""
   torch = _import_torch()
@@ -299,8 +310,7 @@ def to_torch(cell, params, module=None, *, batch_first: bool = False):
   torch = _import_torch()
   structure = _torch_layers(cell)
   first = structure[0][0]
-  if any(part.config != first.config or part.name != first.name
-         or part.hidden_size != first.hidden_size for directions in structure for part in directions):
+  if len({_torch_signature(part) for directions in structure for part in directions}) != 1:
     raise ValueError("to_torch: every layer and direction must use the same cell type and size")
   if first.name not in _TORCH_KINDS or dict(first.config).get("reset_after") is False:
     raise ValueError(f"to_torch: {first.name} {dict(first.config)} has no torch counterpart")
@@ -345,5 +355,6 @@ def to_torch(cell, params, module=None, *, batch_first: bool = False):
   with torch.no_grad():
     for name, value in values.items():
       target = torch_params[name]
-      target.copy_(torch.tensor(np.array(value), dtype=target.dtype))
+      # Through float64, which holds float32 and bfloat16 values exactly.
+      target.copy_(torch.tensor(np.asarray(value, np.float64), dtype=target.dtype))
   return module

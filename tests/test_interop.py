@@ -77,7 +77,8 @@ def _assert_state_close(ours, theirs):
     np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "L{}_bi{:d}_bias{:d}_bf{:d}_packed{:d}_h0{:d}".format(*c))
+@pytest.mark.parametrize(
+    "config", CONFIGS, ids=lambda c: "L{}_bi{:d}_bias{:d}_bf{:d}_packed{:d}_h0{:d}".format(*c))
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_from_torch_matches_module(kind, config, rnn_jit):
   layers, bidir, bias, batch_first, packed, with_state = config
@@ -120,6 +121,26 @@ def test_structure_of_converted_modules():
   np.testing.assert_array_equal(params["b"], np.zeros(HIDDEN))
 
 
+def test_bfloat16_module_is_widened():
+  module = _module("gru", 0).to(torch.bfloat16)
+  _, params = interop.from_torch(module)
+  assert params["w_hh"].dtype == jnp.float32
+  np.testing.assert_array_equal(params["w_hh"], module.weight_hh_l0.float().detach().numpy().T)
+
+
+def test_torch_params_in_flax_linen_layer():
+  """from_torch's params are what rnn_jax.linen.RNN keeps under "cell"."""
+  from rnn_jax import linen as rnn_linen  # pylint: disable=g-import-not-at-top
+  module = _module("lstm", 14, num_layers=2, batch_first=True)
+  cell, params = interop.from_torch(module)
+  x = _inputs(True, 15)
+  with torch.no_grad():
+    want, _ = _run_torch(module, torch.from_numpy(x), LENGTHS)
+  layer = rnn_linen.RNN(cell)
+  got = jax.jit(layer.apply)({"params": {"cell": params}}, x, lengths=np.array(LENGTHS))
+  np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=0)
+
+
 def test_gradients_wrt_inputs_match_autograd():
   module = _module("gru", 3, num_layers=2, bidirectional=True, batch_first=True)
   x = _inputs(True, 4)
@@ -129,7 +150,8 @@ def test_gradients_wrt_inputs_match_autograd():
 
   x_torch = torch.tensor(x, requires_grad=True)
   outputs, h_n = _run_torch(module, x_torch, LENGTHS)
-  loss = (outputs * torch.from_numpy(out_weights)).sum() + (h_n * torch.from_numpy(state_weights)).sum()
+  loss = ((outputs * torch.from_numpy(out_weights)).sum()
+          + (h_n * torch.from_numpy(state_weights)).sum())
   loss.backward()
 
   cell, params = interop.from_torch(module)

@@ -1,4 +1,4 @@
-"""rnn_jax.linen.RNN: params are cell.init's pytree, outputs are rnn_jax.rnn's, it trains and jits."""
+"""rnn_jax.linen.RNN: params are cell.init's pytree, outputs rnn_jax.rnn's; it trains and jits."""
 
 import flax.linen as nn
 import jax
