@@ -29,7 +29,8 @@ The mapping (``G`` gates: 1 for RNN, 4 for LSTM, 3 for GRU):
   stack's ``dropout`` (same rate, a fresh mask per step, on every layer's
   output except the last), active only when ``rnn`` is given a ``dropout_rng``.
   Without one the two agree with the torch module in ``eval()`` mode (or with
-  ``dropout=0``).
+  ``dropout=0``). For ``num_layers=1`` torch ignores ``dropout``, and so does
+  the plain cell returned.
 * ``proj_size > 0`` (LSTM with projections) has no rnn_jax equivalent and
   raises ``ValueError``.
 
