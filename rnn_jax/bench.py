@@ -12,6 +12,8 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 
 def _block(result: Any) -> Any:
@@ -63,3 +65,219 @@ def time_function(fn: Callable[..., Any], *args, repeats: int = 20, warmup: int 
       "warmup_s": warmup_s,
       "times_s": times,
   }
+
+
+
+def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
+                     min_round_s: float = 0.0) -> dict:
+  """Times several ``name -> (fn, args)`` side by side, one call of each per round.
+
+  Interleaving puts every case under the same background load (the machine is
+  shared), so their ratios are steadier than back-to-back :func:`time_function`
+  runs. Each case is warmed up (compiled) first.
+
+  Returns:
+    ``name -> dict`` as :func:`time_function` returns, ``warmup_s`` included.
+  """
+  warmup_s = {}
+  for name, (fn, args) in cases.items():
+    warmup_s[name] = time_function(fn, *args, repeats=1, warmup=warmup)["warmup_s"]
+  times = {name: [] for name in cases}
+  elapsed_rounds = 0.0
+  done = 0
+  while done < rounds or elapsed_rounds < min_round_s:
+    round_start = time.perf_counter()
+    for name, (fn, args) in cases.items():
+      start = time.perf_counter()
+      _block(fn(*args))
+      times[name].append(time.perf_counter() - start)
+    elapsed_rounds += time.perf_counter() - round_start
+    done += 1
+  return {name: {"median_s": statistics.median(t), "min_s": min(t), "mean_s": statistics.fmean(t),
+                 "stdev_s": statistics.stdev(t) if len(t) > 1 else 0.0, "repeats": len(t),
+                 "warmup_s": warmup_s[name], "times_s": t}
+          for name, t in times.items()}
+
+# ---------------------------------------------------------------------------
+# Models to compare. Every builder returns ``(forward, forward_backward, args)``:
+# ``forward(*args)`` runs the layer over ``[T, B, I]`` time-major inputs and
+# ``forward_backward(*args)`` also takes the gradient of ``sum(outputs)`` with
+# respect to the parameters and the inputs. All start from zero carries.
+
+CELLS = ("simple_rnn", "lstm", "gru")
+GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
+DEFAULT_SHAPES = ((128, 28, 28, 128), (64, 256, 128, 256), (16, 784, 1, 128))
+QUICK_SHAPES = ((16, 12, 8, 32), (8, 40, 4, 16))
+
+
+def _inputs(shape, seed: int = 0) -> np.ndarray:
+  """Time-major float32 inputs ``[T, B, I]`` for a ``(B, T, I, H)`` shape."""
+  batch, steps, inputs, _ = shape
+  return np.random.default_rng(seed).standard_normal((steps, batch, inputs), np.float32)
+
+
+def rnn_jax_cell(cell_name: str, hidden: int):
+  """The rnn_jax cell matching PyTorch's (no LSTM forget bias, GRU reset after)."""
+  import rnn_jax  # pylint: disable=import-outside-toplevel
+  return {"simple_rnn": lambda: rnn_jax.simple_rnn(hidden),
+          "lstm": lambda: rnn_jax.lstm(hidden, forget_bias=0.0),
+          "gru": lambda: rnn_jax.gru(hidden)}[cell_name]()
+
+
+def build_rnn_jax(cell_name: str, shape, *, unroll: int = 1, hoist: bool = False,
+                  backward: str = "autodiff"):
+  """rnn_jax's ``rnn`` with the given options; see the section comment for what it returns."""
+  import rnn_jax  # pylint: disable=import-outside-toplevel
+  cell = rnn_jax_cell(cell_name, shape[3])
+  params = cell.init(jax.random.key(0), shape[2])
+  xs = jnp.asarray(_inputs(shape))
+
+  def loss(params, xs):
+    outputs, _ = rnn_jax.rnn(cell, params, xs, time_major=True, unroll=unroll, hoist=hoist,
+                             backward=backward)
+    return jnp.sum(outputs)
+
+  forward = jax.jit(lambda params, xs: rnn_jax.rnn(cell, params, xs, time_major=True,
+                                                   unroll=unroll, hoist=hoist)[0])
+  return forward, jax.jit(jax.grad(loss, argnums=(0, 1))), (params, xs)
+
+
+def build_flax(cell_name: str, shape, *, unroll: int = 1):
+  """Flax Linen ``nn.RNN`` over SimpleCell / OptimizedLSTMCell / GRUCell."""
+  from flax import linen as nn  # pylint: disable=import-outside-toplevel
+  hidden = shape[3]
+  cell = {"simple_rnn": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell,
+          "gru": nn.GRUCell}[cell_name](features=hidden)
+  model = nn.RNN(cell, time_major=True, unroll=unroll)
+  xs = jnp.asarray(_inputs(shape))
+  variables = model.init(jax.random.key(0), xs)
+
+  def loss(variables, xs):
+    return jnp.sum(model.apply(variables, xs))
+
+  return (jax.jit(model.apply), jax.jit(jax.grad(loss, argnums=(0, 1))), (variables, xs))
+
+
+def torch_available() -> bool:
+  try:
+    import torch  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def build_torch(cell_name: str, shape, *, device: str = "cpu"):
+  """PyTorch ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` (oneDNN on CPU, cuDNN on CUDA)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  batch, steps, inputs, hidden = shape
+  module = {"simple_rnn": torch.nn.RNN, "lstm": torch.nn.LSTM,
+            "gru": torch.nn.GRU}[cell_name](inputs, hidden).to(device)
+  xs = torch.from_numpy(_inputs(shape)).to(device)
+  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+  def forward(xs):
+    with torch.no_grad():
+      outputs = module(xs)[0]
+    sync()
+    return outputs
+
+  def forward_backward(xs):
+    module.zero_grad(set_to_none=True)
+    xs = xs.detach().requires_grad_(True)
+    module(xs)[0].sum().backward()
+    sync()
+    return xs.grad
+
+  return forward, forward_backward, (xs,)
+
+
+def build_cudnn_lstm(shape):
+  """``jax.experimental.rnn.lstm`` (cuDNN; GPU only), batch-major as that API wants."""
+  from jax.experimental import rnn as jrnn  # pylint: disable=import-outside-toplevel
+  batch, steps, inputs, hidden = shape
+  xs = jnp.asarray(np.swapaxes(_inputs(shape), 0, 1))
+  weights = jrnn.init_lstm_weight(jax.random.key(0), inputs, hidden, 1, False)
+  zeros = jnp.zeros((1, batch, hidden), jnp.float32)
+  lengths = jnp.full((batch,), steps, jnp.int32)
+
+  def run(weights, xs):
+    return jrnn.lstm(xs, zeros, zeros, weights, lengths, input_size=inputs, hidden_size=hidden,
+                     num_layers=1, dropout=0.0, bidirectional=False)[0]
+
+  loss = lambda weights, xs: jnp.sum(run(weights, xs))
+  return jax.jit(run), jax.jit(jax.grad(loss, argnums=(0, 1))), (weights, xs)
+
+
+def model_flops(cell_name: str, shape, mode: str) -> float:
+  """Matmul flops of a layer: ``2 T B (I + H) G H`` forward, three times that with the backward."""
+  batch, steps, inputs, hidden = shape
+  forward = 2.0 * steps * batch * (inputs + hidden) * GATES[cell_name] * hidden
+  return forward if mode == "fwd" else 3.0 * forward
+
+
+def gemm_peak(cell_name: str, shape, repeats: int = 10) -> float:
+  """Measured flop/s of one ``[T B, I + H] @ [I + H, G H]`` float32 matmul (the layer's flops at once)."""
+  batch, steps, inputs, hidden = shape
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.standard_normal((steps * batch, inputs + hidden), np.float32))
+  b = jnp.asarray(rng.standard_normal((inputs + hidden, GATES[cell_name] * hidden), np.float32))
+  timing = time_function(jax.jit(jnp.matmul), a, b, repeats=repeats, warmup=2)
+  return model_flops(cell_name, shape, "fwd") / timing["median_s"]
+
+
+# ---------------------------------------------------------------------------
+# Training step: MNIST rows (28 steps of 28 pixels), LSTM, dense head, Adam.
+
+
+def build_train_step_rnn_jax(batch: int = 128, hidden: int = 128, *,
+                             backward: str = "autodiff", unroll: int = 1):
+  """One rnn_jax + Optax Adam step on synthetic MNIST-row batches; returns ``(step, args)``."""
+  import optax  # pylint: disable=import-outside-toplevel
+  import rnn_jax  # pylint: disable=import-outside-toplevel
+  cell = rnn_jax.lstm(hidden, forget_bias=0.0)
+  key_cell, key_head = jax.random.split(jax.random.key(0))
+  params = {"rnn": cell.init(key_cell, 28),
+            "head": {"w": jax.random.normal(key_head, (hidden, 10)) / np.sqrt(hidden),
+                     "b": jnp.zeros((10,))}}
+  optimizer = optax.adam(1e-3)
+  opt_state = optimizer.init(params)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.random((batch, 28, 28), np.float32))
+  labels = jnp.asarray(rng.integers(0, 10, batch))
+
+  def loss(params, images, labels):
+    outputs, _ = rnn_jax.rnn(cell, params["rnn"], images, unroll=unroll, backward=backward)
+    logits = outputs[:, -1] @ params["head"]["w"] + params["head"]["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  @jax.jit
+  def step(params, opt_state, images, labels):
+    value, grads = jax.value_and_grad(loss)(params, images, labels)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+  return step, (params, opt_state, images, labels)
+
+
+def build_train_step_torch(batch: int = 128, hidden: int = 128, *, device: str = "cpu"):
+  """The same step in PyTorch (``nn.LSTM(batch_first=True)`` + ``nn.Linear``, Adam)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  lstm = torch.nn.LSTM(28, hidden, batch_first=True).to(device)
+  head = torch.nn.Linear(hidden, 10).to(device)
+  optimizer = torch.optim.Adam(list(lstm.parameters()) + list(head.parameters()), lr=1e-3)
+  rng = np.random.default_rng(0)
+  images = torch.from_numpy(rng.random((batch, 28, 28), np.float32)).to(device)
+  labels = torch.from_numpy(rng.integers(0, 10, batch)).to(device)
+  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+  def step(images, labels):
+    optimizer.zero_grad(set_to_none=True)
+    logits = head(lstm(images)[0][:, -1])
+    value = torch.nn.functional.cross_entropy(logits, labels)
+    value.backward()
+    optimizer.step()
+    sync()
+    return None
+
+  return step, (images, labels)

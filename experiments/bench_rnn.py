@@ -1,0 +1,316 @@
+"""The benchmark suite: rnn_jax against Flax Linen, PyTorch and (on GPU) cuDNN through JAX.
+
+    python -m experiments.bench_rnn                 # full table (CPU: ~10 min)
+    python -m experiments.bench_rnn --quick         # tiny shapes, a smoke run
+    python -m experiments.bench_rnn --cells lstm --shapes 128,28,28,128
+
+For every cell (simple RNN, LSTM, GRU) and shape ``(B, T, I, H)`` it times,
+side by side in one process and interleaved round by round, the forward pass
+and the forward+backward pass (gradient of ``sum(outputs)`` with respect to
+parameters and inputs) of:
+
+* rnn_jax's ``rnn`` with its defaults, and a sweep of ``unroll``, ``hoist``
+  and ``backward`` ("autodiff" or "fused");
+* Flax Linen ``nn.RNN`` over SimpleCell / OptimizedLSTMCell / GRUCell;
+* PyTorch ``nn.RNN/LSTM/GRU`` when torch is installed, with as many threads as
+  JAX has cores;
+* ``jax.experimental.rnn.lstm`` (cuDNN) on GPU.
+
+It prints medians in ms, ratios to each alternative and the fraction of a
+measured matmul peak, plus the MNIST-rows training step against PyTorch, and
+writes ``results.json`` and ``results.png`` to ``--out``. Every timing is
+float32, time-major ``[T, B, I]`` inputs, zero initial carries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+from rnn_jax import runtime
+
+if __name__ == "__main__":
+  runtime.use_fast_allocator()
+
+import jax  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+from rnn_jax import bench  # pylint: disable=wrong-import-position
+
+
+def parse_shape(text: str) -> tuple:
+  shape = tuple(int(v) for v in text.split(","))
+  if len(shape) != 4:
+    raise argparse.ArgumentTypeError(f"a shape is B,T,I,H; got {text!r}")
+  return shape
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="tiny shapes and few rounds")
+  parser.add_argument("--cells", default=",".join(bench.CELLS))
+  parser.add_argument("--shapes", type=parse_shape, nargs="+", default=None,
+                      help="B,T,I,H shapes (default: the three of issue 4)")
+  parser.add_argument("--unrolls", default="1,2,4", help="unroll values swept")
+  parser.add_argument("--rounds", type=int, default=None, help="timed calls per case")
+  parser.add_argument("--min-time", type=float, default=None,
+                      help="keep timing each group at least this many seconds")
+  parser.add_argument("--no-torch", action="store_true")
+  parser.add_argument("--no-flax", action="store_true")
+  parser.add_argument("--no-train", action="store_true", help="skip the training-step ratio")
+  parser.add_argument("--no-sweep", action="store_true", help="time only rnn_jax's defaults")
+  parser.add_argument("--out", default="experiments/results/bench")
+  parser.add_argument("--label", default="", help="a name for the machine, printed and saved")
+  return parser.parse_args(argv)
+
+
+def describe_machine(label: str) -> dict:
+  device = jax.devices()[0]
+  info = {
+      "label": label,
+      "backend": jax.default_backend(),
+      "device": getattr(device, "device_kind", str(device)),
+      "cpu_count": os.cpu_count(),
+      "processor": platform.processor() or platform.machine(),
+      "jax": jax.__version__,
+      "python": platform.python_version(),
+      "allocator": "tcmalloc" if runtime.fast_allocator_active() else "glibc",
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+      "load_average_start": os.getloadavg(),
+      "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+  }
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    info["cpu_model"] = names[0] if names else ""
+  except OSError:
+    info["cpu_model"] = ""
+  if bench.torch_available():
+    import torch  # pylint: disable=import-outside-toplevel
+    info["torch"] = torch.__version__
+    info["torch_threads"] = torch.get_num_threads()
+    info["torch_allow_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                                "cudnn": torch.backends.cudnn.allow_tf32}
+  info["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
+  return info
+
+
+def rnn_jax_variants(mode: str, unrolls, sweep: bool) -> dict:
+  """``variant name -> build_rnn_jax keyword arguments`` for one mode."""
+  variants = {"default": {}}
+  if not sweep:
+    return variants
+  for unroll in unrolls:
+    variants[f"u{unroll}"] = {"unroll": unroll, "hoist": False, "backward": "autodiff"}
+    variants[f"u{unroll} hoist"] = {"unroll": unroll, "hoist": True, "backward": "autodiff"}
+    if mode == "fwd+bwd":
+      # The fused backward always hoists in its differentiated forward.
+      variants[f"u{unroll} fused"] = {"unroll": unroll, "backward": "fused"}
+  return variants
+
+
+def time_group(cell_name, shape, mode, args, on_gpu, with_torch) -> list:
+  """Times every library and variant for one (cell, shape, mode); returns result rows."""
+  pick = 0 if mode == "fwd" else 1
+  cases, meta = {}, {}
+  for variant, options in rnn_jax_variants(mode, args.unroll_list, not args.no_sweep).items():
+    built = bench.build_rnn_jax(cell_name, shape, **options)
+    cases[f"rnn_jax {variant}"] = (built[pick], built[2])
+    meta[f"rnn_jax {variant}"] = ("rnn_jax", variant)
+  if not args.no_flax:
+    built = bench.build_flax(cell_name, shape)
+    cases["flax"] = (built[pick], built[2])
+    meta["flax"] = ("flax", "nn.RNN")
+  if with_torch:
+    built = bench.build_torch(cell_name, shape, device="cuda" if on_gpu else "cpu")
+    cases["torch"] = (built[pick], built[2])
+    meta["torch"] = ("torch", "cuDNN" if on_gpu else "native")
+  if on_gpu and cell_name == "lstm":
+    try:
+      built = bench.build_cudnn_lstm(shape)
+      bench.time_function(built[pick], *built[2], repeats=1, warmup=1)
+      cases["jax cudnn"] = (built[pick], built[2])
+      meta["jax cudnn"] = ("jax.experimental.rnn", "cuDNN")
+    except Exception as error:  # pylint: disable=broad-except
+      print(f"  jax.experimental.rnn failed, left out: {error!r}"[:300], flush=True)
+  timings = bench.time_interleaved(cases, rounds=args.rounds, min_round_s=args.min_time)
+  flops = bench.model_flops(cell_name, shape, mode)
+  rows = []
+  for name, timing in timings.items():
+    library, variant = meta[name]
+    rows.append({
+        "cell": cell_name, "shape": list(shape), "mode": mode, "name": name,
+        "library": library, "variant": variant,
+        "median_ms": 1e3 * timing["median_s"], "min_ms": 1e3 * timing["min_s"],
+        "stdev_ms": 1e3 * timing["stdev_s"], "repeats": timing["repeats"],
+        "compile_s": timing["warmup_s"], "gflops": flops / timing["median_s"] / 1e9,
+    })
+  return rows
+
+
+def summarize(rows, peaks) -> list:
+  """One line per (cell, shape, mode): rnn_jax default and best, alternatives, ratios."""
+  summary = []
+  keys = sorted({(r["cell"], tuple(r["shape"]), r["mode"]) for r in rows},
+                key=lambda k: (bench.CELLS.index(k[0]), k[1], k[2]))
+  for cell_name, shape, mode in keys:
+    group = {r["name"]: r for r in rows
+             if (r["cell"], tuple(r["shape"]), r["mode"]) == (cell_name, shape, mode)}
+    ours = {n: r for n, r in group.items() if r["library"] == "rnn_jax"}
+    best = min(ours.values(), key=lambda r: r["median_ms"])
+    default = ours["rnn_jax default"]
+    line = {"cell": cell_name, "shape": list(shape), "mode": mode,
+            "rnn_jax_ms": default["median_ms"], "best_ms": best["median_ms"],
+            "best_variant": best["variant"],
+            "peak_fraction": default["gflops"] * 1e9 / peaks[(cell_name, shape)]}
+    for other in ("flax", "torch", "jax cudnn"):
+      if other in group:
+        line[f"{other}_ms"] = group[other]["median_ms"]
+        line[f"{other}_over_rnn_jax"] = group[other]["median_ms"] / default["median_ms"]
+    summary.append(line)
+  return summary
+
+
+def format_table(summary) -> str:
+  others = [o for o in ("flax", "torch", "jax cudnn") if any(f"{o}_ms" in s for s in summary)]
+  header = ["cell", "B,T,I,H", "pass", "rnn_jax ms", "best sweep (ms)"]
+  for other in others:
+    header += [f"{other} ms", f"{other}/ours"]
+  header.append("% GEMM peak")
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for s in summary:
+    cells = [s["cell"], ",".join(map(str, s["shape"])), s["mode"], f"{s['rnn_jax_ms']:.2f}",
+             f"{s['best_variant']} ({s['best_ms']:.2f})"]
+    for other in others:
+      if f"{other}_ms" in s:
+        cells += [f"{s[other + '_ms']:.2f}", f"{s[other + '_over_rnn_jax']:.2f}x"]
+      else:
+        cells += ["-", "-"]
+    cells.append(f"{100 * s['peak_fraction']:.1f}")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def format_sweep(rows) -> str:
+  """Every rnn_jax variant's median, one line per group, for choosing defaults."""
+  lines = []
+  keys = sorted({(r["cell"], tuple(r["shape"]), r["mode"]) for r in rows},
+                key=lambda k: (bench.CELLS.index(k[0]), k[1], k[2]))
+  for key in keys:
+    group = [r for r in rows if (r["cell"], tuple(r["shape"]), r["mode"]) == key
+             and r["library"] == "rnn_jax"]
+    parts = ", ".join(f"{r['variant']} {r['median_ms']:.2f}" for r in group)
+    lines.append(f"{key[0]:10s} {','.join(map(str, key[1])):16s} {key[2]:7s} {parts}")
+  return "\n".join(lines)
+
+
+def time_training(args, on_gpu, with_torch) -> dict:
+  """The MNIST-rows training step (batch 128, LSTM 128, Adam): rnn_jax against torch."""
+  cases = {}
+  step, step_args = bench.build_train_step_rnn_jax()
+  cases["rnn_jax"] = (step, step_args)
+  if with_torch:
+    step, step_args = bench.build_train_step_torch(device="cuda" if on_gpu else "cpu")
+    cases["torch"] = (step, step_args)
+  timings = bench.time_interleaved(cases, rounds=max(args.rounds, 20), min_round_s=args.min_time)
+  result = {name: 1e3 * t["median_s"] for name, t in timings.items()}
+  if "torch" in result:
+    result["torch_over_rnn_jax"] = result["torch"] / result["rnn_jax"]
+  return result
+
+
+def plot(summary, path: str, title: str) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  modes = ["fwd", "fwd+bwd"]
+  libraries = ["rnn_jax", "flax", "torch", "jax cudnn"]
+  fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+  for ax, mode in zip(axes, modes):
+    group = [s for s in summary if s["mode"] == mode]
+    labels = [f"{s['cell']}\n{','.join(map(str, s['shape']))}" for s in group]
+    present = [lib for lib in libraries
+               if any((s.get(f"{lib}_ms") if lib != "rnn_jax" else s["rnn_jax_ms"]) for s in group)]
+    width = 0.8 / max(1, len(present))
+    for k, lib in enumerate(present):
+      values = [(s["rnn_jax_ms"] if lib == "rnn_jax" else s.get(f"{lib}_ms", np.nan))
+                for s in group]
+      ax.bar(np.arange(len(group)) + k * width, values, width, label=lib)
+    ax.set_xticks(np.arange(len(group)) + 0.4 - width / 2)
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("median ms (log)")
+    ax.set_title(f"{mode}")
+    ax.legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def write_json(folder: str, record: dict) -> None:
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "results.json"), "w") as f:
+    json.dump(record, f, indent=1)
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  if args.quick and args.unrolls == "1,2,4":
+    args.unrolls = "1,2"
+  args.unroll_list = [int(v) for v in args.unrolls.split(",")]
+  if args.rounds is None:
+    args.rounds = 3 if args.quick else 15
+  if args.min_time is None:
+    args.min_time = 0.0 if args.quick else 1.0
+  shapes = args.shapes or (bench.QUICK_SHAPES if args.quick else bench.DEFAULT_SHAPES)
+  cells = [c for c in args.cells.split(",") if c]
+  on_gpu = jax.default_backend() == "gpu"
+  with_torch = not args.no_torch and bench.torch_available()
+  if with_torch and not on_gpu:
+    import torch  # pylint: disable=import-outside-toplevel
+    torch.set_num_threads(os.cpu_count() or 1)
+  machine = describe_machine(args.label)
+  print(f"# {machine['label'] or machine['device']} | backend {machine['backend']} | "
+        f"{machine['cpu_model']} x{machine['cpu_count']} | jax {machine['jax']} | "
+        f"torch {machine.get('torch', '-')} | allocator {machine['allocator']} | "
+        f"load {machine['load_average_start']}", flush=True)
+
+  rows, peaks = [], {}
+  os.makedirs(args.out, exist_ok=True)
+  for cell_name in cells:
+    for shape in shapes:
+      peaks[(cell_name, shape)] = bench.gemm_peak(cell_name, shape)
+      for mode in ("fwd", "fwd+bwd"):
+        start = time.perf_counter()
+        rows += time_group(cell_name, shape, mode, args, on_gpu, with_torch)
+        print(f"  timed {cell_name} {shape} {mode} in {time.perf_counter() - start:.1f}s",
+              flush=True)
+        write_json(args.out, {"machine": machine, "partial": True, "rows": rows})
+  summary = summarize(rows, peaks)
+  training = {} if args.no_train else time_training(args, on_gpu, with_torch)
+  machine["load_average_end"] = os.getloadavg()
+
+  print("\nrnn_jax variants (median ms):\n" + format_sweep(rows))
+  print("\n" + format_table(summary))
+  if training:
+    print("\nMNIST-rows training step (B=128, LSTM 128, Adam), median ms: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in training.items()))
+  print(f"load average at end: {machine['load_average_end']}")
+
+  record = {"machine": machine, "argv": sys.argv, "summary": summary, "rows": rows,
+            "gemm_peak_gflops": {f"{c} {','.join(map(str, s))}": p / 1e9
+                                 for (c, s), p in peaks.items()},
+            "training_step_ms": training}
+  write_json(args.out, record)
+  plot(summary, os.path.join(args.out, "results.png"),
+       f"rnn_jax benchmark on {machine['label'] or machine['device']} ({machine['backend']})")
+  print(f"wrote {args.out}/results.json and results.png")
+
+
+if __name__ == "__main__":
+  main()
