@@ -17,8 +17,9 @@ input half out of the time loop::
 ``cell.project(params, xs)`` on a whole ``[..., T, I]`` sequence is one matmul.
 
 Shapes: ``I`` input size, ``H`` hidden size, ``...`` any batch shape
-(including none). Carries and outputs are float32 unless the parameters were
-initialised in another ``param_dtype``; bfloat16 inputs are promoted.
+(including none). With float32 or bfloat16 inputs and parameters the carry
+math and the outputs are float32 (bfloat16 inputs are promoted); with float64
+ones (under x64) they are float64.
 """
 
 from __future__ import annotations

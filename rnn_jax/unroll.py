@@ -169,10 +169,17 @@ def rnn(cell, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
                        f"got {lengths.shape}")
     lengths = jnp.clip(lengths, 0, num_steps).astype(jnp.int32)
 
+  # The carry is float32, or wider if the inputs or parameters are (float64
+  # under x64), so that it keeps one dtype through the scan.
+  carry_dtype = jnp.result_type(jnp.float32, xs.dtype, *(
+      leaf.dtype for leaf in jax.tree.leaves(params) if jnp.issubdtype(leaf.dtype, jnp.floating)))
   if initial_carry is None:
-    initial_carry = cell.initial_carry(batch_shape)
+    initial_carry = cell.initial_carry(batch_shape, carry_dtype)
   else:
     _check_carry(cell, initial_carry, batch_shape)
+    initial_carry = jax.tree.map(
+        lambda leaf: jnp.asarray(leaf).astype(jnp.promote_types(leaf.dtype, carry_dtype)),
+        initial_carry)
 
   if backward not in BACKWARDS:
     raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")

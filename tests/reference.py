@@ -123,15 +123,13 @@ def cell_layer(cell, params):
   return run
 
 
-def stack_layers(layers, masks=None):
-  """Layers one after another; ``masks[k] [T, F]`` multiplies layer ``k``'s outputs if given."""
+def stack_layers(layers):
+  """Layers one after another, each reading the previous one's outputs (no dropout)."""
 
   def run(xs, carry, length, reverse):
     finals = []
-    for k, layer in enumerate(layers):
-      xs, final = layer(xs, carry[k], length, reverse)
-      if masks is not None and masks[k] is not None:
-        xs = xs * masks[k]
+    for layer, layer_carry in zip(layers, carry):
+      xs, final = layer(xs, layer_carry, length, reverse)
       finals.append(final)
     return xs, tuple(finals)
 
@@ -187,6 +185,51 @@ def run_batch(layer, xs, carries=None, lengths=None, reverse=False, zero=None):
     outputs.append(out)
     finals.append(final)
   return np.stack(outputs), finals
+
+
+def tree_map(fn, tree, *rest):
+  """Maps ``fn`` over the arrays of nested tuples (NamedTuples become plain tuples)."""
+  if isinstance(tree, (tuple, list)):
+    return tuple(tree_map(fn, *parts) for parts in zip(tree, *rest))
+  return fn(tree, *rest)
+
+
+def leaves(tree) -> list:
+  """The arrays of nested tuples, depth first (the order of ``jax.tree.leaves``)."""
+  if isinstance(tree, (tuple, list)):
+    return [leaf for part in tree for leaf in leaves(part)]
+  return [np.asarray(tree)]
+
+
+def run_model(model, params, xs, initial_carry=None, lengths=None, reverse=False):
+  """The reference of ``rnn_jax.rnn`` (batch-major) for any batch shape.
+
+  Args:
+    model: a built-in cell or an rnn_jax ``stack``/``bidirectional`` (read for
+      its structure only).
+    params: its parameters.
+    xs: ``[..., T, I]``.
+    initial_carry: ``None`` (zeros) or a carry whose leaves are ``[..., H]``.
+    lengths: ``None`` or ``[...]``.
+    reverse: run each valid prefix backwards.
+
+  Returns:
+    ``(outputs [..., T, O], final_carry)``, the carry as nested tuples of
+    float64 arrays ``[..., H]``.
+  """
+  xs = np.asarray(xs, np.float64)
+  batch_shape = xs.shape[:-2]
+  flat = xs.reshape((-1,) + xs.shape[-2:])
+  count = flat.shape[0]
+  carries = None
+  if initial_carry is not None:
+    carries = [tree_map(lambda leaf, b=b: np.asarray(leaf, np.float64).reshape(count, -1)[b],
+                        initial_carry) for b in range(count)]
+  flat_lengths = None if lengths is None else np.asarray(lengths).reshape(count)
+  outputs, finals = run_batch(model_layer(model, params), flat, carries, flat_lengths, reverse,
+                              zero_carry(model))
+  final = tree_map(lambda *per_seq: np.stack(per_seq).reshape(batch_shape + (-1,)), *finals)
+  return outputs.reshape(batch_shape + outputs.shape[-2:]), final
 
 
 def elman_bptt(params, xs, h0, output_grads, final_grad, activation="tanh", lengths=None):
