@@ -25,6 +25,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from rnn_jax.cells import Cell
 from rnn_jax.compose import Bidirectional, Stack
@@ -88,7 +89,7 @@ class RNN(nn.Module):
     Returns:
       ``outputs [..., T, O]``, or ``(outputs, final_carry)`` if ``return_carry``.
     """
-    params = self.param("cell", self.cell.init, xs.shape[-1])
+    params = self.param("cell", self.cell.init, jnp.shape(xs)[-1])
     dropout_rng = None
     if not deterministic and uses_dropout(self.cell):
       dropout_rng = self.make_rng(self.rng_collection)
