@@ -399,3 +399,14 @@ def lru(
   config = (("r_min", r_min), ("r_max", r_max), ("max_phase", max_phase), ("skip", skip))
   return LinearRNN("lru", state, output_size, init, initial_carry, project, readout, input_size,
                    config, bool(parallel))
+
+
+CELLS = {
+    "mingru": lambda hidden_size: mingru(hidden_size),
+    "minlstm": lambda hidden_size: minlstm(hidden_size),
+    "lru": lambda hidden_size: lru(hidden_size, hidden_size, r_min=0.9, r_max=0.999,
+                                   skip="dense"),
+}
+"""Names for the training toolkit (merged into :data:`rnn_jax.models.CELLS`):
+``CELLS[name](hidden_size) -> layer``. The LRU gets the paper's long-sequence
+radii and a dense skip (so any input size works)."""

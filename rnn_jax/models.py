@@ -48,6 +48,7 @@ CELLS: dict[str, Callable[[int], Any]] = {
     "rnn": lambda hidden_size: rnn_jax.simple_rnn(hidden_size, "tanh"),
     "irnn": lambda hidden_size: rnn_jax.simple_rnn(
         hidden_size, "relu", kernel_init=_irnn_input_init, recurrent_init="identity"),
+    **rnn_jax.linear_rnn.CELLS,  # mingru, minlstm, lru
 }
 """Cell constructors by name: ``CELLS[name](hidden_size) -> cell``."""
 
