@@ -119,7 +119,8 @@ class Classifier(NamedTuple):
   step_logits: Callable
 
 
-def classifier(core, num_classes: int, dropout: float = 0.0) -> Classifier:
+def classifier(core, num_classes: int, dropout: float = 0.0, *, unroll: int = 1,
+               backward: str = "autodiff") -> Classifier:
   """Core -> last valid output -> (dropout) -> dense -> logits.
 
   Args:
@@ -127,6 +128,9 @@ def classifier(core, num_classes: int, dropout: float = 0.0) -> Classifier:
     num_classes: ``C``.
     dropout: drop rate in ``[0, 1)`` on the core's last output in training
       (the "after" dropout of the two-layer tutorial).
+    unroll: time steps per scan iteration (``rnn_jax.rnn(unroll=...)``).
+    backward: ``"autodiff"`` or ``"fused"`` (``rnn_jax.rnn(backward=...)``:
+      the built-in cells' hand-written backward scan).
 
   Returns:
     A :class:`Classifier`. The dense weights are Glorot-uniform, the bias zero.
@@ -152,14 +156,15 @@ def classifier(core, num_classes: int, dropout: float = 0.0) -> Classifier:
     core_rng = last_rng = None
     if dropout_rng is not None:
       core_rng, last_rng = jax.random.split(dropout_rng)
-    outputs, _ = rnn_jax.rnn(core, params["core"], xs, lengths=lengths, dropout_rng=core_rng)
+    outputs, _ = rnn_jax.rnn(core, params["core"], xs, lengths=lengths, dropout_rng=core_rng,
+                             unroll=unroll, backward=backward)
     features = rnn_jax.last_output(outputs, lengths)
     if last_rng is not None and dropout > 0.0:
       features = dropout_outputs(last_rng, features, dropout, variational=False)
     return dense(params, features)
 
   def step_outputs(params, xs):
-    return rnn_jax.rnn(core, params["core"], xs)[0]
+    return rnn_jax.rnn(core, params["core"], xs, unroll=unroll)[0]
 
   def step_logits(params, xs):
     return dense(params, step_outputs(params, xs))

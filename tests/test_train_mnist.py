@@ -1,0 +1,125 @@
+"""Tests of ``python -m experiments.train_mnist``, run as a subprocess.
+
+Most tests point the script at a tiny synthetic MNIST written by the test
+(``rnn_jax.data.write_idx``), so they need neither the real data nor the
+network; the one real-data run is marked slow.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rnn_jax import data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--cell=gru", "--hidden_size=8", "--batch_size=16", "--unroll=1", "--log_every=1",
+        "--checkpoint_every=4", "--eval_batch_size=16", "--plots=false"]
+
+
+def _script(*args, timeout=120, **popen):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  command = [sys.executable, "-m", "experiments.train_mnist", *args]
+  if popen:
+    return subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+  return subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True,
+                        timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist(tmp_path_factory):
+  """64 training and 20 test 'digits': class c lights up row band 2c..2c+4."""
+  folder = tmp_path_factory.mktemp("tiny_mnist")
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 64), ("t10k", 20)):
+    labels = rng.integers(0, 10, count).astype(np.uint8)
+    images = rng.integers(0, 40, (count, 28, 28)).astype(np.uint8)
+    for index, label in enumerate(labels):
+      images[index, 2 * label:2 * label + 5] = 255
+    data.write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+    data.write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+  return str(folder)
+
+
+def _summary(result):
+  assert result.returncode == 0, result.stderr[-2000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--hidden_size=-3"], "--hidden_size"),
+    (["--cell=transformer"], "--cell"),
+    (["--optimizer=adagrad"], "--optimizer"),
+    (["--steps=0", "--epochs=0"], "--epochs"),
+])
+def test_bad_flag_prints_one_line_and_exits_nonzero(args, flag):
+  result = _script(*args, "--workdir=/nonexistent/never-created")
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and flag in lines[0] and "Traceback" not in result.stderr, lines
+  assert not os.path.exists("/nonexistent/never-created")
+
+
+def test_run_interrupt_resume_equals_uninterrupted(tiny_mnist, tmp_path):
+  common = [*TINY, f"--data_dir={tiny_mnist}", "--steps=40"]
+  straight = _summary(_script(*common, f"--workdir={tmp_path / 'a'}"))
+  assert straight["steps"] == 40 and straight["test_examples"] == 20
+  assert straight["resumed_from"] is None
+  records = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
+  assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 41))
+  assert sorted(os.listdir(tmp_path / "a" / "checkpoints")) == ["32", "36", "40"]
+
+  # Interrupt a second run with SIGTERM after its second step, then rerun it.
+  workdir = f"--workdir={tmp_path / 'b'}"
+  process = _script(*common, workdir, popen=True)
+  for line in process.stdout:
+    if line.startswith("step 2/40"):
+      process.send_signal(signal.SIGTERM)
+      break
+  _, stderr = process.communicate(timeout=60)
+  assert process.returncode == 128 + signal.SIGTERM, stderr
+  assert stderr.strip().startswith("interrupted: SIGTERM received: stopped at step")
+  assert "Traceback" not in stderr
+  resumed = _summary(_script(*common, workdir))
+  assert 2 <= resumed["resumed_from"] < 40 and resumed["steps"] == 40
+  assert resumed["test_loss"] == straight["test_loss"]
+  assert resumed["test_accuracy"] == straight["test_accuracy"]
+
+  # The workdir remembers its settings: a rerun with others is refused.
+  refused = _script(*common, workdir, "--hidden_size=9")
+  assert refused.returncode == 2 and "--hidden_size=9 (was 8)" in refused.stderr
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_mnist, tmp_path):
+  result = _script(*TINY, f"--data_dir={tiny_mnist}", "--steps=20", "--learning_rate=1e38",
+                   "--warmup_steps=0", "--schedule=constant", "--checkpoint_every=1",
+                   f"--workdir={tmp_path}")
+  assert result.returncode == 1
+  message = result.stderr.strip().splitlines()[-1]
+  assert message.startswith("stopped: loss or gradients became NaN/inf at step "), message
+  bad_step = int(message.split("at step ")[1].split(";")[0])
+  saved = sorted(int(step) for step in os.listdir(tmp_path / "checkpoints"))
+  assert saved and saved[-1] == bad_step  # The state before the bad step, nothing after.
+
+
+def test_missing_data_is_one_clear_error(tmp_path):
+  result = _script(f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'run'}")
+  assert result.returncode == 1
+  assert result.stderr.startswith("data error: no mnist data found")
+  assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_short_real_run_beats_chance_by_far(tmp_path):
+  result = _script("--cell=lstm", "--hidden_size=64", "--steps=300", "--batch_size=128",
+                   "--learning_rate=3e-3", "--plots=false", f"--workdir={tmp_path}",
+                   "--checkpoint_every=1000", timeout=240)
+  summary = _summary(result)
+  assert summary["test_examples"] == 10000 and summary["steps"] == 300
+  assert summary["test_accuracy"] > 0.8, summary
+  assert "[5, 28, 64]" in result.stdout
