@@ -189,16 +189,32 @@ def _check_candidate(candidate: str):
   return _CANDIDATES[candidate]
 
 
-def _gated_init(hidden_size: int, blocks: int, kernel_init, bias_init, param_dtype):
+def _gated_init(hidden_size: int, blocks: int, kernel_init, bias_init, param_dtype,
+                max_timescale=None, chrono_signs=()):
+  """``w_ih [I, blocks*H]``, ``b [blocks*H]``; with ``max_timescale``, the chrono
+  initialisation (Tallec & Ollivier 2018) of the first gate blocks:
+  ``b_k = sign_k * log(u)``, ``u ~ U[1, max_timescale - 1]`` per unit."""
+
   def init(key, input_size):
-    k_w, k_b = jax.random.split(key)
+    k_w, k_b, k_chrono = jax.random.split(key, 3)
+    bias = bias_init(k_b, (blocks * hidden_size,), param_dtype)
+    if max_timescale is not None:
+      log_u = jnp.log(jax.random.uniform(k_chrono, (hidden_size,), param_dtype, 1.0,
+                                         max_timescale - 1.0))
+      for k, sign in enumerate(chrono_signs):
+        bias = bias.at[k * hidden_size:(k + 1) * hidden_size].set(sign * log_u)
     return {
         "w_ih": _blockwise(kernel_init, blocks)(k_w, (input_size, blocks * hidden_size),
                                                 param_dtype),
-        "b": bias_init(k_b, (blocks * hidden_size,), param_dtype),
+        "b": bias,
     }
 
   return init
+
+
+def _check_timescale(max_timescale):
+  if max_timescale is not None and not max_timescale > 2.0:
+    raise ValueError(f"max_timescale must be > 2 (or None), got {max_timescale}")
 
 
 def _identity_readout(params, h, skip):
@@ -212,6 +228,7 @@ def mingru(
     candidate: str = "linear",
     *,
     parallel: bool = True,
+    max_timescale: float | None = None,
     kernel_init: Initializer = glorot_uniform,
     bias_init: Initializer = zeros,
     param_dtype=jnp.float32,
@@ -232,21 +249,28 @@ def mingru(
       ``"g"`` (``cand = g``, the positive activation of the paper's log-space
       version).
     parallel: associative scan (``True``) or sequential scan (``False``).
+    max_timescale: if given, chrono initialisation (Tallec & Ollivier 2018)
+      of the update gate: ``b_z = -log(u)``, ``u ~ U[1, max_timescale - 1]``,
+      so that unit memories span 2 to ``max_timescale`` steps at the start
+      (with zero biases ``z = 0.5`` halves the memory every step). Set it to
+      about the sequence length for long sequences.
     kernel_init, bias_init: initialisers of ``w_ih`` (per gate block) and ``b``.
     param_dtype: dtype of the parameters.
 
   Params: ``w_ih [I, 2H]``, ``b [2H]``. Carry: ``h [..., H]``.
   """
   cand = _check_candidate(candidate)
+  _check_timescale(max_timescale)
 
   def project(params, x):
     k_z, k_h = jnp.split(_affine_input(params, x, "b"), 2, axis=-1)
     return jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * cand(k_h), None
 
   return LinearRNN("mingru", hidden_size, hidden_size,
-                   _gated_init(hidden_size, 2, kernel_init, bias_init, param_dtype),
+                   _gated_init(hidden_size, 2, kernel_init, bias_init, param_dtype,
+                               max_timescale, (-1.0,)),
                    _zeros_like_hidden(hidden_size), project, _identity_readout, _input_size,
-                   (("candidate", candidate),), bool(parallel))
+                   (("candidate", candidate), ("max_timescale", max_timescale)), bool(parallel))
 
 
 @functools.lru_cache(maxsize=None)
@@ -255,6 +279,7 @@ def minlstm(
     candidate: str = "linear",
     *,
     parallel: bool = True,
+    max_timescale: float | None = None,
     kernel_init: Initializer = glorot_uniform,
     bias_init: Initializer = zeros,
     param_dtype=jnp.float32,
@@ -275,12 +300,16 @@ def minlstm(
     hidden_size: ``H``.
     candidate: ``"linear"`` or ``"g"``, as in :func:`mingru`.
     parallel: associative scan (``True``) or sequential scan (``False``).
+    max_timescale: if given, chrono initialisation of the gates:
+      ``b_f = log(u)``, ``b_i = -log(u)``, ``u ~ U[1, max_timescale - 1]``
+      (as :func:`mingru`'s).
     kernel_init, bias_init: initialisers of ``w_ih`` (per gate block) and ``b``.
     param_dtype: dtype of the parameters.
 
   Params: ``w_ih [I, 3H]``, ``b [3H]``. Carry: ``h [..., H]``.
   """
   cand = _check_candidate(candidate)
+  _check_timescale(max_timescale)
 
   def project(params, x):
     k_f, k_i, k_h = jnp.split(_affine_input(params, x, "b"), 3, axis=-1)
@@ -288,9 +317,10 @@ def minlstm(
     return jax.nn.sigmoid(log_ratio), jax.nn.sigmoid(-log_ratio) * cand(k_h), None
 
   return LinearRNN("minlstm", hidden_size, hidden_size,
-                   _gated_init(hidden_size, 3, kernel_init, bias_init, param_dtype),
+                   _gated_init(hidden_size, 3, kernel_init, bias_init, param_dtype,
+                               max_timescale, (1.0, -1.0)),
                    _zeros_like_hidden(hidden_size), project, _identity_readout, _input_size,
-                   (("candidate", candidate),), bool(parallel))
+                   (("candidate", candidate), ("max_timescale", max_timescale)), bool(parallel))
 
 
 _SKIPS = ("diagonal", "dense", "none")
@@ -402,11 +432,12 @@ def lru(
 
 
 CELLS = {
-    "mingru": lambda hidden_size: mingru(hidden_size),
-    "minlstm": lambda hidden_size: minlstm(hidden_size),
+    "mingru": lambda hidden_size: mingru(hidden_size, max_timescale=784),
+    "minlstm": lambda hidden_size: minlstm(hidden_size, max_timescale=784),
     "lru": lambda hidden_size: lru(hidden_size, hidden_size, r_min=0.9, r_max=0.999,
                                    skip="dense"),
 }
 """Names for the training toolkit (merged into :data:`rnn_jax.models.CELLS`):
-``CELLS[name](hidden_size) -> layer``. The LRU gets the paper's long-sequence
-radii and a dense skip (so any input size works)."""
+``CELLS[name](hidden_size) -> layer``, set up for sequences up to pixel MNIST's
+784 steps: minGRU/minLSTM with chrono gate biases up to 784 steps, the LRU with
+the paper's long-sequence radii and a dense skip (so any input size works)."""
