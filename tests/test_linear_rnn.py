@@ -256,6 +256,23 @@ def test_lru_ring_initialisation():
   np.testing.assert_allclose(np.std(params["C_re"]), 1 / np.sqrt(size), rtol=0.05)
 
 
+def test_chrono_initialisation():
+  """Initial memory timescales 1 / (1 - a) = 1 + u with u ~ U[1, T_max - 1] (Tallec & Ollivier)."""
+  t_max, size = 100.0, 2000
+  x = jnp.zeros((size, 1))  # zero input: the coefficients come from the biases alone
+  for cell in (rnn_jax.mingru(size, max_timescale=t_max),
+               rnn_jax.minlstm(size, max_timescale=t_max)):
+    params = cell.init(jax.random.key(0), 1)
+    a, _, _ = cell.project(params, x[0])
+    timescale = 1.0 / (1.0 - np.asarray(a, np.float64))
+    assert timescale.min() >= 2.0 - 1e-3 and timescale.max() <= t_max + 0.5
+    np.testing.assert_allclose(np.mean(timescale - 1.0), t_max / 2,
+                               atol=4 * (t_max - 2) / np.sqrt(12 * size))
+    np.testing.assert_array_equal(params["b"][-size:], 0.0)  # the candidate's bias untouched
+  with pytest.raises(ValueError, match="max_timescale"):
+    rnn_jax.mingru(4, max_timescale=1.5)
+
+
 def test_g_is_continuous_and_positive():
   v = jnp.array([-30.0, -1.0, -1e-7, 0.0, 1e-7, 2.0])
   np.testing.assert_allclose(linear_rnn.g(v), np_g(np.asarray(v, np.float64)), rtol=1e-6)
