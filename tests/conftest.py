@@ -3,8 +3,10 @@
 import jax
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 import rnn_jax
+from tests import reference
 
 
 @pytest.fixture
@@ -30,10 +32,43 @@ def random_params():
   """
 
   def make(model, input_size, seed, scale=0.5):
-    params = model.init(jax.random.key(seed), input_size)
+    params = jax.eval_shape(lambda key: model.init(key, input_size), jax.random.key(seed))
     rng = np.random.default_rng(seed)
     return jax.tree.map(
         lambda leaf: jax.numpy.asarray(scale * rng.standard_normal(leaf.shape), leaf.dtype),
         params)
 
   return make
+
+
+@pytest.fixture(scope="session")
+def check_gradients():
+  """``(model, params, xs, carry, lengths, reverse)``: asserts ``jax.grad`` == central differences.
+
+  The loss is ``<G, outputs> + <G', final carry>`` with fixed random
+  cotangents, differentiated with respect to the parameters, the inputs and
+  the initial carry together. Use inside the ``x64`` fixture with float64
+  arguments.
+  """
+
+  def check(model, params, xs, carry, lengths=None, reverse=False):
+    theta, unravel = ravel_pytree((params, xs, carry))
+    assert theta.dtype == jax.numpy.float64
+    outputs, final = rnn_jax.rnn(model, params, xs, initial_carry=carry, lengths=lengths,
+                                 reverse=reverse)
+    rng = np.random.default_rng(0)
+    out_grad = rng.standard_normal(outputs.shape)
+    carry_grads = [rng.standard_normal(leaf.shape) for leaf in jax.tree.leaves(final)]
+
+    def loss(vector):
+      p, x, c = unravel(vector)
+      outputs, final = rnn_jax.rnn(model, p, x, initial_carry=c, lengths=lengths, reverse=reverse)
+      return jax.numpy.sum(outputs * out_grad) + sum(
+          jax.numpy.sum(leaf * g) for leaf, g in zip(jax.tree.leaves(final), carry_grads))
+
+    grad = jax.jit(jax.grad(loss))(theta)
+    numeric = reference.central_differences(jax.jit(jax.vmap(loss)), theta)
+    assert np.abs(numeric).max() > 1e-2
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+
+  return check

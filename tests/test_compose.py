@@ -1,0 +1,200 @@
+"""Tests of rnn_jax.compose: stack and bidirectional against tests/reference.py, dropout."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax
+from tests import reference
+
+T, I = 5, 3
+LENGTHS = np.array([[0, T, T + 4], [-2, 2, 4]], np.int32)  # batch shape (2, 3)
+
+
+def normal(seed, shape, dtype=jnp.float32):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def random_carry(model, batch_shape, seed, dtype=jnp.float32):
+  leaves, treedef = jax.tree.flatten(model.initial_carry(batch_shape))
+  return jax.tree.unflatten(treedef, [normal(seed + k, leaf.shape, dtype)
+                                      for k, leaf in enumerate(leaves)])
+
+
+def assert_close(got, want, atol=2e-5):
+  got, want = jax.tree.leaves(got), reference.leaves(want)
+  assert len(got) == len(want)
+  for g, w in zip(got, want):
+    assert g.shape == w.shape
+    np.testing.assert_allclose(np.asarray(g, np.float64), w, atol=atol, rtol=0)
+
+
+MODELS = {
+    "stack2": lambda: rnn_jax.stack([rnn_jax.lstm(4), rnn_jax.gru(3)]),
+    "stack3": lambda: rnn_jax.stack([rnn_jax.simple_rnn(2, "relu"), rnn_jax.lstm(3, 0.0),
+                                     rnn_jax.gru(4, reset_after=False)]),
+    "bi_concat": lambda: rnn_jax.bidirectional(rnn_jax.lstm(3), rnn_jax.gru(2)),
+    "bi_sum": lambda: rnn_jax.bidirectional(rnn_jax.gru(3), rnn_jax.simple_rnn(3), "sum"),
+    "bi_mean": lambda: rnn_jax.bidirectional(rnn_jax.lstm(3), rnn_jax.lstm(3), "mean"),
+    "stack_of_bi": lambda: rnn_jax.stack([
+        rnn_jax.bidirectional(rnn_jax.lstm(2), rnn_jax.gru(3)),
+        rnn_jax.bidirectional(rnn_jax.simple_rnn(2), rnn_jax.simple_rnn(2), "sum")]),
+    "bi_of_stacks": lambda: rnn_jax.bidirectional(
+        rnn_jax.stack([rnn_jax.gru(2), rnn_jax.lstm(3)]),
+        rnn_jax.stack([rnn_jax.simple_rnn(3), rnn_jax.gru(2)])),
+}
+OUTPUT_SIZES = {"stack2": 3, "stack3": 4, "bi_concat": 5, "bi_sum": 3, "bi_mean": 3,
+                "stack_of_bi": 2, "bi_of_stacks": 5}
+# Every model with lengths + reverse; the other combinations for one stack and one bidirectional.
+CASES = [(name, True, True) for name in MODELS] + [
+    (name, lengths, reverse) for name in ("stack2", "bi_concat")
+    for lengths, reverse in ((False, False), (True, False), (False, True))]
+
+
+@pytest.mark.parametrize("name, with_lengths, reverse", CASES)
+def test_matches_reference(name, with_lengths, reverse, rnn_jit, random_params):
+  """Stacks (mixed cells), bidirectional (each merge) and nestings, given carries."""
+  model = MODELS[name]()
+  assert model.output_size == OUTPUT_SIZES[name]
+  params = random_params(model, I, seed=1)
+  xs = normal(2, (2, 3, T, I))
+  carry = random_carry(model, (2, 3), seed=3)
+  lengths = LENGTHS if with_lengths else None
+  outputs, final = rnn_jit(model, params, xs, initial_carry=carry, lengths=lengths,
+                           reverse=reverse)
+  assert outputs.shape == (2, 3, T, OUTPUT_SIZES[name])
+  ref_outputs, ref_final = reference.run_model(model, params, xs, carry, lengths, reverse)
+  assert_close(outputs, ref_outputs)
+  assert_close(final, ref_final)
+  assert jax.tree.structure(final) == jax.tree.structure(model.initial_carry((2, 3)))
+
+
+def test_bidirectional_backward_starts_at_true_last_step(rnn_jit, random_params):
+  forward, backward = rnn_jax.lstm(3), rnn_jax.gru(2)
+  model = rnn_jax.bidirectional(forward, backward)
+  params = random_params(model, I, seed=4)
+  xs = normal(5, (3, T, I))
+  lengths = np.array([3, T, 1], np.int32)
+  outputs, (final_forward, final_backward) = rnn_jit(model, params, xs, lengths=lengths)
+  last = xs[np.arange(3), lengths - 1]
+  _, first_backward = backward.step(params["backward"], backward.initial_carry((3,)), last)
+  for b, length in enumerate(lengths):
+    np.testing.assert_allclose(outputs[b, length - 1, 3:], first_backward[b], atol=1e-6)
+    np.testing.assert_array_equal(outputs[b, length:], 0.0)
+  # The backward final carry is after the first step; the forward one after the last valid step.
+  np.testing.assert_allclose(final_backward, outputs[:, 0, 3:], atol=1e-6)
+  np.testing.assert_allclose(final_forward.h, outputs[np.arange(3), lengths - 1, :3], atol=1e-6)
+
+
+def test_structure_init_and_memoisation():
+  model = rnn_jax.stack([rnn_jax.lstm(4), rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(3))])
+  params = model.init(jax.random.key(0), 6)
+  assert isinstance(params, tuple) and len(params) == 2
+  assert params[0]["w_ih"].shape == (6, 16)
+  assert set(params[1]) == {"forward", "backward"}
+  assert params[1]["forward"]["w_ih"].shape == (4, 6)
+  assert params[1]["backward"]["w_ih"].shape == (4, 9)
+  assert not np.array_equal(params[1]["forward"]["w_ih"][:, :2],
+                            params[1]["backward"]["w_ih"][:, :2])
+  assert model.input_size(params) == 6 and model.output_size == 5
+  carry = model.initial_carry((7,))
+  assert isinstance(carry[0], rnn_jax.LSTMState) and carry[1][1].shape == (7, 3)
+
+  again = rnn_jax.stack([rnn_jax.lstm(4), rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(3))])
+  assert again is model and hash(again) == hash(model)
+  assert rnn_jax.stack([rnn_jax.lstm(4)], dropout=0.5) is not rnn_jax.stack([rnn_jax.lstm(4)])
+  assert rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(2), "sum") is rnn_jax.bidirectional(
+      rnn_jax.gru(2), rnn_jax.gru(2), "sum")
+
+
+# Dropout is observed through a probe: layer 0 is a relu RNN with positive
+# weights and inputs, so its outputs h are > 0; layer 1 is relu(x @ I), which
+# passes its input through unchanged. The stack's outputs are then exactly
+# layer 0's outputs after dropout.
+F, BIG_B, BIG_T = 32, 64, 8
+
+
+def _probe(dropout, variational, layers=2):
+  model = rnn_jax.stack([rnn_jax.simple_rnn(F, "relu")] * layers, dropout, variational)
+  rng = np.random.default_rng(0)
+  first = {"w_ih": jnp.asarray(rng.uniform(0.1, 0.5, (2, F)), jnp.float32),
+           "w_hh": jnp.asarray(rng.uniform(0.0, 0.1, (F, F)), jnp.float32),
+           "b": jnp.asarray(rng.uniform(0.1, 0.5, F), jnp.float32)}
+  identity = {"w_ih": jnp.eye(F), "w_hh": jnp.zeros((F, F)), "b": jnp.zeros(F)}
+  params = (first,) + (identity,) * (layers - 1)
+  xs = jnp.asarray(rng.uniform(0.0, 1.0, (BIG_B, BIG_T, 2)), jnp.float32)
+  clean, _ = rnn_jax.rnn(rnn_jax.simple_rnn(F, "relu"), first, xs)
+  assert np.all(clean > 0)
+  return model, params, xs, clean
+
+
+@pytest.mark.parametrize("variational", [False, True])
+def test_dropout_rate_scaling_and_masks(variational, rnn_jit):
+  rate = 0.3
+  model, params, xs, clean = _probe(rate, variational)
+  dropped, _ = rnn_jit(model, params, xs, dropout_rng=jax.random.key(1))
+  zero = np.asarray(dropped) == 0
+  # Inverted dropout: every kept unit is scaled by exactly 1 / (1 - rate).
+  np.testing.assert_allclose(np.asarray(dropped)[~zero], np.asarray(clean)[~zero] / (1 - rate),
+                             rtol=1e-6)
+  if variational:  # one mask per sequence and unit, the same at every time step
+    assert np.all(zero == zero[:, :1])
+    assert abs(zero[:, 0].mean() - rate) < 0.05  # 2048 draws: 5 standard deviations
+  else:
+    assert not np.all(zero == zero[:, :1])
+    assert abs(zero.mean() - rate) < 0.02  # 16384 draws: 5.5 standard deviations
+  again, _ = rnn_jit(model, params, xs, dropout_rng=jax.random.key(1))
+  np.testing.assert_array_equal(again, dropped)
+  other, _ = rnn_jit(model, params, xs, dropout_rng=jax.random.key(2))
+  assert not np.array_equal(other == 0, zero)
+  # No dropout_rng: no dropout (evaluation).
+  np.testing.assert_allclose(rnn_jit(model, params, xs)[0], clean, rtol=1e-6)
+
+
+def test_dropout_only_between_layers(rnn_jit):
+  # A one-layer stack has no layer after which to drop.
+  model, params, xs, clean = _probe(0.5, False, layers=1)
+  np.testing.assert_allclose(rnn_jit(model, params, xs, dropout_rng=jax.random.key(3))[0], clean,
+                             rtol=1e-6)
+  # Three layers: two dropouts (probability 0.5 each); the last layer's outputs are not dropped.
+  model, params, xs, clean = _probe(0.5, False, layers=3)
+  dropped = np.asarray(rnn_jit(model, params, xs, dropout_rng=jax.random.key(3))[0])
+  kept = dropped != 0
+  np.testing.assert_allclose(dropped[kept], np.asarray(clean)[kept] * 4, rtol=1e-6)
+  assert abs(kept.mean() - 0.25) < 0.02
+
+
+def test_gradients_through_composites(x64, random_params, check_gradients):
+  model = rnn_jax.stack([rnn_jax.bidirectional(rnn_jax.lstm(2), rnn_jax.gru(2)),
+                         rnn_jax.simple_rnn(2)])
+  params = jax.tree.map(lambda leaf: jnp.asarray(leaf, jnp.float64),
+                        random_params(model, 2, seed=6))
+  xs = normal(7, (2, 4, 2), jnp.float64)
+  carry = random_carry(model, (2,), seed=8, dtype=jnp.float64)
+  check_gradients(model, params, xs, carry, np.array([3, 1], np.int32), reverse=True)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(2), "max"),
+     r"merge must be one of \['concat', 'mean', 'sum'\], got 'max'"),
+    (lambda: rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(3), "sum"),
+     r"merge='sum' needs equal output sizes, got 2 and 3"),
+    (lambda: rnn_jax.stack([rnn_jax.gru(2)], dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
+    (lambda: rnn_jax.stack([rnn_jax.gru(2)], dropout=-0.1), r"dropout must be in \[0, 1\), got -0.1"),
+    (lambda: rnn_jax.stack([rnn_jax.gru(2)], dropout=float("nan")), r"dropout must be in \[0, 1\)"),
+    (lambda: rnn_jax.stack([]), r"stack needs at least one cell"),
+])
+def test_bad_arguments(make, match):
+  with pytest.raises(ValueError, match=match):
+    make()
+
+
+def test_errors_name_the_argument():
+  model = rnn_jax.stack([rnn_jax.lstm(2), rnn_jax.gru(3)])
+  params = model.init(jax.random.key(0), I)
+  with pytest.raises(ValueError, match=r"xs: expected input size 3 .* got shape \(2, 5, 4\)"):
+    rnn_jax.rnn(model, params, jnp.ones((2, T, 4)))
+  wrong = (rnn_jax.LSTMState(jnp.zeros((2, 2)), jnp.zeros((2, 2))), jnp.zeros((2, 2)))
+  with pytest.raises(ValueError, match=r"initial_carry: expected leaves of shape \(2, 3\)"):
+    rnn_jax.rnn(model, params, jnp.ones((2, T, I)), initial_carry=wrong)
