@@ -56,7 +56,7 @@ PRESETS = {
 CONFIG_FLAGS = ("dataset", "view", "permutation_seed", "cell", "hidden_size", "num_layers",
                 "dropout", "optimizer", "learning_rate", "decay", "momentum", "schedule",
                 "warmup_steps", "clip_norm", "batch_size", "epochs", "steps", "seed", "unroll",
-                "backward", "remat",
+                "backward", "remat", "ema_decay",
                 "max_train_examples")
 
 FLAGS = flags.FLAGS
@@ -77,6 +77,8 @@ flags.DEFINE_enum("schedule", "cosine", ["constant", "cosine"],
 flags.DEFINE_integer("warmup_steps", 100, "Linear warmup steps from 0.", lower_bound=0)
 flags.DEFINE_float("clip_norm", 1.0, "Clip gradients to this global norm; 0 disables.",
                    lower_bound=0.0)
+flags.DEFINE_float("ema_decay", 0.0, "Evaluate a moving average of the parameters with this "
+                   "decay (0: the final parameters).", lower_bound=0.0, upper_bound=0.99999)
 flags.DEFINE_integer("batch_size", 128, "Training batch size.", lower_bound=1)
 flags.DEFINE_float("epochs", 5.0, "Training epochs (ignored when --steps > 0).", lower_bound=0.0)
 flags.DEFINE_integer("steps", 0, "Training steps; 0: use --epochs.", lower_bound=0)
@@ -222,9 +224,11 @@ def run(config: dict, workdir: str, say) -> dict:
   log = metrics.MetricsLog(workdir)
   eval_step = train.make_eval_step(model)
 
+  use_ema = config["ema_decay"] > 0
+
   def run_eval(step, current):
-    result = train.evaluate(eval_step, current.params, test_inputs, test_labels,
-                            FLAGS.eval_batch_size)
+    result = train.evaluate(eval_step, current.ema_params if use_ema else current.params,
+                            test_inputs, test_labels, FLAGS.eval_batch_size)
     log.write("eval", {"step": step, "test_loss": result["loss"],
                        "test_accuracy": result["accuracy"]})
     say(f"step {step}: test accuracy {100 * result['accuracy']:.2f}% "
@@ -239,7 +243,8 @@ def run(config: dict, workdir: str, say) -> dict:
     log.write("train", record)
 
   train_started = time.perf_counter()
-  state = train.fit(state, train.make_train_step(model, optimizer, config["seed"]),
+  state = train.fit(state, train.make_train_step(model, optimizer, config["seed"],
+                                                 config["ema_decay"]),
                     train_inputs, train_labels, seed=config["seed"],
                     batch_size=config["batch_size"], num_steps=num_steps, store=store,
                     checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
@@ -248,15 +253,21 @@ def run(config: dict, workdir: str, say) -> dict:
   eval_started = time.perf_counter()
   final = run_eval(num_steps, state)
   eval_seconds = time.perf_counter() - eval_started
+  if use_ema:
+    without_ema = train.evaluate(eval_step, state.params, test_inputs, test_labels,
+                                 FLAGS.eval_batch_size)
+    say(f"without the parameter average: test accuracy {100 * without_ema['accuracy']:.2f}%, "
+        f"test loss {without_ema['loss']:.4f}")
+  final_params = state.ema_params if use_ema else state.params
 
-  per_step = model.step_outputs(state.params, test_inputs[:5])
+  per_step = model.step_outputs(final_params, test_inputs[:5])
   say(f"per-step outputs for a batch of 5 test images: {list(per_step.shape)} "
       "(batch, steps, hidden)")
   if FLAGS.plots:
     plots.plot_curves(log.read(), os.path.join(workdir, "curves.png"),
                       title=f"{FLAGS.preset or 'default'}: {config['cell']} "
                       f"x{config['num_layers']} H={config['hidden_size']}")
-    probabilities = np.asarray(jax.nn.softmax(model.step_logits(state.params,
+    probabilities = np.asarray(jax.nn.softmax(model.step_logits(final_params,
                                                                 test_inputs[:1])[0]))
     plots.plot_prediction_by_step(test_images[0], probabilities, int(test_labels[0]),
                                   os.path.join(workdir, "prediction_by_row.png"))
@@ -269,6 +280,8 @@ def run(config: dict, workdir: str, say) -> dict:
   return {
       "test_accuracy": final["accuracy"], "test_loss": final["loss"],
       "test_examples": final["count"], "steps": int(state.step),
+      "parameter_average": use_ema,
+      "test_accuracy_final_params": (without_ema if use_ema else final)["accuracy"],
       "resumed_from": resumed_from, "train_seconds": round(train_seconds, 2),
       "steps_per_second": steps_per_second and round(steps_per_second, 2),
       "eval_seconds": round(eval_seconds, 2),

@@ -3,8 +3,14 @@
 * :func:`make_optimizer`: Adam, RMSProp (the TF1 tutorials' variant) or SGD
   with momentum from Optax, optional ``clip_by_global_norm`` and an optional
   linear-warmup + cosine-decay schedule.
-* :class:`TrainState`: ``step``, ``params``, ``opt_state`` and ``bad_step``, a
-  plain NamedTuple pytree (what Orbax saves).
+* :class:`TrainState`: ``step``, ``params``, ``opt_state``, ``bad_step`` and
+  ``ema_params``, a plain NamedTuple pytree (what Orbax saves).
+* Optional parameter averaging (Polyak; TF's ``ExponentialMovingAverage``
+  with ``num_updates``): ``ema_params`` follows ``params`` with decay
+  ``min(ema_decay, (1 + step) / (10 + step))``, so the random initial values
+  are forgotten within the first steps. It does not change training; evaluating
+  the averaged parameters removes most of the step-to-step noise of a constant
+  learning rate.
 * :func:`make_train_step`: ONE jitted step, compiled once per shape, whose
   state buffers are donated. The whole training set lives on the device; the
   step takes the ``[B]`` example indices of its batch and gathers them, so a
@@ -55,12 +61,15 @@ class TrainState(NamedTuple):
     opt_state: the optimizer's state.
     bad_step: int32 scalar, the first step whose loss or gradients were not
       finite, or -1.
+    ema_params: the moving average of ``params`` (equal to ``params`` when
+      the train step has ``ema_decay=0``).
   """
 
   step: jax.Array
   params: Any
   opt_state: Any
   bad_step: jax.Array
+  ema_params: Any
 
 
 class NonFiniteLoss(RuntimeError):
@@ -123,7 +132,7 @@ def create_state(model: Classifier, optimizer: optax.GradientTransformation, key
   """A fresh :class:`TrainState` with ``model.init(key, input_size)`` parameters."""
   params = model.init(key, input_size)
   return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
-                    jnp.full((), -1, jnp.int32))
+                    jnp.full((), -1, jnp.int32), jax.tree.map(jnp.copy, params))
 
 
 def _batch_loss(model, params, inputs, labels, dropout_rng):
@@ -133,8 +142,15 @@ def _batch_loss(model, params, inputs, labels, dropout_rng):
   return loss, accuracy
 
 
-def make_train_step(model: Classifier, optimizer: optax.GradientTransformation, seed: int):
+def make_train_step(model: Classifier, optimizer: optax.GradientTransformation, seed: int,
+                    ema_decay: float = 0.0):
   """The jitted training step.
+
+  Args:
+    model: the classifier.
+    optimizer: from :func:`make_optimizer` (or any Optax transformation).
+    seed: the dropout keys are ``fold_in(key(seed), step)``.
+    ema_decay: decay of the parameter average ``ema_params`` (0: no average).
 
   Returns:
     ``train_step(state, inputs [N, T, F], labels [N], indices [B]) -> (state,
@@ -153,11 +169,20 @@ def make_train_step(model: Classifier, optimizer: optax.GradientTransformation, 
     params = optax.apply_updates(state.params, updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & (state.bad_step < 0)
     keep = lambda new, old: jnp.where(ok, new, old)
+    params = jax.tree.map(keep, params, state.params)
+    if ema_decay > 0.0:
+      step = state.step.astype(jnp.float32)
+      decay = jnp.where(ok, jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step)), 1.0)
+      ema_params = jax.tree.map(lambda avg, new: decay * avg + (1.0 - decay) * new,
+                                state.ema_params, params)
+    else:
+      ema_params = params
     new_state = TrainState(
         step=jnp.where(ok, state.step + 1, state.step),
-        params=jax.tree.map(keep, params, state.params),
+        params=params,
         opt_state=jax.tree.map(keep, opt_state, state.opt_state),
-        bad_step=jnp.where(ok | (state.bad_step >= 0), state.bad_step, state.step))
+        bad_step=jnp.where(ok | (state.bad_step >= 0), state.bad_step, state.step),
+        ema_params=ema_params)
     return new_state, {"loss": loss, "accuracy": accuracy}
 
   return jax.jit(train_step, donate_argnums=0)

@@ -18,6 +18,7 @@ from rnn_jax import checkpoint, models, train
 
 SEED = 3
 NUM_EXAMPLES, STEPS, FEATURES, CLASSES, BATCH = 40, 5, 3, 4, 8
+EMA_DECAY = 0.6
 
 
 def _synthetic(num_examples=NUM_EXAMPLES):
@@ -34,7 +35,7 @@ def _synthetic(num_examples=NUM_EXAMPLES):
 def _setup(learning_rate=1e-2):
   model = models.classifier(models.build_core("gru", 8), CLASSES)
   optimizer = train.make_optimizer("adam", learning_rate, clip_norm=5.0)
-  return model, optimizer, train.make_train_step(model, optimizer, SEED)
+  return model, optimizer, train.make_train_step(model, optimizer, SEED, ema_decay=EMA_DECAY)
 
 
 def _fresh_state(learning_rate=1e-2):
@@ -57,6 +58,19 @@ def test_one_train_step_decreases_the_loss():
   np.testing.assert_allclose(float(metrics["loss"]), before, rtol=1e-5)
   after = _loss(state.params, inputs[index], labels[index])
   assert after < before - 1e-3
+
+
+def test_parameter_average_follows_tf_num_updates_formula():
+  inputs, labels = map(jnp.asarray, _synthetic())
+  state = _fresh_state()
+  average = jax.tree.map(np.asarray, state.params)
+  for step in range(3):
+    state, _ = _setup()[2](state, inputs, labels, np.arange(step, step + BATCH))
+    decay = min(EMA_DECAY, (1 + step) / (10 + step))  # 0.1, 0.18, 0.25; then EMA_DECAY.
+    average = jax.tree.map(lambda avg, new: decay * avg + (1 - decay) * np.asarray(new),
+                           average, state.params)
+  jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7),
+               jax.tree.map(np.asarray, state.ema_params), average)
 
 
 def test_evaluate_counts_the_last_partial_batch_exactly():
