@@ -1,0 +1,143 @@
+"""Tests of rnn_jax.backward: the fused custom VJP against autodiff and finite differences."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax
+from rnn_jax.backward import fused_scan, rule_for
+from rnn_jax.cells import Cell
+from rnn_jax.unroll import scan_cell
+
+CELLS = {
+    "simple_tanh": lambda: rnn_jax.simple_rnn(5),
+    "simple_relu": lambda: rnn_jax.simple_rnn(5, "relu"),
+    "lstm": lambda: rnn_jax.lstm(5),
+    "gru": lambda: rnn_jax.gru(5),
+    "gru_reset_before": lambda: rnn_jax.gru(5, reset_after=False),
+}
+STEPS, BATCH, INPUTS = 6, (2, 3), 4
+LENGTHS = np.array([[0, 3, 6], [5, 9, 1]])  # 0 and over-long on purpose (clipped to [0, T]).
+
+
+def _problem(cell, dtype, seed=0):
+  """Random params, inputs ``[T, 2, 3, I]`` and initial carry (non-zero, so its gradient matters)."""
+  keys = jax.random.split(jax.random.key(seed), 4)
+  params = jax.tree.map(lambda a: a.astype(dtype), cell.init(keys[0], INPUTS))
+  params = jax.tree.map(lambda a, k: (a + 0.3 * jax.random.normal(k, a.shape)).astype(dtype),
+                        params, dict(zip(params, jax.random.split(keys[1], len(params)))))
+  xs = jax.random.normal(keys[2], (STEPS, *BATCH, INPUTS), dtype)
+  carry = jax.tree.map(lambda a: jax.random.normal(keys[3], a.shape, dtype),
+                       cell.initial_carry(BATCH))
+  return params, xs, carry
+
+
+# (masked, reverse): masking in the native forward scan (its full-length rows are the
+# unmasked case), the native reverse scan, and reversal of each valid prefix.
+ALL_COMBINATIONS = ((True, False), (False, True), (True, True))
+
+
+def _loss(scan, cell, params, xs, carry, combinations=ALL_COMBINATIONS, unroll=1):
+  """Sums ``(masked, reverse)`` runs with fixed weights on outputs and final carries."""
+  lengths = jnp.clip(jnp.asarray(LENGTHS), 0, STEPS).astype(jnp.int32)
+  total = 0.0
+  for masked, reverse in combinations:
+    outputs, final = scan(cell, params, xs, carry, lengths if masked else None, reverse, unroll)
+    weights = jnp.sin(jnp.arange(outputs.size, dtype=outputs.dtype).reshape(outputs.shape))
+    total += jnp.sum(outputs * weights)
+    total += sum(jnp.sum(jnp.cos(leaf)) for leaf in jax.tree.leaves(final))
+  return total
+
+
+@functools.lru_cache(maxsize=None)
+def _grad_fn(scan, cell):
+  return jax.jit(jax.value_and_grad(functools.partial(_loss, scan, cell), argnums=(0, 1, 2)))
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_fused_matches_autodiff_float32(name):
+  cell = CELLS[name]()
+  args = _problem(cell, jnp.float32)
+  value_auto, grads_auto = _grad_fn(scan_cell, cell)(*args)
+  value_fused, grads_fused = _grad_fn(fused_scan, cell)(*args)
+  np.testing.assert_allclose(value_fused, value_auto, rtol=1e-6)
+  flat_auto, tree_auto = jax.tree.flatten(grads_auto)
+  flat_fused, tree_fused = jax.tree.flatten(grads_fused)
+  assert tree_auto == tree_fused
+  for auto, fused in zip(flat_auto, flat_fused):
+    assert auto.dtype == fused.dtype and auto.shape == fused.shape
+    np.testing.assert_allclose(fused, auto, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(set(CELLS) - {"simple_relu"}))  # relu has kinks.
+def test_fused_matches_finite_differences_float64(name):
+  cell = CELLS[name]()
+  # Masking with the native forward scan, and the native reverse scan.
+  loss = functools.partial(_loss, fused_scan, cell, combinations=((True, False), (False, True)))
+  eps = 1e-6
+
+  @jax.jit
+  def analytic_and_numeric(args, direction):
+    grads = jax.grad(lambda a: loss(*a))(args)
+    analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads),
+                                                    jax.tree.leaves(direction)))
+    shift = lambda sign: jax.tree.map(lambda a, d: a + sign * eps * d, args, direction)
+    return analytic, (loss(*shift(1.0)) - loss(*shift(-1.0))) / (2 * eps)
+
+  with jax.enable_x64(True):
+    args = _problem(cell, jnp.float64)
+    rng = np.random.default_rng(1)
+    direction = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), args)
+    analytic, numeric = analytic_and_numeric(args, direction)
+    assert float(jnp.abs(numeric)) > 1e-2  # The check is not vacuous.
+    np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-7)
+
+
+def test_fused_under_vmap_matches_autodiff():
+  cell = rnn_jax.lstm(5)
+  params, xs, carry = _problem(cell, jnp.float32)
+  xs_batch = jnp.stack([xs, 2.0 * xs, -xs])  # vmap over a leading axis of three problems.
+
+  def per_example(scan):
+    loss = lambda p, x: _loss(scan, cell, p, x, carry, ((True, True),), unroll=2)
+    return jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(None, 0)))
+
+  auto = per_example(scan_cell)(params, xs_batch)
+  fused = per_example(fused_scan)(params, xs_batch)
+  for a, f in zip(jax.tree.leaves(auto), jax.tree.leaves(fused)):
+    assert a.shape[0] == 3
+    np.testing.assert_allclose(f, a, atol=1e-5, rtol=1e-5)
+
+
+def test_rnn_backward_argument():
+  cell = rnn_jax.simple_rnn(4)
+  params = cell.init(jax.random.key(0), 3)
+  xs = jax.random.normal(jax.random.key(1), (2, 5, 3))
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def grads(backward, params, xs):
+    # Batched with lengths, and with no batch axes at all (flattened to a batch of one).
+    batched = lambda p, x: jnp.sum(rnn_jax.rnn(cell, p, x, lengths=jnp.array([5, 2]),
+                                               backward=backward)[0] ** 2)
+    single = lambda x: jnp.sum(rnn_jax.rnn(cell, params, x, backward=backward)[0] ** 2)
+    return jax.grad(batched, argnums=(0, 1))(params, xs), jax.grad(single)(xs[0])
+
+  auto, fused = grads("autodiff", params, xs), grads("fused", params, xs)
+  for a, f in zip(jax.tree.leaves(auto), jax.tree.leaves(fused)):
+    np.testing.assert_allclose(f, a, atol=1e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="backward"):
+    rnn_jax.rnn(cell, params, xs, backward="manual")
+
+
+def test_unknown_cell_falls_back_to_autodiff():
+  base = rnn_jax.simple_rnn(3)
+  cell = base._replace(name="custom")
+  assert rule_for(cell) is None and isinstance(cell, Cell)
+  params = base.init(jax.random.key(0), 2)
+  xs = jax.random.normal(jax.random.key(1), (4, 2))
+  loss = lambda scan: jax.grad(lambda p: jnp.sum(scan(cell, p, xs, jnp.zeros(3))[0]))(params)
+  for a, f in zip(jax.tree.leaves(loss(scan_cell)), jax.tree.leaves(loss(fused_scan))):
+    np.testing.assert_allclose(f, a, rtol=1e-6)
