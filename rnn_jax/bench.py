@@ -79,9 +79,13 @@ def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
   Returns:
     ``name -> dict`` as :func:`time_function` returns, ``warmup_s`` included.
   """
-  warmup_s = {}
+  warmup_s = {name: 0.0 for name in cases}
   for name, (fn, args) in cases.items():
-    warmup_s[name] = time_function(fn, *args, repeats=1, warmup=warmup)["warmup_s"]
+    for i in range(warmup):
+      start = time.perf_counter()
+      _block(fn(*args))
+      if i == 0:
+        warmup_s[name] = time.perf_counter() - start
   times = {name: [] for name in cases}
   elapsed_rounds = 0.0
   done = 0

@@ -1,0 +1,74 @@
+"""Smoke tests of the benchmark machinery (rnn_jax.bench, experiments/bench_rnn); nothing is timed."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rnn_jax import bench
+
+SHAPE = (2, 3, 2, 4)  # B, T, I, H
+
+
+def test_time_function_counts_calls_and_waits():
+  calls = []
+
+  def fn(x):
+    calls.append(1)
+    return x * 2
+
+  result = bench.time_function(fn, jnp.ones(3), repeats=4, warmup=2)
+  assert len(calls) == 6 and result["repeats"] == 4 and len(result["times_s"]) == 4
+  assert result["min_s"] <= result["median_s"] <= max(result["times_s"])
+
+
+def test_time_interleaved_runs_every_case_each_round():
+  calls = {"a": 0, "b": 0}
+
+  def make(name):
+    def fn():
+      calls[name] += 1
+    return fn
+
+  result = bench.time_interleaved({"a": (make("a"), ()), "b": (make("b"), ())}, rounds=3,
+                                  warmup=1)
+  assert calls == {"a": 4, "b": 4}
+  assert set(result) == {"a", "b"} and result["a"]["repeats"] == 3
+
+
+def test_model_flops():
+  # LSTM forward: 2 * T * B * (I + H) * 4H, backward twice that again.
+  assert bench.model_flops("lstm", SHAPE, "fwd") == 2 * 3 * 2 * (2 + 4) * 16
+  assert bench.model_flops("gru", SHAPE, "fwd+bwd") == 3 * 2 * 3 * 2 * (2 + 4) * 12
+
+
+@pytest.mark.parametrize("cell_name", bench.CELLS)
+def test_builders_agree_on_shapes(cell_name):
+  """rnn_jax's two backward modes give the same gradients; Flax and torch the same shapes."""
+  forward, forward_backward, args = bench.build_rnn_jax(cell_name, SHAPE)
+  assert forward(*args).shape == (3, 2, 4)
+  grads = forward_backward(*args)
+  fused = bench.build_rnn_jax(cell_name, SHAPE, backward="fused", unroll=2)[1](*args)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(fused)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+  flax_forward, _, flax_args = bench.build_flax(cell_name, SHAPE)
+  assert flax_forward(*flax_args).shape == (3, 2, 4)
+  if bench.torch_available():
+    torch_forward, torch_backward, torch_args = bench.build_torch(cell_name, SHAPE)
+    assert tuple(torch_forward(*torch_args).shape) == (3, 2, 4)
+    assert tuple(torch_backward(*torch_args).shape) == (3, 2, 2)
+
+
+def test_suite_writes_json_and_chart(tmp_path):
+  from experiments import bench_rnn  # pylint: disable=import-outside-toplevel
+  bench_rnn.main(["--quick", "--no-sweep", "--no-train", "--no-torch", "--cells", "simple_rnn",
+                  "--shapes", "2,3,2,4", "--rounds", "1", "--out", str(tmp_path)])
+  record = json.loads((tmp_path / "results.json").read_text())
+  assert (tmp_path / "results.png").stat().st_size > 0
+  modes = {(s["mode"]) for s in record["summary"]}
+  assert modes == {"fwd", "fwd+bwd"}
+  for line in record["summary"]:
+    assert line["rnn_jax_ms"] > 0 and line["flax_ms"] > 0
+    assert line["flax_over_rnn_jax"] == pytest.approx(line["flax_ms"] / line["rnn_jax_ms"])
