@@ -1,0 +1,36 @@
+"""Tests of rnn_jax.plots: the PNGs are written, with one panel per time step."""
+
+import matplotlib.figure
+import matplotlib.image
+import numpy as np
+
+from rnn_jax import plots
+
+
+def test_curves_png(tmp_path):
+  records = [{"kind": "train", "step": s, "loss": 1.0 / s, "accuracy": 0.9} for s in (1, 2, 3)]
+  records.append({"kind": "eval", "step": 3, "test_loss": 0.4, "test_accuracy": 0.95})
+  path = tmp_path / "curves.png"
+  plots.plot_curves(records, str(path), title="t")
+  assert matplotlib.image.imread(str(path)).shape[:2] == (400, 1100)
+
+
+def test_prediction_by_step_has_one_bar_chart_per_step(tmp_path, monkeypatch):
+  saved = {}
+  original = matplotlib.figure.Figure.savefig
+
+  def spy(figure, *args, **kwargs):
+    saved["axes"] = figure.axes
+    return original(figure, *args, **kwargs)
+
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+  probabilities = np.full((28, 10), 0.1)
+  probabilities[:, 3] = 0.5
+  path = tmp_path / "rows.png"
+  plots.plot_prediction_by_step(np.zeros((28, 28)), probabilities, 3, str(path))
+  assert path.stat().st_size > 0
+  bar_axes = saved["axes"][1:]
+  assert len(bar_axes) == 28
+  heights = [patch.get_height() for patch in bar_axes[5].patches]
+  np.testing.assert_allclose(heights, probabilities[5])
+  assert bar_axes[5].get_title() == "step 6: 3"
