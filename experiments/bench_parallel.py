@@ -11,7 +11,8 @@ respect to the parameters and the inputs) of:
 
 * minGRU, minLSTM and the LRU (:mod:`rnn_jax.linear_rnn`) in their parallel
   mode (``jax.lax.associative_scan``) and their sequential mode (the core's
-  ``jax.lax.scan``);
+  ``jax.lax.scan``), the latter also with ``hoist=True`` (all steps'
+  coefficients computed before the scan);
 * rnn_jax's LSTM (:func:`rnn_jax.bench.build_rnn_jax`, plain autodiff and the
   fused custom backward).
 
@@ -50,14 +51,14 @@ def linear_layer(name: str, hidden: int, parallel: bool):
   return layer()
 
 
-def build(layer, shape):
+def build(layer, shape, hoist: bool = False):
   """``(forward, forward_backward, args)`` for any rnn_jax layer, as ``bench.build_*`` return."""
   batch, steps, inputs, _ = shape
   params = layer.init(jax.random.key(0), inputs)
   xs = jnp.asarray(np.random.default_rng(0).standard_normal((steps, batch, inputs), np.float32))
 
   def forward(params, xs):
-    return rnn_jax.rnn(layer, params, xs, time_major=True)[0]
+    return rnn_jax.rnn(layer, params, xs, time_major=True, hoist=hoist)[0]
 
   def loss(params, xs):
     return jnp.sum(forward(params, xs))
@@ -70,9 +71,9 @@ def cases_for(shape) -> dict:
   hidden = shape[3]
   cases = {}
   for name in LAYERS:
-    for parallel in (True, False):
-      label = f"{name} {'parallel' if parallel else 'sequential'}"
-      cases[label] = build(linear_layer(name, hidden, parallel), shape)
+    cases[f"{name} parallel"] = build(linear_layer(name, hidden, True), shape)
+    cases[f"{name} sequential"] = build(linear_layer(name, hidden, False), shape)
+    cases[f"{name} sequential hoist"] = build(linear_layer(name, hidden, False), shape, hoist=True)
   cases["lstm"] = bench.build_rnn_jax("lstm", shape)
   cases["lstm fused-bwd"] = bench.build_rnn_jax("lstm", shape, backward="fused")
   return cases
@@ -92,7 +93,7 @@ def time_shape(shape, rounds: int) -> list:
       rows.append({"shape": list(shape), "mode": mode, "case": name, "median_ms": ms,
                    "min_ms": result["min_s"] * 1e3, "compile_s": result["warmup_s"],
                    "repeats": result["repeats"], "vs_lstm": ms / lstm_ms})
-      print(f"  T={shape[1]:5d} {mode:8s} {name:20s} {ms:9.2f} ms  x{ms / lstm_ms:5.2f} of lstm"
+      print(f"  T={shape[1]:5d} {mode:8s} {name:24s} {ms:9.2f} ms  x{ms / lstm_ms:5.2f} of lstm"
             f"  (compile {result['warmup_s']:.1f} s)", flush=True)
   return rows
 
