@@ -18,9 +18,14 @@ def x64():
 
 @pytest.fixture(scope="session")
 def rnn_jit():
-  """``rnn_jax.rnn`` under ``jax.jit``, the cell and flags static; shared by all tests."""
-  return jax.jit(rnn_jax.rnn, static_argnums=0,
-                 static_argnames=("reverse", "time_major", "unroll", "hoist"))
+  """``rnn_jax.rnn`` under ``jax.jit`` (cell and flags static), returning NumPy arrays.
+
+  Shared by all tests so equal calls compile once; NumPy results keep the
+  tests' indexing from compiling little XLA programs of its own.
+  """
+  jitted = jax.jit(rnn_jax.rnn, static_argnums=0,
+                   static_argnames=("reverse", "time_major", "unroll", "hoist"))
+  return lambda *args, **kwargs: jax.tree.map(np.asarray, jitted(*args, **kwargs))
 
 
 @pytest.fixture(scope="session")

@@ -24,13 +24,12 @@ CELLS = {
 }
 
 
-def normal(seed, shape, dtype=jnp.float32):
-  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+def normal(seed, shape, dtype=np.float32):
+  return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 
 
 def random_carry(cell, batch_shape, seed, dtype=jnp.float32):
-  carry = cell.initial_carry(batch_shape)
-  leaves, treedef = jax.tree.flatten(carry)
+  leaves, treedef = jax.tree.flatten(jax.eval_shape(lambda: cell.initial_carry(batch_shape)))
   return jax.tree.unflatten(treedef, [normal(seed + k, leaf.shape, dtype)
                                       for k, leaf in enumerate(leaves)])
 
@@ -142,10 +141,10 @@ def test_time_major(reverse, rnn_jit, random_params):
   params = random_params(cell, I, seed=11)
   xs = normal(12, (2, 3, T, I))
   batch_major = rnn_jit(cell, params, xs, lengths=LENGTHS, reverse=reverse)
-  time_major = rnn_jit(cell, params, jnp.moveaxis(xs, 2, 0), lengths=LENGTHS, reverse=reverse,
+  time_major = rnn_jit(cell, params, np.moveaxis(xs, 2, 0), lengths=LENGTHS, reverse=reverse,
                        time_major=True)
   assert time_major[0].shape == (T, 2, 3, H)
-  np.testing.assert_allclose(jnp.moveaxis(time_major[0], 0, 2), batch_major[0], atol=1e-6)
+  np.testing.assert_allclose(np.moveaxis(time_major[0], 0, 2), batch_major[0], atol=1e-6)
   np.testing.assert_allclose(time_major[1], batch_major[1], atol=1e-6)
 
 
@@ -163,7 +162,7 @@ def test_batch_shapes(rnn_jit, random_params):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b[1, 2], atol=1e-6), none, two)
 
 
-@pytest.mark.parametrize("name", ["tanh", "lstm_fb1", "gru_before"])
+@pytest.mark.parametrize("name", ["lstm_fb1", "gru_before"])
 def test_unroll_and_hoist_change_nothing(name, rnn_jit, random_params):
   cell = CELLS[name]
   params = random_params(cell, I, seed=15)
@@ -211,16 +210,15 @@ def to_float64(tree):
   return jax.tree.map(lambda leaf: jnp.asarray(leaf, jnp.float64), tree)
 
 
-@pytest.mark.parametrize("options", [{}, {"lengths": [3, 0, 4], "reverse": True}])
 @pytest.mark.parametrize("name", ["tanh", "lstm_fb1", "gru_after", "gru_before"])
-def test_gradients_match_finite_differences(name, options, x64, random_params, check_gradients):
+def test_gradients_match_finite_differences(name, x64, random_params, check_gradients):
+  """Lengths 3, 0 and T (masking, a held carry, a full sequence) with reverse, in float64."""
   cell = {"tanh": rnn_jax.simple_rnn(3), "lstm_fb1": rnn_jax.lstm(3),
           "gru_after": rnn_jax.gru(3), "gru_before": rnn_jax.gru(3, reset_after=False)}[name]
   params = to_float64(random_params(cell, 2, seed=21))
   xs = to_float64(normal(22, (3, 4, 2)))
   carry = to_float64(random_carry(cell, (3,), seed=23))
-  lengths = None if "lengths" not in options else np.asarray(options["lengths"], np.int32)
-  check_gradients(cell, params, xs, carry, lengths, options.get("reverse", False))
+  check_gradients(cell, params, xs, carry, np.array([3, 0, 4], np.int32), reverse=True)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
