@@ -20,7 +20,9 @@ Each constructor returns a :class:`LinearRNN`, which ``rnn_jax.rnn``,
 in one of two modes that give the same outputs (to float rounding):
 
 * ``parallel=True`` (the default, for training): all coefficients in one
-  matmul, then one associative scan over time;
+  matmul, then one associative scan over time (:func:`linear_scan`, whose
+  gradient is a hand-written reverse scan; forward-mode differentiation such
+  as ``jax.jvp`` or ``jax.hessian`` needs the sequential mode);
 * ``parallel=False`` (sequential): the core's ``jax.lax.scan``
   (:func:`rnn_jax.unroll.scan_cell`) over :meth:`LinearRNN.step`, the mode
   for generation one step at a time. ``layer._replace(parallel=False)``
