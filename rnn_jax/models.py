@@ -20,9 +20,14 @@ Both are active only when ``apply`` gets a ``dropout_rng``.
 
 Rematerialisation (``remat=True`` in :func:`build_core`) wraps each cell's
 whole time step in ``jax.checkpoint``: the backward pass keeps only each step's
-carry and input and recomputes the gate activations, trading roughly a third
-more compute for residual memory that no longer grows with the gate count
-(useful for 784-step pixel MNIST at large batch).
+carry and input and recomputes the step's gate activations from them, so the
+saved residuals shrink from all gate activations to the carry, at the price of
+running each step's forward once more (up to ~1/3 more compute). Measured once
+for a pixel-MNIST training step (LSTM 128, batch 256, T = 784, Adam) on our
+2-core CPU: XLA scratch memory 1373 MiB -> 393 MiB, step time unchanged within
+the noise (median ratio 1.00 over 4 alternating steps, 2.6-4.5 s each on a
+loaded machine): there the recomputation is paid for by the smaller memory
+traffic. Use it for long sequences at large batch, where memory binds.
 """
 
 from __future__ import annotations
