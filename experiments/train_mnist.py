@@ -98,7 +98,8 @@ flags.DEFINE_integer("unroll", 2, "Time steps per scan iteration.", lower_bound=
 flags.DEFINE_enum("backward", "autodiff", ["autodiff", "fused"], "Gradient of the scan: JAX "
                   "autodiff or rnn_jax.backward's hand-written reverse scan.")
 flags.DEFINE_boolean("remat", False, "Rematerialise each scan step in the backward pass "
-                     "(less memory, ~30% more compute; for long pixel sequences).")
+                     "(pixel view, LSTM 128, batch 256: 3.5x less XLA scratch memory; up to "
+                     "1/3 more compute, no slowdown measured on our CPU).")
 flags.DEFINE_integer("log_every", 100, "Steps between progress lines.", lower_bound=1)
 flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.", lower_bound=1)
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.", lower_bound=1)
