@@ -100,7 +100,12 @@ def describe_machine(label: str) -> dict:
 
 
 def rnn_jax_variants(mode: str, unrolls, sweep: bool) -> dict:
-  """``variant name -> build_rnn_jax keyword arguments`` for one mode."""
+  """``variant name -> build_rnn_jax keyword arguments`` for one mode.
+
+  "default" is ``rnn``'s defaults (``unroll=None``: per backend and cell;
+  ``backward="fused"``); the others name their options ("u2 hoist" is
+  ``unroll=2, hoist=True`` with autodiff; "u2 fused" ``backward="fused"``).
+  """
   variants = {"default": {}}
   if not sweep:
     return variants
@@ -210,9 +215,8 @@ def format_sweep(rows) -> str:
 
 def time_training(args, on_gpu, with_torch) -> dict:
   """The MNIST-rows training step (batch 128, LSTM 128, Adam): rnn_jax against torch."""
-  cases = {}
-  step, step_args = bench.build_train_step_rnn_jax()
-  cases["rnn_jax"] = (step, step_args)
+  cases = {"rnn_jax": bench.build_train_step_rnn_jax(),
+           "rnn_jax autodiff": bench.build_train_step_rnn_jax(backward="autodiff")}
   if with_torch:
     step, step_args = bench.build_train_step_torch(device="cuda" if on_gpu else "cpu")
     cases["torch"] = (step, step_args)

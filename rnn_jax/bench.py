@@ -128,21 +128,19 @@ def rnn_jax_cell(cell_name: str, hidden: int):
           "gru": lambda: rnn_jax.gru(hidden)}[cell_name]()
 
 
-def build_rnn_jax(cell_name: str, shape, *, unroll: int = 1, hoist: bool = False,
-                  backward: str = "autodiff"):
-  """rnn_jax's ``rnn`` with the given options; see the section comment for what it returns."""
+def build_rnn_jax(cell_name: str, shape, **options):
+  """rnn_jax's ``rnn`` with ``options`` (``unroll``, ``hoist``, ``backward``; unset ones default)."""
   import rnn_jax  # pylint: disable=import-outside-toplevel
   cell = rnn_jax_cell(cell_name, shape[3])
   params = cell.init(jax.random.key(0), shape[2])
   xs = jnp.asarray(_inputs(shape))
 
   def loss(params, xs):
-    outputs, _ = rnn_jax.rnn(cell, params, xs, time_major=True, unroll=unroll, hoist=hoist,
-                             backward=backward)
+    outputs, _ = rnn_jax.rnn(cell, params, xs, time_major=True, **options)
     return jnp.sum(outputs)
 
   forward = jax.jit(lambda params, xs: rnn_jax.rnn(cell, params, xs, time_major=True,
-                                                   unroll=unroll, hoist=hoist)[0])
+                                                   **options)[0])
   return forward, jax.jit(jax.grad(loss, argnums=(0, 1))), (params, xs)
 
 
@@ -233,9 +231,11 @@ def gemm_peak(cell_name: str, shape, repeats: int = 10) -> float:
 # Training step: MNIST rows (28 steps of 28 pixels), LSTM, dense head, Adam.
 
 
-def build_train_step_rnn_jax(batch: int = 128, hidden: int = 128, *,
-                             backward: str = "autodiff", unroll: int = 1):
-  """One rnn_jax + Optax Adam step on synthetic MNIST-row batches; returns ``(step, args)``."""
+def build_train_step_rnn_jax(batch: int = 128, hidden: int = 128, **options):
+  """One rnn_jax + Optax Adam step on synthetic MNIST-row batches; returns ``(step, args)``.
+
+  ``options`` go to ``rnn_jax.rnn`` (e.g. ``backward="autodiff"``); unset ones default.
+  """
   import optax  # pylint: disable=import-outside-toplevel
   import rnn_jax  # pylint: disable=import-outside-toplevel
   cell = rnn_jax.lstm(hidden, forget_bias=0.0)
@@ -250,7 +250,7 @@ def build_train_step_rnn_jax(batch: int = 128, hidden: int = 128, *,
   labels = jnp.asarray(rng.integers(0, 10, batch))
 
   def loss(params, images, labels):
-    outputs, _ = rnn_jax.rnn(cell, params["rnn"], images, unroll=unroll, backward=backward)
+    outputs, _ = rnn_jax.rnn(cell, params["rnn"], images, **options)
     logits = outputs[:, -1] @ params["head"]["w"] + params["head"]["b"]
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 

@@ -41,8 +41,25 @@ def reverse_padded(xs: jax.Array, lengths: jax.Array) -> jax.Array:
   return jnp.take_along_axis(xs, index[..., None], axis=0)
 
 
+# Defaults of ``rnn``, chosen with experiments/bench_rnn.py (tables in
+# experiments/results/): the scan's ``unroll`` per JAX backend and cell name when
+# ``unroll=None`` (cells not listed use 1), and how its gradient is computed.
+AUTO_UNROLL = {
+    "cpu": {"simple_rnn": 1, "lstm": 1, "gru": 1},
+    "gpu": {"simple_rnn": 8, "lstm": 8, "gru": 8},
+}
+DEFAULT_BACKWARD = "fused"
+
+
+def resolve_unroll(cell, unroll: int | None) -> int:
+  """``unroll``, or for ``None`` the measured best of :data:`AUTO_UNROLL` on the default backend."""
+  if unroll is not None:
+    return unroll
+  return AUTO_UNROLL.get(jax.default_backend(), {}).get(getattr(cell, "name", None), 1)
+
+
 def scan_cell(cell: Cell, params, xs: jax.Array, carry, lengths=None, reverse=False,
-              unroll: int = 1, hoist: bool = False):
+              unroll: int | None = 1, hoist: bool = False):
   """Runs ``cell`` over time-major inputs with one ``jax.lax.scan``; no argument checks.
 
   Args:
@@ -52,7 +69,7 @@ def scan_cell(cell: Cell, params, xs: jax.Array, carry, lengths=None, reverse=Fa
     carry: the initial carry, leaves ``[..., H]``.
     lengths: ``None`` or ``[...]`` int32 already clipped to ``[0, T]``.
     reverse: run from the last (valid) step to the first.
-    unroll: passed to ``jax.lax.scan``.
+    unroll: passed to ``jax.lax.scan``; ``None`` picks :func:`resolve_unroll`'s.
     hoist: compute ``cell.project`` for all steps as one matmul before the scan.
 
   Returns:
@@ -63,6 +80,7 @@ def scan_cell(cell: Cell, params, xs: jax.Array, carry, lengths=None, reverse=Fa
                                False, unroll, hoist)
     return reverse_padded(outputs, lengths), carry
 
+  unroll = resolve_unroll(cell, unroll)
   inputs = cell.project(params, xs) if hoist else xs
   advance = cell.recur if hoist else cell.step
 
@@ -83,8 +101,8 @@ def scan_cell(cell: Cell, params, xs: jax.Array, carry, lengths=None, reverse=Fa
 BACKWARDS = ("autodiff", "fused")
 
 
-def run_time_major(cell, params, xs, carry, lengths=None, reverse=False, unroll=1,
-                   dropout_rng=None, hoist=False, backward="autodiff"):
+def run_time_major(cell, params, xs, carry, lengths=None, reverse=False, unroll=None,
+                   dropout_rng=None, hoist=False, backward=DEFAULT_BACKWARD):
   """Runs a cell or a composite over time-major ``xs [T, ..., I]``; no argument checks.
 
   The one dispatch point between plain cells (one scan, differentiated by
@@ -94,7 +112,8 @@ def run_time_major(cell, params, xs, carry, lengths=None, reverse=False, unroll=
   if isinstance(cell, Cell):
     if backward == "fused":
       from rnn_jax.backward import fused_scan  # pylint: disable=import-outside-toplevel
-      return fused_scan(cell, params, xs, carry, lengths, reverse, unroll, hoist)
+      return fused_scan(cell, params, xs, carry, lengths, reverse, resolve_unroll(cell, unroll),
+                        hoist)
     return scan_cell(cell, params, xs, carry, lengths, reverse, unroll, hoist)
   return cell.run(params, xs, carry, lengths, reverse, unroll, dropout_rng, hoist)
 
@@ -111,8 +130,9 @@ def _check_carry(cell, carry, batch_shape):
 
 
 def rnn(cell, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
-        reverse: bool = False, time_major: bool = False, unroll: int = 1,
-        dropout_rng: jax.Array | None = None, hoist: bool = False, backward: str = "autodiff"):
+        reverse: bool = False, time_major: bool = False, unroll: int | None = None,
+        dropout_rng: jax.Array | None = None, hoist: bool = False,
+        backward: str = DEFAULT_BACKWARD):
   """Runs a cell (or a ``stack``/``bidirectional`` of cells) over a sequence.
 
   Works under ``jax.jit``, ``jax.grad`` and ``jax.vmap``; every check below
@@ -128,15 +148,17 @@ def rnn(cell, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
     reverse: process each sequence from its last valid step to its first;
       outputs stay in the input's time order.
     time_major: whether time is the leading axis of ``xs`` and of the outputs.
-    unroll: steps per scan iteration (``jax.lax.scan(unroll=...)``).
+    unroll: steps per scan iteration (``jax.lax.scan(unroll=...)``); ``None``
+      (the default) uses the value measured fastest for the cell on the
+      current backend (:data:`AUTO_UNROLL`).
     dropout_rng: a PRNG key enabling the dropout of composites; ``None`` (the
       default, for evaluation) disables dropout.
     hoist: compute the input projection of all time steps as one matmul
       before the scan instead of once per step inside it.
     backward: how gradients of a cell's scan are computed: ``"autodiff"``
       (JAX differentiates the scan) or ``"fused"`` (:mod:`rnn_jax.backward`'s
-      custom VJP: one reverse scan, weight gradients batched over time).
-      Composites run their layers with the default.
+      custom VJP: one reverse scan, weight gradients batched over time; the
+      default, :data:`DEFAULT_BACKWARD`). Composites run their layers with the default.
 
   Returns:
     ``(outputs, final_carry)``: outputs ``[..., T, O]`` (``[T, ..., O]`` if
