@@ -299,5 +299,5 @@ def test_errors(kwargs, match):
   xs = arguments.pop("xs")
   with pytest.raises(ValueError, match=match):
     rnn_jax.rnn(cell, params, xs, **arguments)
-  with pytest.raises(ValueError, match=match):  # at trace time under jit too
-    jax.jit(lambda p, x: rnn_jax.rnn(cell, p, x, **arguments))(params, xs)
+  with pytest.raises(ValueError, match=match):  # at trace time, from traced arguments too
+    jax.jit(lambda p, x, kw: rnn_jax.rnn(cell, p, x, **kw))(params, xs, arguments)
