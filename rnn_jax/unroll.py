@@ -31,11 +31,12 @@ def reverse_padded(xs: jax.Array, lengths: jax.Array) -> jax.Array:
 
   Args:
     xs: ``[T, ..., F]``, time-major.
-    lengths: ``[...]`` integers in ``[0, T]``.
+    lengths: ``[...]`` integers, clipped to ``[0, T]`` (as in :func:`rnn`).
 
   Returns:
     ``[T, ..., F]`` with ``out[t, b] = xs[lengths[b] - 1 - t, b]`` for ``t < lengths[b]``.
   """
+  lengths = jnp.clip(jnp.asarray(lengths), 0, xs.shape[0])
   steps = jnp.arange(xs.shape[0]).reshape((-1,) + (1,) * lengths.ndim)
   index = jnp.where(steps < lengths, lengths - 1 - steps, steps)
   return jnp.take_along_axis(xs, index[..., None], axis=0)

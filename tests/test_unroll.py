@@ -266,6 +266,10 @@ def test_reverse_padded_and_last_output():
   out = reverse_padded(jnp.asarray(xs), jnp.array([3, 0]))
   np.testing.assert_array_equal(out[:, 0, 0], [xs[2, 0, 0], xs[1, 0, 0], xs[0, 0, 0], xs[3, 0, 0]])
   np.testing.assert_array_equal(out[:, 1], xs[:, 1])
+  # Lengths outside [0, T] are clipped, as in rnn(): no out-of-range gather (NaN).
+  clipped = reverse_padded(jnp.asarray(xs), jnp.array([7, -1]))
+  np.testing.assert_array_equal(clipped[:, 0], xs[::-1, 0])
+  np.testing.assert_array_equal(clipped[:, 1], xs[:, 1])
 
   outputs = jnp.asarray(np.arange(3 * 4 * 2, dtype=np.float32).reshape(3, 4, 2) + 1)
   np.testing.assert_array_equal(rnn_jax.last_output(outputs), outputs[:, -1])
