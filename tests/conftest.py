@@ -48,7 +48,7 @@ def random_params():
 
 @pytest.fixture(scope="session")
 def check_gradients():
-  """``(model, params, xs, carry, lengths, reverse)``: asserts ``jax.grad`` == central differences.
+  """``(model, params, xs, carry, lengths, reverse, **rnn_kwargs)``: ``jax.grad`` == central differences.
 
   The loss is ``<G, outputs> + <G', final carry>`` with fixed random
   cotangents, differentiated with respect to the parameters, the inputs and
@@ -56,18 +56,19 @@ def check_gradients():
   arguments.
   """
 
-  def check(model, params, xs, carry, lengths=None, reverse=False):
+  def check(model, params, xs, carry, lengths=None, reverse=False, **rnn_kwargs):
     theta, unravel = ravel_pytree((params, xs, carry))
     assert theta.dtype == jax.numpy.float64
     outputs, final = rnn_jax.rnn(model, params, xs, initial_carry=carry, lengths=lengths,
-                                 reverse=reverse)
+                                 reverse=reverse, **rnn_kwargs)
     rng = np.random.default_rng(0)
     out_grad = rng.standard_normal(outputs.shape)
     carry_grads = [rng.standard_normal(leaf.shape) for leaf in jax.tree.leaves(final)]
 
     def loss(vector):
       p, x, c = unravel(vector)
-      outputs, final = rnn_jax.rnn(model, p, x, initial_carry=c, lengths=lengths, reverse=reverse)
+      outputs, final = rnn_jax.rnn(model, p, x, initial_carry=c, lengths=lengths, reverse=reverse,
+                                   **rnn_kwargs)
       return jax.numpy.sum(outputs * out_grad) + sum(
           jax.numpy.sum(leaf * g) for leaf, g in zip(jax.tree.leaves(final), carry_grads))
 

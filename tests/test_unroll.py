@@ -210,19 +210,26 @@ def to_float64(tree):
   return jax.tree.map(lambda leaf: jnp.asarray(leaf, jnp.float64), tree)
 
 
-@pytest.mark.parametrize("name", ["tanh", "lstm_fb1", "gru_after", "gru_before"])
-def test_gradients_match_finite_differences(name, x64, random_params, check_gradients):
-  """Lengths 3, 0 and T (masking, a held carry, a full sequence) with reverse, in float64."""
+@pytest.mark.parametrize("name, backward", [
+    ("tanh", "fused"), ("lstm_fb1", "fused"), ("gru_after", "fused"), ("gru_before", "fused"),
+    ("lstm_fb1", "autodiff")])
+def test_gradients_match_finite_differences(name, backward, x64, random_params, check_gradients):
+  """Lengths 3, 0 and T (masking, a held carry, a full sequence) with reverse, in float64.
+
+  Both backward passes of ``rnn`` (its custom VJP and JAX's autodiff of the scan).
+  """
   cell = {"tanh": rnn_jax.simple_rnn(3), "lstm_fb1": rnn_jax.lstm(3),
           "gru_after": rnn_jax.gru(3), "gru_before": rnn_jax.gru(3, reset_after=False)}[name]
   params = to_float64(random_params(cell, 2, seed=21))
   xs = to_float64(normal(22, (3, 4, 2)))
   carry = to_float64(random_carry(cell, (3,), seed=23))
-  check_gradients(cell, params, xs, carry, np.array([3, 0, 4], np.int32), reverse=True)
+  check_gradients(cell, params, xs, carry, np.array([3, 0, 4], np.int32), reverse=True,
+                  backward=backward)
 
 
+@pytest.mark.parametrize("backward", ["fused", "autodiff"])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_elman_grad_matches_hand_written_bptt(activation, x64, random_params):
+def test_elman_grad_matches_hand_written_bptt(activation, backward, x64, random_params):
   cell = rnn_jax.simple_rnn(H, activation)
   params = to_float64(random_params(cell, I, seed=24))
   xs = to_float64(normal(25, (3, T, I)))
@@ -231,7 +238,7 @@ def test_elman_grad_matches_hand_written_bptt(activation, x64, random_params):
   out_grad, final_grad = normal(27, (3, T, H), jnp.float64), normal(28, (3, H), jnp.float64)
 
   def loss(p, x, h):
-    outputs, final = rnn_jax.rnn(cell, p, x, initial_carry=h, lengths=lengths)
+    outputs, final = rnn_jax.rnn(cell, p, x, initial_carry=h, lengths=lengths, backward=backward)
     return jnp.sum(outputs * out_grad) + jnp.sum(final * final_grad)
 
   grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, xs, h0)
