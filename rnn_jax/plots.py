@@ -56,7 +56,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str, title: str = "") -
 
 
 def plot_prediction_by_step(image: np.ndarray, probabilities: np.ndarray, label: int,
-                            path: str, columns: int = 7) -> None:
+                            path: str, columns: int = 7, max_panels: int = 28) -> None:
   """One bar chart per time step of the class probabilities, beside the input image.
 
   Args:
@@ -65,9 +65,15 @@ def plot_prediction_by_step(image: np.ndarray, probabilities: np.ndarray, label:
     label: the true class, drawn in a different colour.
     path: the PNG file.
     columns: bar charts per row.
+    max_panels: for longer sequences (pixel views, T = 784), only this many
+      evenly spaced steps are drawn, the last step always among them.
   """
   plt = _pyplot()
-  num_steps, num_classes = probabilities.shape
+  total_steps, num_classes = probabilities.shape
+  shown = np.arange(total_steps)
+  if total_steps > max_panels:
+    shown = np.round(np.linspace(total_steps / max_panels, total_steps, max_panels)).astype(int) - 1
+  num_steps = len(shown)
   rows = math.ceil(num_steps / columns)
   figure = plt.figure(figsize=(2 + 1.6 * columns, 1.3 * rows + 0.6))
   grid = figure.add_gridspec(rows, columns + 2)
@@ -75,8 +81,8 @@ def plot_prediction_by_step(image: np.ndarray, probabilities: np.ndarray, label:
   image_axis.imshow(image, cmap="gray_r")
   image_axis.set(title=f"label {label}", xticks=[], yticks=[])
   colours = ["tab:green" if c == label else "tab:blue" for c in range(num_classes)]
-  for t in range(num_steps):
-    axis = figure.add_subplot(grid[t // columns, 2 + t % columns])
+  for panel, t in enumerate(shown):
+    axis = figure.add_subplot(grid[panel // columns, 2 + panel % columns])
     axis.bar(range(num_classes), probabilities[t], color=colours)
     axis.set_ylim(0, 1)
     axis.set_xticks(range(num_classes))

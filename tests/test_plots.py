@@ -34,3 +34,18 @@ def test_prediction_by_step_has_one_bar_chart_per_step(tmp_path, monkeypatch):
   heights = [patch.get_height() for patch in bar_axes[5].patches]
   np.testing.assert_allclose(heights, probabilities[5])
   assert bar_axes[5].get_title() == "step 6: 3"
+
+
+def test_long_sequences_show_evenly_spaced_steps(tmp_path, monkeypatch):
+  titles = []
+  original = matplotlib.figure.Figure.savefig
+
+  def spy(figure, *args, **kwargs):
+    titles.extend(axis.get_title() for axis in figure.axes[1:])
+    return original(figure, *args, **kwargs)
+
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+  probabilities = np.full((784, 10), 0.1)
+  plots.plot_prediction_by_step(np.zeros((28, 28)), probabilities, 0, str(tmp_path / "p.png"))
+  assert len(titles) == 28
+  assert titles[0].startswith("step 28:") and titles[-1].startswith("step 784:")
