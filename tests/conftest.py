@@ -6,7 +6,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import rnn_jax
-from tests import reference
+import reference
 
 
 @pytest.fixture

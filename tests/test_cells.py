@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import rnn_jax
-from tests import reference
+import reference
 
 CELLS = {
     "tanh": lambda h: rnn_jax.simple_rnn(h, "tanh"),

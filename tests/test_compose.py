@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rnn_jax
-from tests import reference
+import reference
 
 T, I = 5, 3
 LENGTHS = np.array([[0, T, T + 4], [-2, 2, 4]], np.int32)  # batch shape (2, 3)

@@ -7,7 +7,7 @@ import pytest
 
 import rnn_jax
 from rnn_jax.unroll import reverse_padded
-from tests import reference
+import reference
 
 T, I, H = 5, 3, 4
 # Batch shape (2, 3): a zero length, a full one, one above T, a negative one, two partial.
