@@ -18,7 +18,7 @@ Presets (explicit flags override their values):
 Everything a run writes goes to ``--workdir`` (default ``runs/<preset or
 "default">-<hash of the config>``): Orbax checkpoints, ``metrics.jsonl``,
 ``config.json``, TensorBoard events (if tensorboard is installed),
-``curves.png`` and ``prediction_by_row.png``. Rerunning the same command
+``curves.png`` and ``prediction_by_step.png``. Rerunning the same command
 resumes from the newest readable checkpoint and ends with exactly the
 parameters of an uninterrupted run. SIGINT/SIGTERM save a checkpoint and exit
 with status 128 + the signal number; a NaN/inf loss stops the run (status 1)
@@ -110,7 +110,7 @@ flags.DEFINE_integer("max_train_examples", 0, "Use only the first N training exa
                      "(0: all; for tests).", lower_bound=0)
 flags.DEFINE_integer("max_test_examples", 0, "Evaluate only the first N test examples "
                      "(0: all; for tests).", lower_bound=0)
-flags.DEFINE_boolean("plots", True, "Write curves.png and prediction_by_row.png.")
+flags.DEFINE_boolean("plots", True, "Write curves.png and prediction_by_step.png.")
 
 
 class UsageError(Exception):
@@ -274,7 +274,7 @@ def run(config: dict, workdir: str, say) -> dict:
     probabilities = np.asarray(jax.nn.softmax(model.step_logits(final_params,
                                                                 test_inputs[:1])[0]))
     plots.plot_prediction_by_step(test_images[0], probabilities, int(test_labels[0]),
-                                  os.path.join(workdir, "prediction_by_row.png"))
+                                  os.path.join(workdir, "prediction_by_step.png"))
   log.close()
   store.close()
   steps_per_second = None
