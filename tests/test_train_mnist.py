@@ -21,8 +21,22 @@ TINY = ["--cell=gru", "--hidden_size=8", "--batch_size=16", "--unroll=1", "--log
         "--checkpoint_every=4", "--eval_batch_size=16", "--plots=false"]
 
 
+_COMPILATION_CACHE = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_compilation_cache(tmp_path_factory):
+  """The script runs of this module share JAX's persistent cache: later runs skip compiling."""
+  _COMPILATION_CACHE["dir"] = str(tmp_path_factory.mktemp("jax_cache"))
+  yield
+  _COMPILATION_CACHE.clear()
+
+
 def _script(*args, timeout=120, **popen):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  if "dir" in _COMPILATION_CACHE:
+    env.update(JAX_COMPILATION_CACHE_DIR=_COMPILATION_CACHE["dir"],
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   command = [sys.executable, "-m", "experiments.train_mnist", *args]
   if popen:
     return subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
