@@ -78,7 +78,7 @@ def describe_machine(label: str) -> dict:
       "processor": platform.processor() or platform.machine(),
       "jax": jax.__version__,
       "python": platform.python_version(),
-      "allocator": "tcmalloc" if runtime.fast_allocator_active() else "glibc",
+      "allocator": runtime.allocator_name(),
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
       "load_average_start": os.getloadavg(),
       "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
