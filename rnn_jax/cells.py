@@ -25,6 +25,7 @@ ones (under x64) they are float64.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -81,6 +82,28 @@ class Cell(NamedTuple):
     return self.recur(params, carry, self.project(params, x))
 
 
+def memoized_factory(factory):
+  """Caches ``factory``'s results on its arguments in canonical form.
+
+  Arguments are bound to the signature with defaults filled in, so
+  ``lstm(8)``, ``lstm(8, 1.0)`` and ``lstm(hidden_size=8)`` return the same
+  object and share jit caches. Every argument must be hashable; the cache
+  grows by one entry per distinct set of arguments (pass initialisers defined
+  once, not fresh lambdas in a loop).
+  """
+  signature = inspect.signature(factory)
+  cached = functools.lru_cache(maxsize=None)(factory)
+
+  @functools.wraps(factory)
+  def wrapper(*args, **kwargs):
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return cached(**bound.arguments)
+
+  wrapper.cache_clear = cached.cache_clear
+  return wrapper
+
+
 def _blockwise(init: Initializer, blocks: int) -> Initializer:
   """Applies ``init`` to each ``[rows, H]`` gate block of a ``[rows, blocks*H]`` matrix.
 
@@ -126,7 +149,7 @@ def _input_size(params: Params) -> int:
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
 
-@functools.lru_cache(maxsize=None)
+@memoized_factory
 def simple_rnn(
     hidden_size: int,
     activation: str = "tanh",
@@ -177,7 +200,7 @@ def simple_rnn(
               project, recur, _input_size, (("activation", activation),))
 
 
-@functools.lru_cache(maxsize=None)
+@memoized_factory
 def lstm(
     hidden_size: int,
     forget_bias: float = 1.0,
@@ -224,7 +247,7 @@ def lstm(
               project, recur, _input_size, (("forget_bias", forget_bias),))
 
 
-@functools.lru_cache(maxsize=None)
+@memoized_factory
 def gru(
     hidden_size: int,
     reset_after: bool = True,
