@@ -102,8 +102,9 @@ def describe_machine(label: str) -> dict:
 def rnn_jax_variants(mode: str, unrolls, sweep: bool) -> dict:
   """``variant name -> build_rnn_jax keyword arguments`` for one mode.
 
-  "default" is ``rnn``'s defaults (``unroll=None``: per backend and cell;
-  ``backward="fused"``); the others name their options ("u2 hoist" is
+  "default" is ``rnn``'s defaults (``unroll=None``, ``backward=None``: chosen
+  per backend and cell, see ``rnn_jax.unroll.AUTO_UNROLL``); the others name
+  their options ("u2 hoist" is
   ``unroll=2, hoist=True`` with autodiff; "u2 fused" ``backward="fused"``).
   """
   variants = {"default": {}}

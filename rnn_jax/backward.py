@@ -49,7 +49,7 @@ class Rule(NamedTuple):
       dz_in_t, dz_rec_t)``: gradients of the step, given the carry's gradient
       (the output's already added to its hidden part); ``dz_in_t [N, G]`` is
       the gradient of ``px_t``, ``dz_rec_t`` that of the recurrent matmul's
-      result (of ``h_prev_t`` for ``rec_input``).
+      result, or ``None`` when it equals ``dz_in_t``.
     recurrent_grads: ``(params, residuals, h_prevs, dz_rec) -> dict`` of the
       recurrent parameters' gradients (``w_hh``, ``b_hh``), batched over time.
     hidden: ``carry -> h``, the part of the carry that is the output.
@@ -81,7 +81,7 @@ def _simple_rnn_rule(cell: Cell) -> Rule:
     del residuals, h_prev
     slope = 1.0 - y * y if activation == "tanh" else (y > 0).astype(y.dtype)
     dz = dh * slope
-    return dz @ params["w_hh"].T, dz, dz
+    return dz @ params["w_hh"].T, dz, None
 
   def recurrent_grads(params, residuals, h_prevs, dz_rec):
     del params, residuals
@@ -116,7 +116,7 @@ def _lstm_rule(cell: Cell) -> Rule:
         dc * i * (1.0 - g * g),
         do * o * (1.0 - o),
     ], axis=-1)
-    return LSTMState(dz @ params["w_hh"].T, dc * f), dz, dz
+    return LSTMState(dz @ params["w_hh"].T, dc * f), dz, None
 
   def recurrent_grads(params, residuals, h_prevs, dz_rec):
     del params, residuals
@@ -163,7 +163,7 @@ def _gru_rule(cell: Cell) -> Rule:
       d_reset_h = dn @ w_hh[:, 2 * hidden:].T
       dr = d_reset_h * h_prev * r * (1.0 - r)
       dz_in = jnp.concatenate([dr, dz, dn], axis=-1)
-      dz_rec = dz_in
+      dz_rec = None
       dh_prev = dh * z + d_reset_h * r + dz_in[..., :2 * hidden] @ w_hh[:, :2 * hidden].T
     return dh_prev, dz_in, dz_rec
 
@@ -171,7 +171,7 @@ def _gru_rule(cell: Cell) -> Rule:
     del params
     if reset_after:
       return {"w_hh": _time_batch_matmul(h_prevs, dz_rec), "b_hh": dz_rec.sum((0, 1))}
-    reset_h = residuals[..., :hidden] * h_prevs
+    reset_h = residuals[..., :hidden] * h_prevs  # dz_rec is dz_in here.
     return {"w_hh": jnp.concatenate([
         _time_batch_matmul(h_prevs, dz_rec[..., :2 * hidden]),
         _time_batch_matmul(reset_h, dz_rec[..., 2 * hidden:])], axis=1)}
@@ -241,8 +241,8 @@ def _fused_scan_fn(cell: Cell, reverse: bool, unroll: int, hoist: bool):
       if masked:
         dcarry_prev = jax.tree.map(lambda new, old: jnp.where(valid, new, old), dcarry_prev,
                                    dcarry)
-        dz_in = jnp.where(valid, dz_in, jnp.zeros_like(dz_in))
-        dz_rec = dz_in if dz_rec is dz_in else jnp.where(valid, dz_rec, jnp.zeros_like(dz_rec))
+        dz_in, dz_rec = jax.tree.map(lambda dz: jnp.where(valid, dz, jnp.zeros_like(dz)),
+                                     (dz_in, dz_rec))
       return dcarry_prev, (dz_in, dz_rec)
 
     steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
@@ -254,7 +254,8 @@ def _fused_scan_fn(cell: Cell, reverse: bool, unroll: int, hoist: bool):
     xs_promoted = xs.astype(jnp.promote_types(xs.dtype, w_ih.dtype))
     d_params = {"w_ih": _time_batch_matmul(xs_promoted, dz_in),
                 _input_bias_name(cell, params): dz_in.sum((0, 1))}
-    d_params.update(rule.recurrent_grads(params, residuals, h_prevs, dz_rec))
+    d_params.update(rule.recurrent_grads(params, residuals, h_prevs,
+                                         dz_in if dz_rec is None else dz_rec))
     d_params = {name: d_params[name].astype(value.dtype) for name, value in params.items()}
     d_xs = (dz_in @ w_ih.T).astype(xs.dtype)
     d_lengths = None if lengths is None else np.zeros(lengths.shape, jax.dtypes.float0)

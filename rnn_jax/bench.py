@@ -7,6 +7,7 @@ median over repeats after a warm-up, so compile time never leaks into a figure.
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from typing import Any, Callable
@@ -74,7 +75,9 @@ def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
 
   Interleaving puts every case under the same background load (the machine is
   shared), so their ratios are steadier than back-to-back :func:`time_function`
-  runs. Each case is warmed up (compiled) first.
+  runs. The order is shuffled every round (seeded), so that no case always
+  follows the same one (PyTorch's OpenMP threads keep spinning for a while
+  after a call and slow whatever runs next). Each case is warmed up first.
 
   Returns:
     ``name -> dict`` as :func:`time_function` returns, ``warmup_s`` included.
@@ -87,11 +90,15 @@ def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
       if i == 0:
         warmup_s[name] = time.perf_counter() - start
   times = {name: [] for name in cases}
+  order = list(cases)
+  shuffler = random.Random(0)
   elapsed_rounds = 0.0
   done = 0
   while done < rounds or elapsed_rounds < min_round_s:
     round_start = time.perf_counter()
-    for name, (fn, args) in cases.items():
+    shuffler.shuffle(order)
+    for name in order:
+      fn, args = cases[name]
       start = time.perf_counter()
       _block(fn(*args))
       times[name].append(time.perf_counter() - start)

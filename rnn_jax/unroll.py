@@ -42,14 +42,18 @@ def reverse_padded(xs: jax.Array, lengths: jax.Array) -> jax.Array:
   return jnp.take_along_axis(xs, index[..., None], axis=0)
 
 
-# Defaults of ``rnn``, chosen with experiments/bench_rnn.py (tables in
-# experiments/results/): the scan's ``unroll`` per JAX backend and cell name when
-# ``unroll=None`` (cells not listed use 1), and how its gradient is computed.
+# Defaults of ``rnn`` per JAX backend and cell name, chosen with
+# experiments/bench_rnn.py (tables in experiments/results/): the scan's
+# ``unroll`` when ``unroll=None`` and how its gradient is computed when
+# ``backward=None``. Cells or backends not listed get 1 and "autodiff".
 AUTO_UNROLL = {
-    "cpu": {"simple_rnn": 1, "lstm": 1, "gru": 1},
+    "cpu": {"simple_rnn": 1, "lstm": 1, "gru": 2},
     "gpu": {"simple_rnn": 8, "lstm": 8, "gru": 8},
 }
-DEFAULT_BACKWARD = "fused"
+AUTO_BACKWARD = {
+    "cpu": {"simple_rnn": "fused", "lstm": "fused", "gru": "autodiff"},
+    "gpu": {"simple_rnn": "fused", "lstm": "fused", "gru": "fused"},
+}
 
 
 def resolve_unroll(cell, unroll: int | None) -> int:
@@ -57,6 +61,14 @@ def resolve_unroll(cell, unroll: int | None) -> int:
   if unroll is not None:
     return unroll
   return AUTO_UNROLL.get(jax.default_backend(), {}).get(getattr(cell, "name", None), 1)
+
+
+def resolve_backward(cell, backward: str | None) -> str:
+  """``backward``, or for ``None`` the measured best of :data:`AUTO_BACKWARD`."""
+  if backward is not None:
+    return backward
+  return AUTO_BACKWARD.get(jax.default_backend(), {}).get(getattr(cell, "name", None),
+                                                          "autodiff")
 
 
 def scan_cell(cell: Cell, params, xs: jax.Array, carry, lengths=None, reverse=False,
@@ -99,11 +111,11 @@ def scan_cell(cell: Cell, params, xs: jax.Array, carry, lengths=None, reverse=Fa
   return outputs, carry
 
 
-BACKWARDS = ("autodiff", "fused")
+BACKWARDS = ("autodiff", "fused", None)
 
 
 def run_time_major(cell, params, xs, carry, lengths=None, reverse=False, unroll=None,
-                   dropout_rng=None, hoist=False, backward=DEFAULT_BACKWARD):
+                   dropout_rng=None, hoist=False, backward=None):
   """Runs a cell or a composite over time-major ``xs [T, ..., I]``; no argument checks.
 
   The one dispatch point between plain cells (one scan, differentiated by
@@ -111,7 +123,7 @@ def run_time_major(cell, params, xs, carry, lengths=None, reverse=False, unroll=
   (``cell.run``, which calls back here for each part with the default ``backward``).
   """
   if isinstance(cell, Cell):
-    if backward == "fused":
+    if resolve_backward(cell, backward) == "fused":
       from rnn_jax.backward import fused_scan  # pylint: disable=import-outside-toplevel
       return fused_scan(cell, params, xs, carry, lengths, reverse, resolve_unroll(cell, unroll),
                         hoist)
@@ -133,7 +145,7 @@ def _check_carry(cell, carry, batch_shape):
 def rnn(cell, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
         reverse: bool = False, time_major: bool = False, unroll: int | None = None,
         dropout_rng: jax.Array | None = None, hoist: bool = False,
-        backward: str = DEFAULT_BACKWARD):
+        backward: str | None = None):
   """Runs a cell (or a ``stack``/``bidirectional`` of cells) over a sequence.
 
   Works under ``jax.jit``, ``jax.grad`` and ``jax.vmap``; every check below
@@ -158,8 +170,10 @@ def rnn(cell, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
       before the scan instead of once per step inside it.
     backward: how gradients of a cell's scan are computed: ``"autodiff"``
       (JAX differentiates the scan) or ``"fused"`` (:mod:`rnn_jax.backward`'s
-      custom VJP: one reverse scan, weight gradients batched over time; the
-      default, :data:`DEFAULT_BACKWARD`). Composites run their layers with the default.
+      custom VJP: one reverse scan, weight gradients batched over time);
+      ``None`` (the default) uses the one measured fastest for the cell on
+      the current backend (:data:`AUTO_BACKWARD`). Composites run their
+      layers with the default.
 
   Returns:
     ``(outputs, final_carry)``: outputs ``[..., T, O]`` (``[T, ..., O]`` if
