@@ -1,8 +1,10 @@
 """Composing cells: multi-layer ``stack`` and ``bidirectional`` layers.
 
 Both return small NamedTuples with the same functions as a cell (``init``,
-``initial_carry``, ``input_size``, ``output_size``) plus ``run``, so
-``rnn_jax.rnn`` accepts them anywhere a cell goes and they nest (a stack of
+``initial_carry``, ``input_size``, ``output_size``) plus ``run(params, xs
+[T, ..., I], carry, lengths, reverse, unroll, dropout_rng, hoist, backward_mode)
+-> (outputs [T, ..., O], carry)``, the protocol of
+:func:`rnn_jax.unroll.run_time_major`, so ``rnn_jax.rnn`` accepts them anywhere a cell goes and they nest (a stack of
 bidirectional layers, a bidirectional pair of stacks). Each layer runs as one
 scan over the whole sequence, not as a per-step stack, so every layer's input
 projection is a large matmul and inter-layer dropout is a single op.
@@ -22,6 +24,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.cells import memoized_factory
 from rnn_jax.unroll import run_time_major
 
 
@@ -102,12 +105,12 @@ def _stack(cells: tuple, dropout: float, variational: bool) -> Stack:
   def input_size(params):
     return cells[0].input_size(params[0])
 
-  def run(params, xs, carry, lengths, reverse, unroll, dropout_rng, hoist):
+  def run(params, xs, carry, lengths, reverse, unroll, dropout_rng, hoist, backward_mode):
     keys = _split_key(dropout_rng, 2 * len(cells))
     final_carries = []
     for index, cell in enumerate(cells):
       xs, layer_carry = run_time_major(cell, params[index], xs, carry[index], lengths, reverse,
-                                       unroll, keys[2 * index], hoist)
+                                       unroll, keys[2 * index], hoist, backward_mode)
       final_carries.append(layer_carry)
       if dropout_rng is not None and dropout > 0.0 and index < len(cells) - 1:
         xs = dropout_outputs(keys[2 * index + 1], xs, dropout, variational)
@@ -124,7 +127,7 @@ _MERGES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@memoized_factory
 def bidirectional(forward, backward, merge: str = "concat") -> Bidirectional:
   """Runs ``forward`` over the sequence and ``backward`` over it reversed, then merges.
 
@@ -160,13 +163,14 @@ def bidirectional(forward, backward, merge: str = "concat") -> Bidirectional:
   def input_size(params):
     return forward.input_size(params["forward"])
 
-  def run(params, xs, carry, lengths, reverse, unroll, dropout_rng, hoist):
+  def run(params, xs, carry, lengths, reverse, unroll, dropout_rng, hoist, backward_mode):
     key_forward, key_backward = _split_key(dropout_rng, 2)
     out_forward, carry_forward = run_time_major(forward, params["forward"], xs, carry[0],
-                                                lengths, reverse, unroll, key_forward, hoist)
+                                                lengths, reverse, unroll, key_forward, hoist,
+                                                backward_mode)
     out_backward, carry_backward = run_time_major(backward, params["backward"], xs, carry[1],
                                                   lengths, not reverse, unroll, key_backward,
-                                                  hoist)
+                                                  hoist, backward_mode)
     return _MERGES[merge](out_forward, out_backward), (carry_forward, carry_backward)
 
   return Bidirectional(forward, backward, merge, output_size, init, initial_carry, input_size,

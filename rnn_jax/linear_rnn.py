@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cells import Cell, Initializer, _affine_input, _blockwise, _input_size, \
-    _zeros_like_hidden, glorot_uniform, zeros
+    _zeros_like_hidden, glorot_uniform, memoized_factory, zeros
 from rnn_jax.unroll import reverse_padded, scan_cell
 
 
@@ -95,13 +95,16 @@ class LinearRNN(NamedTuple):
     """One time step: ``(params, h [..., H], x_t [..., I]) -> (h, y_t [..., O])``."""
     return as_cell(self).step(params, carry, x)
 
-  def run(self, params, xs, carry, lengths, reverse, unroll, dropout_rng, hoist):
+  def run(self, params, xs, carry, lengths, reverse, unroll, dropout_rng, hoist,
+          backward_mode=None):
     """The composite protocol of :func:`rnn_jax.unroll.run_time_major`; ``xs [T, ..., I]``.
 
     ``unroll`` and ``hoist`` apply to the sequential mode only (the parallel
-    mode always projects all steps at once); ``dropout_rng`` is unused.
+    mode always projects all steps at once); ``dropout_rng`` is unused, and
+    ``backward_mode`` too: the parallel mode has its own backward scan and the
+    sequential mode is differentiated by autodiff.
     """
-    del dropout_rng
+    del dropout_rng, backward_mode
     if not self.parallel:
       return scan_cell(as_cell(self), params, xs, carry, lengths, reverse, unroll, hoist)
     return parallel_run(self, params, xs, carry, lengths, reverse)
@@ -264,7 +267,7 @@ def _identity_readout(params, h, skip):
   return h
 
 
-@functools.lru_cache(maxsize=None)
+@memoized_factory
 def mingru(
     hidden_size: int,
     candidate: str = "linear",
@@ -315,7 +318,7 @@ def mingru(
                    (("candidate", candidate), ("max_timescale", max_timescale)), bool(parallel))
 
 
-@functools.lru_cache(maxsize=None)
+@memoized_factory
 def minlstm(
     hidden_size: int,
     candidate: str = "linear",
@@ -368,7 +371,7 @@ def minlstm(
 _SKIPS = ("diagonal", "dense", "none")
 
 
-@functools.lru_cache(maxsize=None)
+@memoized_factory
 def lru(
     state_size: int,
     output_size: int,

@@ -120,7 +120,7 @@ def run_time_major(cell, params, xs, carry, lengths=None, reverse=False, unroll=
 
   The one dispatch point between plain cells (one scan, differentiated by
   autodiff or by :func:`rnn_jax.backward.fused_scan`) and composites
-  (``cell.run``, which calls back here for each part with the default ``backward``).
+  (``cell.run``, which calls back here for each part with the same options).
   """
   if isinstance(cell, Cell):
     if resolve_backward(cell, backward) == "fused":
@@ -128,7 +128,7 @@ def run_time_major(cell, params, xs, carry, lengths=None, reverse=False, unroll=
       return fused_scan(cell, params, xs, carry, lengths, reverse, resolve_unroll(cell, unroll),
                         hoist)
     return scan_cell(cell, params, xs, carry, lengths, reverse, unroll, hoist)
-  return cell.run(params, xs, carry, lengths, reverse, unroll, dropout_rng, hoist)
+  return cell.run(params, xs, carry, lengths, reverse, unroll, dropout_rng, hoist, backward)
 
 
 def _check_carry(cell, carry, batch_shape):
@@ -172,8 +172,8 @@ def rnn(cell, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
       (JAX differentiates the scan) or ``"fused"`` (:mod:`rnn_jax.backward`'s
       custom VJP: one reverse scan, weight gradients batched over time);
       ``None`` (the default) uses the one measured fastest for the cell on
-      the current backend (:data:`AUTO_BACKWARD`). Composites run their
-      layers with the default.
+      the current backend (:data:`AUTO_BACKWARD`). Composites pass it to
+      every layer.
 
   Returns:
     ``(outputs, final_carry)``: outputs ``[..., T, O]`` (``[T, ..., O]`` if

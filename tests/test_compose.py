@@ -197,3 +197,14 @@ def test_errors_name_the_argument():
   wrong = (rnn_jax.LSTMState(jnp.zeros((2, 2)), jnp.zeros((2, 2))), jnp.zeros((2, 2)))
   with pytest.raises(ValueError, match=r"initial_carry: expected leaves of shape \(2, 3\)"):
     rnn_jax.rnn(model, params, jnp.ones((2, T, I)), initial_carry=wrong)
+
+
+@pytest.mark.parametrize("backward, fused_scans", [("autodiff", 0), ("fused", 3)])
+def test_backward_option_reaches_every_layer(backward, fused_scans):
+  # Three plain-cell scans (bidirectional pair + second layer); the fused
+  # backward shows up as one custom-VJP call per scan in the traced program.
+  model = rnn_jax.stack([rnn_jax.bidirectional(rnn_jax.lstm(2), rnn_jax.gru(2)), rnn_jax.lstm(3)])
+  params = jax.eval_shape(lambda key: model.init(key, I), jax.random.key(0))
+  xs = jax.ShapeDtypeStruct((2, T, I), jnp.float32)
+  jaxpr = jax.make_jaxpr(lambda p, x: rnn_jax.rnn(model, p, x, backward=backward)[0])(params, xs)
+  assert str(jaxpr).count("custom_vjp_call") == fused_scans
