@@ -94,9 +94,12 @@ flags.DEFINE_string("workdir", None, "Run directory (default runs/<preset>-<conf
 flags.DEFINE_string("data_dir", None, "Folder with the IDX files (default: searched).")
 flags.DEFINE_enum("platform", None, ["cpu", "gpu", "cuda", "rocm", "tpu"],
                   "JAX platform (default: JAX's choice).")
-flags.DEFINE_integer("unroll", 2, "Time steps per scan iteration.", lower_bound=1)
-flags.DEFINE_enum("backward", "autodiff", ["autodiff", "fused"], "Gradient of the scan: JAX "
-                  "autodiff or rnn_jax.backward's hand-written reverse scan.")
+flags.DEFINE_integer("unroll", None, "Time steps per scan iteration (default: the value "
+                     "measured fastest for the cell on this backend, rnn_jax.unroll.AUTO_UNROLL).",
+                     lower_bound=1)
+flags.DEFINE_enum("backward", "auto", ["auto", "autodiff", "fused"], "Gradient of the scan: JAX "
+                  "autodiff, rnn_jax.backward's hand-written reverse scan, or auto: the one "
+                  "measured fastest for the cell on this backend (rnn_jax.unroll.AUTO_BACKWARD).")
 flags.DEFINE_boolean("remat", False, "Rematerialise each scan step in the backward pass "
                      "(pixel view, LSTM 128, batch 256: 3.5x less XLA scratch memory; up to "
                      "1/3 more compute, no slowdown measured on our CPU).")
@@ -203,7 +206,8 @@ def run(config: dict, workdir: str, say) -> dict:
   core = models.build_core(config["cell"], config["hidden_size"], config["num_layers"],
                            dropout=config["dropout"], remat=config["remat"])
   model = models.classifier(core, data.NUM_CLASSES, dropout=config["dropout"],
-                            unroll=config["unroll"], backward=config["backward"])
+                            unroll=config["unroll"],
+                            backward=None if config["backward"] == "auto" else config["backward"])
   schedule = train.make_schedule(config["learning_rate"], num_steps, config["warmup_steps"],
                                  cosine=config["schedule"] == "cosine")
   optimizer = train.make_optimizer(config["optimizer"], schedule, decay=config["decay"],

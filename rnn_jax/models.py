@@ -124,8 +124,8 @@ class Classifier(NamedTuple):
   step_logits: Callable
 
 
-def classifier(core, num_classes: int, dropout: float = 0.0, *, unroll: int = 1,
-               backward: str = "autodiff") -> Classifier:
+def classifier(core, num_classes: int, dropout: float = 0.0, *, unroll: int | None = None,
+               backward: str | None = None) -> Classifier:
   """Core -> last valid output -> (dropout) -> dense -> logits.
 
   Args:
@@ -133,9 +133,11 @@ def classifier(core, num_classes: int, dropout: float = 0.0, *, unroll: int = 1,
     num_classes: ``C``.
     dropout: drop rate in ``[0, 1)`` on the core's last output in training
       (the "after" dropout of the two-layer tutorial).
-    unroll: time steps per scan iteration (``rnn_jax.rnn(unroll=...)``).
-    backward: ``"autodiff"`` or ``"fused"`` (``rnn_jax.rnn(backward=...)``:
-      the built-in cells' hand-written backward scan).
+    unroll: time steps per scan iteration (``rnn_jax.rnn(unroll=...)``);
+      ``None``: the core's measured best per backend and cell.
+    backward: ``"autodiff"``, ``"fused"`` (``rnn_jax.rnn(backward=...)``:
+      the built-in cells' hand-written backward scan) or ``None``: the
+      core's measured best per backend and cell.
 
   Returns:
     A :class:`Classifier`. The dense weights are Glorot-uniform, the bias zero.
