@@ -186,7 +186,7 @@ def run(config: dict, workdir: str, say) -> dict:
   """Trains and evaluates; returns the final summary."""
   import jax
   import numpy as np
-  from rnn_jax import checkpoint, data, metrics, models, plots, train
+  from rnn_jax import checkpoint, data, metrics, models, plots, runtime, train
 
   started = time.perf_counter()
   train_images, train_labels = data.load(config["dataset"], "train", FLAGS.data_dir)
@@ -221,6 +221,9 @@ def run(config: dict, workdir: str, say) -> dict:
       f"{len(test_labels)} test examples, {num_steps} steps of batch {config['batch_size']}, "
       f"{config['optimizer']} lr {config['learning_rate']:g} ({config['schedule']}), "
       f"on {jax.devices()[0].platform}; workdir {workdir}")
+  if jax.devices()[0].platform == "cpu" and not runtime.fast_allocator_active():
+    say("note: running with glibc malloc; installing tcmalloc (Debian: apt-get install "
+        "libtcmalloc-minimal4) speeds up CPU training steps up to ~1.4x, picked up automatically")
 
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"),
                                      max_to_keep=FLAGS.keep_checkpoints, log=say)
