@@ -19,10 +19,10 @@ and finite differences in float64) and users still call ``jax.grad``.
 Supported: :func:`~rnn_jax.cells.simple_rnn` (tanh, relu),
 :func:`~rnn_jax.cells.lstm`, :func:`~rnn_jax.cells.gru` (both ``reset_after``),
 any batch shape, ``lengths``, ``reverse`` and ``unroll``; other cells fall back
-to autodiff of :func:`~rnn_jax.unroll.scan_cell`. The per-cell derivatives
-below restate each cell's forward equations (``rnn_jax.cells``) with the
-intermediate values they need; the shared scans, masking and weight-gradient
-matmuls are written once.
+to autodiff of :func:`~rnn_jax.unroll.scan_cell`. Each cell's forward
+equations live once, in ``rnn_jax.cells`` (``lstm_recurrence``,
+``gru_recurrence`` return the intermediate values the derivatives need); the
+shared scans, masking and weight-gradient matmuls are written once here.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax.cells import Cell, LSTMState
+from rnn_jax.cells import Cell, LSTMState, gru_recurrence, lstm_recurrence
 from rnn_jax.unroll import reverse_padded, scan_cell
 
 
@@ -94,14 +94,8 @@ def _lstm_rule(cell: Cell) -> Rule:
   forget_bias = dict(cell.config)["forget_bias"]
 
   def forward(params, state, px):
-    z = px + state.h @ params["w_hh"]
-    i, f, g, o = jnp.split(z, 4, axis=-1)
-    i, f, g, o = (jax.nn.sigmoid(i), jax.nn.sigmoid(f + forget_bias), jnp.tanh(g),
-                  jax.nn.sigmoid(o))
-    c = f * state.c + i * g
-    tanh_c = jnp.tanh(c)
-    h = o * tanh_c
-    return LSTMState(h, c), h, (jnp.concatenate([i, f, g, o], axis=-1), state.c, tanh_c)
+    state, residuals = lstm_recurrence(params, state, px, forget_bias)
+    return state, state.h, residuals
 
   def backward(params, residuals, h_prev, y, dstate):
     del h_prev, y
@@ -130,21 +124,7 @@ def _gru_rule(cell: Cell) -> Rule:
   hidden = cell.hidden_size
 
   def forward(params, h, px):
-    a_r, a_z, a_n = jnp.split(px, 3, axis=-1)
-    w_hh = params["w_hh"]
-    if reset_after:
-      u_r, u_z, u_n = jnp.split(h @ w_hh + params["b_hh"], 3, axis=-1)
-      r = jax.nn.sigmoid(a_r + u_r)
-      z = jax.nn.sigmoid(a_z + u_z)
-      n = jnp.tanh(a_n + r * u_n)
-      residuals = jnp.concatenate([r, z, n, u_n], axis=-1)
-    else:
-      u_r, u_z = jnp.split(h @ w_hh[:, :2 * hidden], 2, axis=-1)
-      r = jax.nn.sigmoid(a_r + u_r)
-      z = jax.nn.sigmoid(a_z + u_z)
-      n = jnp.tanh(a_n + (r * h) @ w_hh[:, 2 * hidden:])
-      residuals = jnp.concatenate([r, z, n], axis=-1)
-    h = (1.0 - z) * n + z * h
+    h, residuals = gru_recurrence(params, h, px, reset_after)
     return h, h, residuals
 
   def backward(params, residuals, h_prev, y, dh):

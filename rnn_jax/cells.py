@@ -200,6 +200,22 @@ def simple_rnn(
               project, recur, _input_size, (("activation", activation),))
 
 
+def lstm_recurrence(params: Params, state: LSTMState, px: jax.Array, forget_bias: float):
+  """The LSTM's recurrent half, also returning the values its derivative needs.
+
+  Returns:
+    ``(LSTMState(h, c), (gates, c_prev, tanh_c))`` with ``gates [..., 4H]``
+    the activated ``(i, f, g, o)`` and ``tanh_c = tanh(c)``; shared by
+    :func:`lstm` and :mod:`rnn_jax.backward` so the equations exist once.
+  """
+  z = px + state.h @ params["w_hh"]
+  i, f, g, o = jnp.split(z, 4, axis=-1)
+  i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f + forget_bias), jnp.tanh(g), jax.nn.sigmoid(o)
+  c = f * state.c + i * g
+  tanh_c = jnp.tanh(c)
+  return LSTMState(o * tanh_c, c), (jnp.concatenate([i, f, g, o], axis=-1), state.c, tanh_c)
+
+
 @memoized_factory
 def lstm(
     hidden_size: int,
@@ -237,14 +253,37 @@ def lstm(
     return _affine_input(params, x, "b")
 
   def recur(params, state, px):
-    z = px + state.h @ params["w_hh"]
-    i, f, g, o = jnp.split(z, 4, axis=-1)
-    c = jax.nn.sigmoid(f + forget_bias) * state.c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    return LSTMState(h, c), h
+    state, _ = lstm_recurrence(params, state, px, forget_bias)
+    return state, state.h
 
   return Cell("lstm", hidden, hidden, init, _zeros_like_hidden(hidden, lstm_state=True),
               project, recur, _input_size, (("forget_bias", forget_bias),))
+
+
+def gru_recurrence(params: Params, h: jax.Array, px: jax.Array, reset_after: bool):
+  """The GRU's recurrent half, also returning the values its derivative needs.
+
+  Returns:
+    ``(h_new [..., H], residuals)`` with residuals the activated ``(r, z, n)``
+    concatenated ``[..., 3H]``, plus ``h @ w_hn + b_hn`` (``[..., 4H]`` in all)
+    when ``reset_after``; shared by :func:`gru` and :mod:`rnn_jax.backward`.
+  """
+  hidden = h.shape[-1]
+  a_r, a_z, a_n = jnp.split(px, 3, axis=-1)
+  w_hh = params["w_hh"]
+  if reset_after:
+    u_r, u_z, u_n = jnp.split(h @ w_hh + params["b_hh"], 3, axis=-1)
+    r = jax.nn.sigmoid(a_r + u_r)
+    z = jax.nn.sigmoid(a_z + u_z)
+    n = jnp.tanh(a_n + r * u_n)
+    residuals = jnp.concatenate([r, z, n, u_n], axis=-1)
+  else:
+    u_r, u_z = jnp.split(h @ w_hh[:, :2 * hidden], 2, axis=-1)
+    r = jax.nn.sigmoid(a_r + u_r)
+    z = jax.nn.sigmoid(a_z + u_z)
+    n = jnp.tanh(a_n + (r * h) @ w_hh[:, 2 * hidden:])
+    residuals = jnp.concatenate([r, z, n], axis=-1)
+  return (1.0 - z) * n + z * h, residuals
 
 
 @memoized_factory
@@ -294,19 +333,7 @@ def gru(
     return _affine_input(params, x, "b_ih" if reset_after else "b")
 
   def recur(params, h, px):
-    a_r, a_z, a_n = jnp.split(px, 3, axis=-1)
-    w_hh = params["w_hh"]
-    if reset_after:
-      u_r, u_z, u_n = jnp.split(h @ w_hh + params["b_hh"], 3, axis=-1)
-      r = jax.nn.sigmoid(a_r + u_r)
-      z = jax.nn.sigmoid(a_z + u_z)
-      n = jnp.tanh(a_n + r * u_n)
-    else:
-      u_r, u_z = jnp.split(h @ w_hh[:, : 2 * hidden], 2, axis=-1)
-      r = jax.nn.sigmoid(a_r + u_r)
-      z = jax.nn.sigmoid(a_z + u_z)
-      n = jnp.tanh(a_n + (r * h) @ w_hh[:, 2 * hidden:])
-    h = (1.0 - z) * n + z * h
+    h, _ = gru_recurrence(params, h, px, reset_after)
     return h, h
 
   return Cell("gru", hidden, hidden, init, _zeros_like_hidden(hidden), project, recur,

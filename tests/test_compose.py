@@ -7,27 +7,10 @@ import pytest
 
 import rnn_jax
 import reference
+from testing import assert_close, normal, random_carry
 
 T, I = 5, 3
 LENGTHS = np.array([[0, T, T + 4], [-2, 2, 4]], np.int32)  # batch shape (2, 3)
-
-
-def normal(seed, shape, dtype=np.float32):
-  return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
-
-
-def random_carry(model, batch_shape, seed, dtype=jnp.float32):
-  leaves, treedef = jax.tree.flatten(jax.eval_shape(lambda: model.initial_carry(batch_shape)))
-  return jax.tree.unflatten(treedef, [normal(seed + k, leaf.shape, dtype)
-                                      for k, leaf in enumerate(leaves)])
-
-
-def assert_close(got, want, atol=2e-5):
-  got, want = jax.tree.leaves(got), reference.leaves(want)
-  assert len(got) == len(want)
-  for g, w in zip(got, want):
-    assert g.shape == w.shape
-    np.testing.assert_allclose(np.asarray(g, np.float64), w, atol=atol, rtol=0)
 
 
 MODELS = {

@@ -309,7 +309,7 @@ def test_tfds_offline_is_listed_and_not_downloaded(isolated, monkeypatch):
     @staticmethod
     def data_source(name, split, data_dir, download):
       calls.append(("data_source", name, split, data_dir, download))
-      raise NotImplementedError(f"file format not supported\nsecond line")
+      raise NotImplementedError("file format not supported\nsecond line")
 
     @staticmethod
     def builder_cls(name):

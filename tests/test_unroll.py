@@ -8,6 +8,7 @@ import pytest
 import rnn_jax
 from rnn_jax.unroll import reverse_padded
 import reference
+from testing import assert_close, normal, random_carry
 
 T, I, H = 5, 3, 4
 # Batch shape (2, 3): a zero length, a full one, one above T, a negative one, two partial.
@@ -22,25 +23,6 @@ CELLS = {
     "gru_after": rnn_jax.gru(H, reset_after=True),
     "gru_before": rnn_jax.gru(H, reset_after=False),
 }
-
-
-def normal(seed, shape, dtype=np.float32):
-  return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
-
-
-def random_carry(cell, batch_shape, seed, dtype=jnp.float32):
-  leaves, treedef = jax.tree.flatten(jax.eval_shape(lambda: cell.initial_carry(batch_shape)))
-  return jax.tree.unflatten(treedef, [normal(seed + k, leaf.shape, dtype)
-                                      for k, leaf in enumerate(leaves)])
-
-
-def assert_close(got, want, atol):
-  """Outputs, or carries (any pytrees) leaf by leaf, against the reference's nested tuples."""
-  got, want = jax.tree.leaves(got), reference.leaves(want)
-  assert len(got) == len(want)
-  for g, w in zip(got, want):
-    assert g.shape == w.shape
-    np.testing.assert_allclose(np.asarray(g, np.float64), w, atol=atol, rtol=0)
 
 
 def cell_params(name, random_params, seed):
