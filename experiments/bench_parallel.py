@@ -32,10 +32,6 @@ from rnn_jax import runtime
 if __name__ == "__main__":
   runtime.use_fast_allocator()
 
-import jax  # pylint: disable=wrong-import-position
-import jax.numpy as jnp  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
-
 import rnn_jax  # pylint: disable=wrong-import-position
 from experiments.bench_rnn import describe_machine  # pylint: disable=wrong-import-position
 from rnn_jax import bench  # pylint: disable=wrong-import-position
@@ -51,29 +47,15 @@ def linear_layer(name: str, hidden: int, parallel: bool):
   return layer()
 
 
-def build(layer, shape, hoist: bool = False):
-  """``(forward, forward_backward, args)`` for any rnn_jax layer, as ``bench.build_*`` return."""
-  batch, steps, inputs, _ = shape
-  params = layer.init(jax.random.key(0), inputs)
-  xs = jnp.asarray(np.random.default_rng(0).standard_normal((steps, batch, inputs), np.float32))
-
-  def forward(params, xs):
-    return rnn_jax.rnn(layer, params, xs, time_major=True, hoist=hoist)[0]
-
-  def loss(params, xs):
-    return jnp.sum(forward(params, xs))
-
-  return jax.jit(forward), jax.jit(jax.grad(loss, argnums=(0, 1))), (params, xs)
-
-
 def cases_for(shape) -> dict:
   """``case name -> (forward, forward_backward, args)`` for one shape."""
   hidden = shape[3]
   cases = {}
   for name in LAYERS:
-    cases[f"{name} parallel"] = build(linear_layer(name, hidden, True), shape)
-    cases[f"{name} sequential"] = build(linear_layer(name, hidden, False), shape)
-    cases[f"{name} sequential hoist"] = build(linear_layer(name, hidden, False), shape, hoist=True)
+    cases[f"{name} parallel"] = bench.build_rnn(linear_layer(name, hidden, True), shape)
+    cases[f"{name} sequential"] = bench.build_rnn(linear_layer(name, hidden, False), shape)
+    cases[f"{name} sequential hoist"] = bench.build_rnn(linear_layer(name, hidden, False), shape,
+                                                          hoist=True)
   cases["lstm"] = bench.build_rnn_jax("lstm", shape)
   cases["lstm fused-bwd"] = bench.build_rnn_jax("lstm", shape, backward="fused")
   return cases

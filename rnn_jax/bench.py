@@ -135,20 +135,29 @@ def rnn_jax_cell(cell_name: str, hidden: int):
           "gru": lambda: rnn_jax.gru(hidden)}[cell_name]()
 
 
-def build_rnn_jax(cell_name: str, shape, **options):
-  """rnn_jax's ``rnn`` with ``options`` (``unroll``, ``hoist``, ``backward``; unset ones default)."""
+def build_rnn(cell, shape, **options):
+  """``(forward, forward_backward, args)`` of ``rnn_jax.rnn`` for any cell or layer.
+
+  ``options`` go to ``rnn`` (``unroll``, ``hoist``, ``backward``; unset ones
+  default); ``forward_backward`` is the gradient of ``sum(outputs)`` with
+  respect to the parameters and the inputs.
+  """
   import rnn_jax  # pylint: disable=import-outside-toplevel
-  cell = rnn_jax_cell(cell_name, shape[3])
   params = cell.init(jax.random.key(0), shape[2])
   xs = jnp.asarray(_inputs(shape))
 
-  def loss(params, xs):
-    outputs, _ = rnn_jax.rnn(cell, params, xs, time_major=True, **options)
-    return jnp.sum(outputs)
+  def forward(params, xs):
+    return rnn_jax.rnn(cell, params, xs, time_major=True, **options)[0]
 
-  forward = jax.jit(lambda params, xs: rnn_jax.rnn(cell, params, xs, time_major=True,
-                                                   **options)[0])
-  return forward, jax.jit(jax.grad(loss, argnums=(0, 1))), (params, xs)
+  def loss(params, xs):
+    return jnp.sum(forward(params, xs))
+
+  return jax.jit(forward), jax.jit(jax.grad(loss, argnums=(0, 1))), (params, xs)
+
+
+def build_rnn_jax(cell_name: str, shape, **options):
+  """:func:`build_rnn` for the rnn_jax cell matching PyTorch's ``cell_name``."""
+  return build_rnn(rnn_jax_cell(cell_name, shape[3]), shape, **options)
 
 
 def build_flax(cell_name: str, shape, *, unroll: int = 1):
