@@ -306,7 +306,8 @@ def fit(state: TrainState, train_step, inputs, labels, *, seed: int, batch_size:
   def check_finite(current):
     bad_step = int(current.bad_step)
     if bad_step >= 0:
-      kept = store.steps()[-1] if store is not None and store.steps() else None
+      saved = store.steps() if store is not None else []
+      kept = saved[-1] if saved else None
       where = (f"the last good checkpoint (step {kept}) is kept in {store.directory}"
                if kept is not None else "no checkpoint had been saved")
       raise NonFiniteLoss(bad_step, f"loss or gradients became NaN/inf at step {bad_step}; "
