@@ -1,8 +1,12 @@
 """rnn_jax: recurrent networks as pure JAX functions.
 
-Cells (:mod:`rnn_jax.cells`) are immutable values of hyperparameters and pure
-functions; parameters are plain dicts of arrays; :func:`rnn` unrolls any cell
-or composite (:mod:`rnn_jax.compose`) over time with ``jax.lax.scan``.
+Layers (:mod:`rnn_jax.layer`) are immutable values of hyperparameters with
+pure methods: cells (:mod:`rnn_jax.cells`), linear recurrences
+(:mod:`rnn_jax.linear_rnn`) and their compositions (:mod:`rnn_jax.compose`).
+Parameters are plain pytrees of arrays; :func:`rnn` unrolls any layer over
+time with ``jax.lax.scan``. This package needs only jax and numpy; the Flax
+layers (``rnn_jax.linen``, ``rnn_jax.nnx``) need flax, ``rnn_jax.interop``
+needs torch, and the training toolkit (``rnn_jax.training``) its ``train`` extra.
 
     import jax, jax.numpy as jnp, rnn_jax
     cell = rnn_jax.lstm(128)
@@ -10,22 +14,26 @@ or composite (:mod:`rnn_jax.compose`) over time with ``jax.lax.scan``.
     outputs, (h, c) = rnn_jax.rnn(cell, params, jnp.zeros((32, 28, 28)))
 """
 
-from rnn_jax.cells import Cell, LSTMState, gru, lstm, simple_rnn
-from rnn_jax.compose import Bidirectional, Stack, bidirectional, stack
-from rnn_jax.linear_rnn import LinearRNN, lru, mingru, minlstm
+from rnn_jax.cells import GRU, LSTM, Cell, LSTMState, SimpleRNN, gru, lstm, simple_rnn
+from rnn_jax.compose import Bidirectional, Remat, Stack, bidirectional, remat, stack
+from rnn_jax.layer import Layer, RunOptions, uses_dropout
+from rnn_jax.linear_rnn import LRU, LinearRNN, MinGRU, MinLSTM, lru, mingru, minlstm
 from rnn_jax.unroll import last_output, reverse_padded, rnn
 
 __all__ = [
-    "Bidirectional", "Cell", "LSTMState", "LinearRNN", "Stack", "bidirectional", "gru",
-    "last_output", "lru", "lstm", "mingru", "minlstm",
-    "reverse_padded", "rnn", "simple_rnn", "stack",
+    "Bidirectional", "Cell", "GRU", "LRU", "LSTM", "LSTMState", "Layer", "LinearRNN", "MinGRU",
+    "MinLSTM", "Remat", "RunOptions", "SimpleRNN", "Stack", "bidirectional", "gru",
+    "last_output", "lru", "lstm", "mingru", "minlstm", "remat", "reverse_padded", "rnn",
+    "simple_rnn", "stack", "uses_dropout",
 ]
 __version__ = "0.1.0"
 
+_OPTIONAL = ("interop", "linen", "nnx", "training")
+
 
 def __getattr__(name):
-  """Imports the optional submodules ``rnn_jax.interop`` and ``rnn_jax.linen`` on first use."""
-  if name in ("interop", "linen"):
+  """Imports the optional submodules (``interop``, ``linen``, ``nnx``, ``training``) on first use."""
+  if name in _OPTIONAL:
     import importlib  # pylint: disable=g-import-not-at-top
     return importlib.import_module(f"rnn_jax.{name}")
   raise AttributeError(f"module 'rnn_jax' has no attribute {name!r}")

@@ -1,10 +1,9 @@
-"""Recurrent cells as data plus pure functions: Elman RNN, LSTM and GRU.
+"""Recurrent cells as values: the Elman RNN, LSTM and GRU.
 
-A :class:`Cell` is an immutable NamedTuple of hyperparameters and pure
-functions, built by a small factory (``simple_rnn``, ``lstm``, ``gru``), in the
-style of an Optax ``GradientTransformation``. Nothing is stateful: parameters
-are a plain dict of arrays returned by ``cell.init`` and threaded through
-explicitly.
+A cell is a frozen dataclass of hyperparameters (so ``lstm(8) == lstm(8, 1.0)``
+and equal cells hash equally and share ``jax.jit`` caches) with pure methods.
+Nothing is stateful: parameters are a plain dict of arrays returned by
+``cell.init`` and threaded through explicitly.
 
 Every cell splits its step into two halves so that an unroller may hoist the
 input half out of the time loop::
@@ -15,24 +14,28 @@ input half out of the time loop::
 
 ``project`` is affine in ``x`` and has no time dependence, so
 ``cell.project(params, xs)`` on a whole ``[..., T, I]`` sequence is one matmul.
+Each cell also writes its derivative next to its equations
+(:class:`rnn_jax.fused.FusedVJP`), for the fused backward pass.
 
-Shapes: ``I`` input size, ``H`` hidden size, ``...`` any batch shape
-(including none). With float32 or bfloat16 inputs and parameters the carry
-math and the outputs are float32 (bfloat16 inputs are promoted); with float64
-ones (under x64) they are float64.
+Shapes: ``I`` input size, ``H`` hidden size, ``G`` fused gate width, ``...``
+any batch shape (including none). With float32 or bfloat16 inputs and
+parameters the carry math and the outputs are float32 (bfloat16 inputs are
+promoted); with float64 ones (under x64) they are float64.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-from typing import Any, Callable, NamedTuple, Sequence
+import dataclasses
+import numbers
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from rnn_jax import _scan, fused
+from rnn_jax.layer import Layer, RunOptions
+
 Params = dict
-Carry = Any
 Initializer = Callable[..., jax.Array]
 
 glorot_uniform = jax.nn.initializers.glorot_uniform()
@@ -47,64 +50,20 @@ class LSTMState(NamedTuple):
   c: jax.Array
 
 
-class Cell(NamedTuple):
-  """A recurrent cell: hyperparameters plus pure functions.
-
-  Attributes:
-    name: ``"simple_rnn"``, ``"lstm"``, ``"gru"`` or another cell's name.
-    hidden_size: ``H``, the size of the hidden state.
-    output_size: size of ``y_t`` (``H`` for the built-in cells).
-    init: ``(key, input_size) -> params``, a dict of arrays.
-    initial_carry: ``(batch_shape=(), dtype=float32) -> carry`` of zeros.
-    project: ``(params, x) -> px``: the input half, ``[..., I] -> [..., G]``.
-    recur: ``(params, carry, px_t) -> (carry, y_t)``: the recurrent half.
-    input_size: ``params -> I``, read off the parameter shapes.
-    config: the hyperparameters as ``((name, value), ...)``; ``dict(cell.config)``
-      reads them. A tuple, so that a cell is hashable and can be a static
-      argument of ``jax.jit``.
-
-  The factories are memoised: ``lstm(128) is lstm(128)``, so two models built
-  from the same arguments share jit caches.
-  """
-
-  name: str
-  hidden_size: int
-  output_size: int
-  init: Callable[[jax.Array, int], Params]
-  initial_carry: Callable[..., Carry]
-  project: Callable[[Params, jax.Array], jax.Array]
-  recur: Callable[[Params, Carry, jax.Array], tuple[Carry, jax.Array]]
-  input_size: Callable[[Params], int]
-  config: tuple
-
-  def step(self, params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
-    """One time step: ``(params, carry, x_t [..., I]) -> (carry, y_t [..., O])``."""
-    return self.recur(params, carry, self.project(params, x))
+def check_size(name: str, value: Any) -> None:
+  """Raises ``ValueError`` unless ``value`` is a positive int (not a bool or a float)."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def memoized_factory(factory):
-  """Caches ``factory``'s results on its arguments in canonical form.
-
-  Arguments are bound to the signature with defaults filled in, so
-  ``lstm(8)``, ``lstm(8, 1.0)`` and ``lstm(hidden_size=8)`` return the same
-  object and share jit caches. Every argument must be hashable; the cache
-  grows by one entry per distinct set of arguments (pass initialisers defined
-  once, not fresh lambdas in a loop).
-  """
-  signature = inspect.signature(factory)
-  cached = functools.lru_cache(maxsize=None)(factory)
-
-  @functools.wraps(factory)
-  def wrapper(*args, **kwargs):
-    bound = signature.bind(*args, **kwargs)
-    bound.apply_defaults()
-    return cached(**bound.arguments)
-
-  wrapper.cache_clear = cached.cache_clear
-  return wrapper
+def zeros_carry(batch_shape, size: int, dtype) -> jax.Array:
+  """``zeros [*batch_shape, size]``; an int ``batch_shape`` means one batch axis."""
+  if isinstance(batch_shape, numbers.Integral):
+    batch_shape = (int(batch_shape),)
+  return jnp.zeros((*batch_shape, size), dtype)
 
 
-def _blockwise(init: Initializer, blocks: int) -> Initializer:
+def blockwise(init: Initializer, blocks: int) -> Initializer:
   """Applies ``init`` to each ``[rows, H]`` gate block of a ``[rows, blocks*H]`` matrix.
 
   The blocks are drawn in at least float32 and then cast to ``dtype``: the
@@ -121,44 +80,331 @@ def _blockwise(init: Initializer, blocks: int) -> Initializer:
   return init_fn
 
 
-def _identity(key, shape, dtype=jnp.float32):
+def identity(key, shape, dtype=jnp.float32):
   """The IRNN recurrent initialiser (Le et al. 2015): the identity matrix."""
   del key
   rows, cols = shape
   return jnp.eye(rows, cols, dtype=dtype)
 
 
-def _zeros_like_hidden(hidden_size: int, lstm_state: bool = False):
-  def initial_carry(batch_shape: Sequence[int] = (), dtype=jnp.float32):
-    zeros_h = jnp.zeros((*batch_shape, hidden_size), dtype)
-    return LSTMState(zeros_h, zeros_h) if lstm_state else zeros_h
-
-  return initial_carry
-
-
-def _affine_input(params: Params, x: jax.Array, bias: str) -> jax.Array:
+def affine_input(params: Params, x: jax.Array, bias: str) -> jax.Array:
   """``x @ w_ih + params[bias]``; promotes bfloat16 inputs to the parameter dtype."""
   x = x.astype(jnp.promote_types(x.dtype, params["w_ih"].dtype))
   return x @ params["w_ih"] + params[bias]
 
 
-def _input_size(params: Params) -> int:
-  return params["w_ih"].shape[0]
+class Cell(Layer):
+  """Base of the steppable cells: ``run`` is one scan of ``step`` over time.
+
+  Subclasses define ``name``, ``GATES`` (gate blocks of ``w_ih``), ``init``,
+  ``project`` and ``recur``; cells with a hand-written derivative also derive
+  from :class:`~rnn_jax.fused.FusedVJP` and are then run with the fused
+  backward when the options say ``vjp="fused"``.
+  """
+
+  name: ClassVar[str]
+  GATES: ClassVar[int] = 1
+  hidden_size: int
+
+  @property
+  def output_size(self) -> int:
+    """``O``, the size of ``y_t`` (``H`` for the built-in cells)."""
+    return self.hidden_size
+
+  def initial_carry(self, batch_shape=(), dtype=jnp.float32):
+    """Zeros, leaves ``[*batch_shape, H]`` (an int ``batch_shape`` is one batch axis)."""
+    return zeros_carry(batch_shape, self.hidden_size, dtype)
+
+  def input_size(self, params: Params) -> int:
+    """``I``, read off the parameter shapes."""
+    return params["w_ih"].shape[0]
+
+  def project(self, params: Params, x: jax.Array) -> jax.Array:
+    """The input half of a step, ``[..., I] -> [..., G]``; affine, no time dependence."""
+    raise NotImplementedError
+
+  def recur(self, params: Params, carry, px: jax.Array):
+    """The recurrent half of a step: ``(params, carry, px_t) -> (carry, y_t)``."""
+    raise NotImplementedError
+
+  def step(self, params: Params, carry, x: jax.Array):
+    """One time step: ``(params, carry, x_t [..., I]) -> (carry, y_t [..., O])``."""
+    return self.recur(params, carry, self.project(params, x))
+
+  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
+    """One scan over ``xs [T, ..., I]``; the layer protocol (:mod:`rnn_jax.layer`)."""
+    del rng  # A cell has no dropout of its own.
+    options = options.resolve(self)
+    scan = (fused.fused_scan if options.vjp == "fused" and isinstance(self, fused.FusedVJP)
+            else _scan.scan_layer)
+    with jax.named_scope(self.name):
+      return scan(self, params, xs, carry, lengths, reverse=options.reverse,
+                  unroll=options.unroll, hoist=options.hoist)
+
+  def _weights(self, k_ih, k_hh, input_size: int, recurrent_init: Initializer) -> Params:
+    """``w_ih [I, G*H]`` and ``w_hh [H, G*H]``, each gate block initialised separately."""
+    width = self.GATES * self.hidden_size
+    return {
+        "w_ih": blockwise(self.kernel_init, self.GATES)(k_ih, (input_size, width),
+                                                        self.param_dtype),
+        "w_hh": blockwise(recurrent_init, self.GATES)(k_hh, (self.hidden_size, width),
+                                                      self.param_dtype),
+    }
 
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
 
-@memoized_factory
-def simple_rnn(
-    hidden_size: int,
-    activation: str = "tanh",
-    *,
-    kernel_init: Initializer = glorot_uniform,
-    recurrent_init: Initializer | str = orthogonal,
-    bias_init: Initializer = zeros,
-    param_dtype=jnp.float32,
-) -> Cell:
+@dataclasses.dataclass(frozen=True)
+class SimpleRNN(Cell, fused.FusedVJP):
+  """The Elman network: ``h_t = act(x_t @ w_ih + h_{t-1} @ w_hh + b)``; ``y_t = h_t``.
+
+  Params: ``w_ih [I, H]``, ``w_hh [H, H]``, ``b [H]``. Carry: ``h [..., H]``.
+  Built by :func:`simple_rnn`.
+  """
+
+  name: ClassVar[str] = "simple_rnn"
+  TUNED_UNROLL: ClassVar = {"cpu": 1, "gpu": 8}
+  TUNED_VJP: ClassVar = {"cpu": "fused", "gpu": "fused"}
+  TORCH_MODULE: ClassVar[str] = "RNN"
+
+  hidden_size: int
+  activation: str = "tanh"
+  kernel_init: Initializer = dataclasses.field(default=glorot_uniform, repr=False)
+  recurrent_init: Initializer | str = dataclasses.field(default=orthogonal, repr=False)
+  bias_init: Initializer = dataclasses.field(default=zeros, repr=False)
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    check_size("hidden_size", self.hidden_size)
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
+                       f"got {self.activation!r}")
+    if isinstance(self.recurrent_init, str) and self.recurrent_init != "identity":
+      raise ValueError(f"recurrent_init must be an initialiser or 'identity', "
+                       f"got {self.recurrent_init!r}")
+
+  def init(self, key, input_size: int) -> Params:
+    k_ih, k_hh, k_b = jax.random.split(key, 3)
+    recurrent_init = identity if self.recurrent_init == "identity" else self.recurrent_init
+    params = self._weights(k_ih, k_hh, input_size, recurrent_init)
+    params["b"] = self.bias_init(k_b, (self.hidden_size,), self.param_dtype)
+    return params
+
+  def project(self, params, x):
+    return affine_input(params, x, "b")
+
+  def recur(self, params, h, px):
+    h = ACTIVATIONS[self.activation](px + h @ params["w_hh"])
+    return h, h
+
+  def recur_with_residuals(self, params, h, px):
+    h = self.recur(params, h, px)[0]
+    return h, h, ()
+
+  def step_vjp(self, params, residuals, h_prev, y, dh, dy):
+    del residuals, h_prev
+    slope = 1.0 - y * y if self.activation == "tanh" else (y > 0).astype(y.dtype)
+    dz = (dh + dy) * slope
+    return dz @ params["w_hh"].T, dz, None
+
+  def recurrent_grads(self, params, residuals, h_prevs, dz_rec):
+    return {"w_hh": fused.time_batch_matmul(h_prevs, dz_rec)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTM(Cell, fused.FusedVJP):
+  """Long short-term memory, gates fused in the order (i, f, g, o) of PyTorch/cuDNN.
+
+  With ``z = x_t @ w_ih + h_{t-1} @ w_hh + b`` split into four ``[..., H]`` blocks::
+
+      i = sigmoid(z_i)   f = sigmoid(z_f + forget_bias)   g = tanh(z_g)   o = sigmoid(z_o)
+      c_t = f * c_{t-1} + i * g        h_t = o * tanh(c_t)        y_t = h_t
+
+  Params: ``w_ih [I, 4H]``, ``w_hh [H, 4H]``, ``b [4H]``. Carry:
+  ``LSTMState(h [..., H], c [..., H])``. Built by :func:`lstm`.
+  """
+
+  name: ClassVar[str] = "lstm"
+  GATES: ClassVar[int] = 4
+  TUNED_UNROLL: ClassVar = {"cpu": 1, "gpu": 8}
+  TUNED_VJP: ClassVar = {"cpu": "fused", "gpu": "fused"}
+  TORCH_MODULE: ClassVar[str] = "LSTM"
+
+  hidden_size: int
+  forget_bias: float = 1.0
+  kernel_init: Initializer = dataclasses.field(default=glorot_uniform, repr=False)
+  recurrent_init: Initializer = dataclasses.field(default=orthogonal, repr=False)
+  bias_init: Initializer = dataclasses.field(default=zeros, repr=False)
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    check_size("hidden_size", self.hidden_size)
+    if not isinstance(self.forget_bias, numbers.Real) or isinstance(self.forget_bias, bool):
+      raise ValueError(f"forget_bias must be a number, got {self.forget_bias!r}")
+
+  def initial_carry(self, batch_shape=(), dtype=jnp.float32):
+    zeros_h = super().initial_carry(batch_shape, dtype)
+    return LSTMState(zeros_h, zeros_h)
+
+  def init(self, key, input_size: int) -> Params:
+    k_ih, k_hh, k_b = jax.random.split(key, 3)
+    params = self._weights(k_ih, k_hh, input_size, self.recurrent_init)
+    params["b"] = self.bias_init(k_b, (4 * self.hidden_size,), self.param_dtype)
+    return params
+
+  def project(self, params, x):
+    return affine_input(params, x, "b")
+
+  def recur(self, params, state, px):
+    state, _, _ = self.recur_with_residuals(params, state, px)
+    return state, state.h
+
+  def recur_with_residuals(self, params, state, px):
+    """Also returns ``(gates [..., 4H] activated (i, f, g, o), c_{t-1}, tanh(c_t))``."""
+    z = px + state.h @ params["w_hh"]
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    i, f = jax.nn.sigmoid(i), jax.nn.sigmoid(f + self.forget_bias)
+    g, o = jnp.tanh(g), jax.nn.sigmoid(o)
+    c = f * state.c + i * g
+    tanh_c = jnp.tanh(c)
+    h = o * tanh_c
+    return LSTMState(h, c), h, (jnp.concatenate([i, f, g, o], axis=-1), state.c, tanh_c)
+
+  def step_vjp(self, params, residuals, h_prev, y, dstate, dy):
+    del h_prev, y
+    gates, c_prev, tanh_c = residuals
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    dh = dstate.h + dy
+    do = dh * tanh_c
+    dc = dstate.c + dh * o * (1.0 - tanh_c * tanh_c)
+    dz = jnp.concatenate([
+        dc * g * i * (1.0 - i),
+        dc * c_prev * f * (1.0 - f),
+        dc * i * (1.0 - g * g),
+        do * o * (1.0 - o),
+    ], axis=-1)
+    return LSTMState(dz @ params["w_hh"].T, dc * f), dz, None
+
+  def recurrent_grads(self, params, residuals, h_prevs, dz_rec):
+    return {"w_hh": fused.time_batch_matmul(h_prevs, dz_rec)}
+
+  def hidden(self, state):
+    return state.h
+
+
+@dataclasses.dataclass(frozen=True)
+class GRU(Cell, fused.FusedVJP):
+  """Gated recurrent unit, gates in the order (r, z, n) of PyTorch/cuDNN.
+
+  With ``a = x_t @ w_ih`` and ``u = h_{t-1} @ w_hh`` split into (r, z, n) blocks::
+
+      r = sigmoid(a_r + u_r + b_r)     z = sigmoid(a_z + u_z + b_z)
+      reset_after=True  (cuDNN, PyTorch, Keras 2+):
+          n = tanh(a_n + b_in + r * (h_{t-1} @ w_hn + b_hn))
+      reset_after=False (Cho et al. 2014, TF1 GRUCell):
+          n = tanh(a_n + (r * h_{t-1}) @ w_hn + b_n)
+      h_t = (1 - z) * n + z * h_{t-1}          y_t = h_t
+
+  Params with ``reset_after=True``: ``w_ih [I, 3H]``, ``w_hh [H, 3H]``,
+  ``b_ih [3H]``, ``b_hh [3H]``; with ``reset_after=False``: ``w_ih``,
+  ``w_hh`` and one ``b [3H]``. Carry: ``h [..., H]``. Built by :func:`gru`.
+  """
+
+  name: ClassVar[str] = "gru"
+  GATES: ClassVar[int] = 3
+  TUNED_UNROLL: ClassVar = {"cpu": 2, "gpu": 8}
+  TUNED_VJP: ClassVar = {"cpu": "autodiff", "gpu": "fused"}
+  TORCH_MODULE: ClassVar[str] = "GRU"
+
+  hidden_size: int
+  reset_after: bool = True
+  kernel_init: Initializer = dataclasses.field(default=glorot_uniform, repr=False)
+  recurrent_init: Initializer = dataclasses.field(default=orthogonal, repr=False)
+  bias_init: Initializer = dataclasses.field(default=zeros, repr=False)
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    check_size("hidden_size", self.hidden_size)
+    if not isinstance(self.reset_after, bool):
+      raise ValueError(f"reset_after must be a bool, got {self.reset_after!r}")
+
+  def init(self, key, input_size: int) -> Params:
+    k_ih, k_hh, k_b, k_b2 = jax.random.split(key, 4)
+    params = self._weights(k_ih, k_hh, input_size, self.recurrent_init)
+    width = 3 * self.hidden_size
+    if self.reset_after:
+      params["b_ih"] = self.bias_init(k_b, (width,), self.param_dtype)
+      params["b_hh"] = self.bias_init(k_b2, (width,), self.param_dtype)
+    else:
+      params["b"] = self.bias_init(k_b, (width,), self.param_dtype)
+    return params
+
+  def input_bias_name(self, params) -> str:
+    return "b_ih" if self.reset_after else "b"
+
+  def project(self, params, x):
+    return affine_input(params, x, self.input_bias_name(params))
+
+  def recur(self, params, h, px):
+    h, _, _ = self.recur_with_residuals(params, h, px)
+    return h, h
+
+  def recur_with_residuals(self, params, h, px):
+    """Also returns the activated ``(r, z, n)`` ``[..., 3H]``, plus ``h @ w_hn + b_hn``
+    (``[..., 4H]`` in all) when ``reset_after``."""
+    hidden = self.hidden_size
+    a_r, a_z, a_n = jnp.split(px, 3, axis=-1)
+    w_hh = params["w_hh"]
+    if self.reset_after:
+      u_r, u_z, u_n = jnp.split(h @ w_hh + params["b_hh"], 3, axis=-1)
+      r = jax.nn.sigmoid(a_r + u_r)
+      z = jax.nn.sigmoid(a_z + u_z)
+      n = jnp.tanh(a_n + r * u_n)
+      residuals = jnp.concatenate([r, z, n, u_n], axis=-1)
+    else:
+      u_r, u_z = jnp.split(h @ w_hh[:, :2 * hidden], 2, axis=-1)
+      r = jax.nn.sigmoid(a_r + u_r)
+      z = jax.nn.sigmoid(a_z + u_z)
+      n = jnp.tanh(a_n + (r * h) @ w_hh[:, 2 * hidden:])
+      residuals = jnp.concatenate([r, z, n], axis=-1)
+    h = (1.0 - z) * n + z * h
+    return h, h, residuals
+
+  def step_vjp(self, params, residuals, h_prev, y, dh, dy):
+    del y
+    hidden = self.hidden_size
+    w_hh = params["w_hh"]
+    dh = dh + dy
+    r, z, n = (residuals[..., k * hidden:(k + 1) * hidden] for k in range(3))
+    dn = dh * (1.0 - z) * (1.0 - n * n)
+    dz = dh * (h_prev - n) * z * (1.0 - z)
+    if self.reset_after:
+      u_n = residuals[..., 3 * hidden:]
+      dr = dn * u_n * r * (1.0 - r)
+      dz_in = jnp.concatenate([dr, dz, dn], axis=-1)
+      dz_rec = jnp.concatenate([dr, dz, dn * r], axis=-1)
+      return dh * z + dz_rec @ w_hh.T, dz_in, dz_rec
+    d_reset_h = dn @ w_hh[:, 2 * hidden:].T
+    dr = d_reset_h * h_prev * r * (1.0 - r)
+    dz_in = jnp.concatenate([dr, dz, dn], axis=-1)
+    dh_prev = dh * z + d_reset_h * r + dz_in[..., :2 * hidden] @ w_hh[:, :2 * hidden].T
+    return dh_prev, dz_in, None
+
+  def recurrent_grads(self, params, residuals, h_prevs, dz_rec):
+    hidden = self.hidden_size
+    if self.reset_after:
+      return {"w_hh": fused.time_batch_matmul(h_prevs, dz_rec), "b_hh": dz_rec.sum((0, 1))}
+    reset_h = residuals[..., :hidden] * h_prevs  # dz_rec is dz_in here.
+    return {"w_hh": jnp.concatenate([
+        fused.time_batch_matmul(h_prevs, dz_rec[..., :2 * hidden]),
+        fused.time_batch_matmul(reset_h, dz_rec[..., 2 * hidden:])], axis=1)}
+
+
+def simple_rnn(hidden_size: int, activation: str = "tanh", *,
+               kernel_init: Initializer = glorot_uniform,
+               recurrent_init: Initializer | str = orthogonal, bias_init: Initializer = zeros,
+               param_dtype=jnp.float32) -> SimpleRNN:
   """The Elman network: ``h_t = act(x_t @ w_ih + h_{t-1} @ w_hh + b)``; ``y_t = h_t``.
 
   Args:
@@ -173,168 +419,36 @@ def simple_rnn(
 
   Params: ``w_ih [I, H]``, ``w_hh [H, H]``, ``b [H]``. Carry: ``h [..., H]``.
   """
-  if activation not in ACTIVATIONS:
-    raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-  if recurrent_init == "identity":
-    recurrent_init = _identity
-  elif isinstance(recurrent_init, str):
-    raise ValueError(f"recurrent_init must be an initialiser or 'identity', got {recurrent_init!r}")
-  act = ACTIVATIONS[activation]
-
-  def init(key, input_size):
-    k_ih, k_hh, k_b = jax.random.split(key, 3)
-    return {
-        "w_ih": _blockwise(kernel_init, 1)(k_ih, (input_size, hidden_size), param_dtype),
-        "w_hh": _blockwise(recurrent_init, 1)(k_hh, (hidden_size, hidden_size), param_dtype),
-        "b": bias_init(k_b, (hidden_size,), param_dtype),
-    }
-
-  def project(params, x):
-    return _affine_input(params, x, "b")
-
-  def recur(params, h, px):
-    h = act(px + h @ params["w_hh"])
-    return h, h
-
-  return Cell("simple_rnn", hidden_size, hidden_size, init, _zeros_like_hidden(hidden_size),
-              project, recur, _input_size, (("activation", activation),))
+  return SimpleRNN(hidden_size, activation, kernel_init, recurrent_init, bias_init, param_dtype)
 
 
-def lstm_recurrence(params: Params, state: LSTMState, px: jax.Array, forget_bias: float):
-  """The LSTM's recurrent half, also returning the values its derivative needs.
-
-  Returns:
-    ``(LSTMState(h, c), (gates, c_prev, tanh_c))`` with ``gates [..., 4H]``
-    the activated ``(i, f, g, o)`` and ``tanh_c = tanh(c)``; shared by
-    :func:`lstm` and :mod:`rnn_jax.backward` so the equations exist once.
-  """
-  z = px + state.h @ params["w_hh"]
-  i, f, g, o = jnp.split(z, 4, axis=-1)
-  i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f + forget_bias), jnp.tanh(g), jax.nn.sigmoid(o)
-  c = f * state.c + i * g
-  tanh_c = jnp.tanh(c)
-  return LSTMState(o * tanh_c, c), (jnp.concatenate([i, f, g, o], axis=-1), state.c, tanh_c)
-
-
-@memoized_factory
-def lstm(
-    hidden_size: int,
-    forget_bias: float = 1.0,
-    *,
-    kernel_init: Initializer = glorot_uniform,
-    recurrent_init: Initializer = orthogonal,
-    bias_init: Initializer = zeros,
-    param_dtype=jnp.float32,
-) -> Cell:
+def lstm(hidden_size: int, forget_bias: float = 1.0, *,
+         kernel_init: Initializer = glorot_uniform, recurrent_init: Initializer = orthogonal,
+         bias_init: Initializer = zeros, param_dtype=jnp.float32) -> LSTM:
   """Long short-term memory, gates fused in the order (i, f, g, o) of PyTorch/cuDNN.
 
-  With ``z = x_t @ w_ih + h_{t-1} @ w_hh + b`` split into four ``[..., H]`` blocks::
-
-      i = sigmoid(z_i)   f = sigmoid(z_f + forget_bias)   g = tanh(z_g)   o = sigmoid(z_o)
-      c_t = f * c_{t-1} + i * g        h_t = o * tanh(c_t)        y_t = h_t
-
-  ``forget_bias`` is a constant added at run time, as in TF1's BasicLSTMCell
-  (it is not a parameter; use 0.0 to match PyTorch).
+  See :class:`LSTM` for the equations. ``forget_bias`` is a constant added to
+  the forget gate's pre-activation at run time, as in TF1's BasicLSTMCell (it
+  is not a parameter; use 0.0 to match PyTorch).
 
   Params: ``w_ih [I, 4H]``, ``w_hh [H, 4H]`` (each gate block initialised
   separately), ``b [4H]``. Carry: ``LSTMState(h [..., H], c [..., H])``.
   """
-  hidden = hidden_size
-
-  def init(key, input_size):
-    k_ih, k_hh, k_b = jax.random.split(key, 3)
-    return {
-        "w_ih": _blockwise(kernel_init, 4)(k_ih, (input_size, 4 * hidden), param_dtype),
-        "w_hh": _blockwise(recurrent_init, 4)(k_hh, (hidden, 4 * hidden), param_dtype),
-        "b": bias_init(k_b, (4 * hidden,), param_dtype),
-    }
-
-  def project(params, x):
-    return _affine_input(params, x, "b")
-
-  def recur(params, state, px):
-    state, _ = lstm_recurrence(params, state, px, forget_bias)
-    return state, state.h
-
-  return Cell("lstm", hidden, hidden, init, _zeros_like_hidden(hidden, lstm_state=True),
-              project, recur, _input_size, (("forget_bias", forget_bias),))
+  return LSTM(hidden_size, forget_bias, kernel_init, recurrent_init, bias_init, param_dtype)
 
 
-def gru_recurrence(params: Params, h: jax.Array, px: jax.Array, reset_after: bool):
-  """The GRU's recurrent half, also returning the values its derivative needs.
-
-  Returns:
-    ``(h_new [..., H], residuals)`` with residuals the activated ``(r, z, n)``
-    concatenated ``[..., 3H]``, plus ``h @ w_hn + b_hn`` (``[..., 4H]`` in all)
-    when ``reset_after``; shared by :func:`gru` and :mod:`rnn_jax.backward`.
-  """
-  hidden = h.shape[-1]
-  a_r, a_z, a_n = jnp.split(px, 3, axis=-1)
-  w_hh = params["w_hh"]
-  if reset_after:
-    u_r, u_z, u_n = jnp.split(h @ w_hh + params["b_hh"], 3, axis=-1)
-    r = jax.nn.sigmoid(a_r + u_r)
-    z = jax.nn.sigmoid(a_z + u_z)
-    n = jnp.tanh(a_n + r * u_n)
-    residuals = jnp.concatenate([r, z, n, u_n], axis=-1)
-  else:
-    u_r, u_z = jnp.split(h @ w_hh[:, :2 * hidden], 2, axis=-1)
-    r = jax.nn.sigmoid(a_r + u_r)
-    z = jax.nn.sigmoid(a_z + u_z)
-    n = jnp.tanh(a_n + (r * h) @ w_hh[:, 2 * hidden:])
-    residuals = jnp.concatenate([r, z, n], axis=-1)
-  return (1.0 - z) * n + z * h, residuals
-
-
-@memoized_factory
-def gru(
-    hidden_size: int,
-    reset_after: bool = True,
-    *,
-    kernel_init: Initializer = glorot_uniform,
-    recurrent_init: Initializer = orthogonal,
-    bias_init: Initializer = zeros,
-    param_dtype=jnp.float32,
-) -> Cell:
+def gru(hidden_size: int, reset_after: bool = True, *,
+        kernel_init: Initializer = glorot_uniform, recurrent_init: Initializer = orthogonal,
+        bias_init: Initializer = zeros, param_dtype=jnp.float32) -> GRU:
   """Gated recurrent unit, gates in the order (r, z, n) of PyTorch/cuDNN.
 
-  With ``a = x_t @ w_ih`` and ``u = h_{t-1} @ w_hh`` split into (r, z, n) blocks::
-
-      r = sigmoid(a_r + u_r + b_r)     z = sigmoid(a_z + u_z + b_z)
-      reset_after=True  (cuDNN, PyTorch, Keras 2+):
-          n = tanh(a_n + b_in + r * (h_{t-1} @ w_hn + b_hn))
-      reset_after=False (Cho et al. 2014, TF1 GRUCell):
-          n = tanh(a_n + (r * h_{t-1}) @ w_hn + b_n)
-      h_t = (1 - z) * n + z * h_{t-1}          y_t = h_t
-
-  so ``z`` near 1 keeps the old state (the PyTorch/Keras/Flax convention).
+  See :class:`GRU` for the equations: ``z`` near 1 keeps the old state (the
+  PyTorch/Keras/Flax convention); ``reset_after=True`` is cuDNN's and
+  PyTorch's variant, ``False`` the original (Cho et al. 2014, TF1).
 
   Params with ``reset_after=True``: ``w_ih [I, 3H]``, ``w_hh [H, 3H]``,
   ``b_ih [3H]``, ``b_hh [3H]`` (two biases, because ``b_hn`` sits inside the
   reset product). With ``reset_after=False``: ``w_ih``, ``w_hh`` and one
   ``b [3H]``. Carry: ``h [..., H]``.
   """
-  hidden = hidden_size
-
-  def init(key, input_size):
-    k_ih, k_hh, k_b, k_b2 = jax.random.split(key, 4)
-    params = {
-        "w_ih": _blockwise(kernel_init, 3)(k_ih, (input_size, 3 * hidden), param_dtype),
-        "w_hh": _blockwise(recurrent_init, 3)(k_hh, (hidden, 3 * hidden), param_dtype),
-    }
-    if reset_after:
-      params["b_ih"] = bias_init(k_b, (3 * hidden,), param_dtype)
-      params["b_hh"] = bias_init(k_b2, (3 * hidden,), param_dtype)
-    else:
-      params["b"] = bias_init(k_b, (3 * hidden,), param_dtype)
-    return params
-
-  def project(params, x):
-    return _affine_input(params, x, "b_ih" if reset_after else "b")
-
-  def recur(params, h, px):
-    h, _ = gru_recurrence(params, h, px, reset_after)
-    return h, h
-
-  return Cell("gru", hidden, hidden, init, _zeros_like_hidden(hidden), project, recur,
-              _input_size, (("reset_after", reset_after),))
+  return GRU(hidden_size, reset_after, kernel_init, recurrent_init, bias_init, param_dtype)

@@ -1,60 +1,34 @@
-"""Composing cells: multi-layer ``stack`` and ``bidirectional`` layers.
+"""Layers made of layers: ``stack``, ``bidirectional`` and ``remat``.
 
-Both return small NamedTuples with the same functions as a cell (``init``,
-``initial_carry``, ``input_size``, ``output_size``) plus ``run(params, xs
-[T, ..., I], carry, lengths, reverse, unroll, dropout_rng, hoist, backward_mode)
--> (outputs [T, ..., O], carry)``, the protocol of
-:func:`rnn_jax.unroll.run_time_major`, so ``rnn_jax.rnn`` accepts them anywhere a cell goes and they nest (a stack of
-bidirectional layers, a bidirectional pair of stacks). Each layer runs as one
-scan over the whole sequence, not as a per-step stack, so every layer's input
-projection is a large matmul and inter-layer dropout is a single op.
+Each is itself a layer (:mod:`rnn_jax.layer`), so ``rnn_jax.rnn`` accepts it
+anywhere a cell goes and they nest (a stack of bidirectional layers, a
+bidirectional pair of stacks, a remat of either). Each layer of a stack runs
+as one scan over the whole sequence, not as a per-step stack, so every
+layer's input projection is a large matmul and inter-layer dropout is a
+single op; ``Stack.step`` steps layer by layer for generation.
 
 Parameters and carries nest as tuples and dicts:
 
 * ``stack``: params ``(layer_0, layer_1, ...)``, carry ``(carry_0, carry_1, ...)``.
 * ``bidirectional``: params ``{"forward": ..., "backward": ...}``, carry
   ``(forward_carry, backward_carry)``.
+* ``remat``: the wrapped layer's params and carry.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, NamedTuple, Sequence
+import dataclasses
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells import memoized_factory
-from rnn_jax.unroll import run_time_major
+from rnn_jax import _scan
+from rnn_jax.layer import Layer, RunOptions
 
 
-class Stack(NamedTuple):
-  """Layers run one after another; see :func:`stack`."""
-
-  cells: tuple
-  dropout: float
-  variational: bool
-  output_size: int
-  init: Callable
-  initial_carry: Callable
-  input_size: Callable
-  run: Callable
-
-
-class Bidirectional(NamedTuple):
-  """A forward and a backward layer over the same inputs; see :func:`bidirectional`."""
-
-  forward: Any
-  backward: Any
-  merge: str
-  output_size: int
-  init: Callable
-  initial_carry: Callable
-  input_size: Callable
-  run: Callable
-
-
-def _split_key(key, num):
+def split_key(key, num: int) -> list:
+  """``num`` keys from ``key``, or ``num`` ``None``\\ s when ``key`` is ``None`` (no dropout)."""
   return [None] * num if key is None else list(jax.random.split(key, num))
 
 
@@ -70,11 +44,87 @@ def dropout_outputs(key, outputs: jax.Array, rate: float, variational: bool) -> 
   return jnp.where(mask, outputs / keep, jnp.zeros_like(outputs))
 
 
-def stack(cells: Sequence, dropout: float = 0.0, variational: bool = False) -> Stack:
-  """Layers of cells, the output sequence of each the input of the next (TF's MultiRNNCell).
+def _check_layer(argument: str, value: Any) -> None:
+  if not isinstance(value, Layer):
+    raise TypeError(f"{argument}: expected an rnn_jax layer (rnn_jax.lstm(...), "
+                    f"rnn_jax.stack(...), ...), got {type(value).__module__}."
+                    f"{type(value).__name__}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack(Layer):
+  """Layers run one after another (TF's MultiRNNCell); built by :func:`stack`.
+
+  Attributes:
+    layers: the layers, first first.
+    dropout: drop rate on each layer's outputs except the last one's, when
+      run with a dropout key.
+    variational: reuse one dropout mask over all time steps.
+  """
+
+  layers: tuple
+  dropout: float = 0.0
+  variational: bool = False
+
+  def __post_init__(self):
+    if not self.layers:
+      raise ValueError("stack needs at least one cell or layer")
+    for index, layer in enumerate(self.layers):
+      _check_layer(f"stack layer {index}", layer)
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+  @property
+  def sublayers(self) -> tuple:
+    return self.layers
+
+  @property
+  def cells(self) -> tuple:
+    """The layers (the name of this attribute before layers could be composites)."""
+    return self.layers
+
+  @property
+  def output_size(self) -> int:
+    return self.layers[-1].output_size
+
+  def init(self, key, input_size: int) -> tuple:
+    params = []
+    for layer, layer_key in zip(self.layers, jax.random.split(key, len(self.layers))):
+      params.append(layer.init(layer_key, input_size))
+      input_size = layer.output_size
+    return tuple(params)
+
+  def initial_carry(self, batch_shape=(), dtype=jnp.float32) -> tuple:
+    return tuple(layer.initial_carry(batch_shape, dtype) for layer in self.layers)
+
+  def input_size(self, params) -> int:
+    return self.layers[0].input_size(params[0])
+
+  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
+    keys = split_key(rng, 2 * len(self.layers))
+    final_carries = []
+    for index, layer in enumerate(self.layers):
+      xs, layer_carry = layer.run(params[index], xs, carry[index], lengths, options,
+                                  keys[2 * index])
+      final_carries.append(layer_carry)
+      if rng is not None and self.dropout > 0.0 and index < len(self.layers) - 1:
+        xs = dropout_outputs(keys[2 * index + 1], xs, self.dropout, self.variational)
+    return xs, tuple(final_carries)
+
+  def step(self, params, carry, x):
+    """One time step through every layer (no dropout): ``(carry tuple, y_t [..., O])``."""
+    new_carry = []
+    for layer, layer_params, layer_carry in zip(self.layers, params, carry):
+      layer_carry, x = layer.step(layer_params, layer_carry, x)
+      new_carry.append(layer_carry)
+    return tuple(new_carry), x
+
+
+def stack(layers: Sequence[Layer], dropout: float = 0.0, variational: bool = False) -> Stack:
+  """Layers, the output sequence of each the input of the next (TF's MultiRNNCell).
 
   Args:
-    cells: cells or composites, first layer first.
+    layers: cells or composites, first layer first.
     dropout: drop rate applied to each layer's outputs except the last one's,
       only when ``rnn`` is given a ``dropout_rng`` (keep = 1 - dropout, as
       ``DropoutWrapper(output_keep_prob=keep)``).
@@ -82,58 +132,71 @@ def stack(cells: Sequence, dropout: float = 0.0, variational: bool = False) -> S
 
   Params: a tuple of per-layer params. Carry: a tuple of per-layer carries.
   """
-  if not 0.0 <= dropout < 1.0:
-    raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-  if not cells:
-    raise ValueError("stack needs at least one cell")
-  return _stack(tuple(cells), float(dropout), bool(variational))
+  return Stack(tuple(layers), float(dropout), bool(variational))
 
 
-@functools.lru_cache(maxsize=None)
-def _stack(cells: tuple, dropout: float, variational: bool) -> Stack:
-
-  def init(key, input_size):
-    params = []
-    for cell, layer_key in zip(cells, jax.random.split(key, len(cells))):
-      params.append(cell.init(layer_key, input_size))
-      input_size = cell.output_size
-    return tuple(params)
-
-  def initial_carry(batch_shape=(), dtype=jnp.float32):
-    return tuple(cell.initial_carry(batch_shape, dtype) for cell in cells)
-
-  def input_size(params):
-    return cells[0].input_size(params[0])
-
-  def run(params, xs, carry, lengths, reverse, unroll, dropout_rng, hoist, backward_mode):
-    keys = _split_key(dropout_rng, 2 * len(cells))
-    final_carries = []
-    for index, cell in enumerate(cells):
-      xs, layer_carry = run_time_major(cell, params[index], xs, carry[index], lengths, reverse,
-                                       unroll, keys[2 * index], hoist, backward_mode)
-      final_carries.append(layer_carry)
-      if dropout_rng is not None and dropout > 0.0 and index < len(cells) - 1:
-        xs = dropout_outputs(keys[2 * index + 1], xs, dropout, variational)
-    return xs, tuple(final_carries)
-
-  return Stack(cells, dropout, variational, cells[-1].output_size, init, initial_carry,
-               input_size, run)
-
-
-_MERGES = {
+MERGES = {
     "concat": lambda f, b: jnp.concatenate([f, b], axis=-1),
     "sum": jnp.add,
     "mean": lambda f, b: (f + b) / 2,
 }
 
 
-@memoized_factory
-def bidirectional(forward, backward, merge: str = "concat") -> Bidirectional:
+@dataclasses.dataclass(frozen=True)
+class Bidirectional(Layer):
+  """A forward and a backward layer over the same inputs; built by :func:`bidirectional`."""
+
+  forward: Layer
+  backward: Layer
+  merge: str = "concat"
+
+  def __post_init__(self):
+    _check_layer("forward", self.forward)
+    _check_layer("backward", self.backward)
+    if self.merge not in MERGES:
+      raise ValueError(f"merge must be one of {sorted(MERGES)}, got {self.merge!r}")
+    if self.merge != "concat" and self.forward.output_size != self.backward.output_size:
+      raise ValueError(f"merge={self.merge!r} needs equal output sizes, got "
+                       f"{self.forward.output_size} and {self.backward.output_size}")
+
+  @property
+  def sublayers(self) -> tuple:
+    return (self.forward, self.backward)
+
+  @property
+  def output_size(self) -> int:
+    if self.merge == "concat":
+      return self.forward.output_size + self.backward.output_size
+    return self.forward.output_size
+
+  def init(self, key, input_size: int) -> dict:
+    key_forward, key_backward = jax.random.split(key)
+    return {"forward": self.forward.init(key_forward, input_size),
+            "backward": self.backward.init(key_backward, input_size)}
+
+  def initial_carry(self, batch_shape=(), dtype=jnp.float32) -> tuple:
+    return (self.forward.initial_carry(batch_shape, dtype),
+            self.backward.initial_carry(batch_shape, dtype))
+
+  def input_size(self, params) -> int:
+    return self.forward.input_size(params["forward"])
+
+  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
+    key_forward, key_backward = split_key(rng, 2)
+    out_forward, carry_forward = self.forward.run(params["forward"], xs, carry[0], lengths,
+                                                  options, key_forward)
+    out_backward, carry_backward = self.backward.run(params["backward"], xs, carry[1], lengths,
+                                                     options.flipped(), key_backward)
+    return MERGES[self.merge](out_forward, out_backward), (carry_forward, carry_backward)
+
+
+def bidirectional(forward: Layer, backward: Layer, merge: str = "concat") -> Bidirectional:
   """Runs ``forward`` over the sequence and ``backward`` over it reversed, then merges.
 
   With ``lengths`` the backward layer starts at each sequence's last valid
   step (only the valid prefix is reversed), and its outputs are put back in
-  input time order before merging.
+  input time order before merging. A bidirectional layer has no ``step``:
+  its backward half needs the whole sequence.
 
   Args:
     forward: cell or composite reading the sequence first step first.
@@ -144,34 +207,86 @@ def bidirectional(forward, backward, merge: str = "concat") -> Bidirectional:
   Params: ``{"forward": ..., "backward": ...}``. Carry:
   ``(forward_carry, backward_carry)``.
   """
-  if merge not in _MERGES:
-    raise ValueError(f"merge must be one of {sorted(_MERGES)}, got {merge!r}")
-  if merge != "concat" and forward.output_size != backward.output_size:
-    raise ValueError(f"merge={merge!r} needs equal output sizes, got "
-                     f"{forward.output_size} and {backward.output_size}")
-  output_size = (forward.output_size + backward.output_size if merge == "concat"
-                 else forward.output_size)
+  return Bidirectional(forward, backward, merge)
 
-  def init(key, input_size):
-    key_forward, key_backward = jax.random.split(key)
-    return {"forward": forward.init(key_forward, input_size),
-            "backward": backward.init(key_backward, input_size)}
 
-  def initial_carry(batch_shape=(), dtype=jnp.float32):
-    return (forward.initial_carry(batch_shape, dtype), backward.initial_carry(batch_shape, dtype))
+@dataclasses.dataclass(frozen=True)
+class Remat(Layer):
+  """A leaf layer whose backward pass recomputes instead of storing; built by :func:`remat`.
 
-  def input_size(params):
-    return forward.input_size(params["forward"])
+  A steppable layer run by a sequential scan (cells, linear recurrences with
+  ``parallel=False``) gets its whole time step under ``jax.checkpoint``: the
+  backward pass keeps only each step's carry and input and recomputes the
+  step's gate activations from them, at the price of running each step's
+  forward once more. A parallel linear recurrence is checkpointed as a whole:
+  only its inputs are kept between the forward and the backward pass. Outputs
+  and gradients are those of the wrapped layer; its tuned ``unroll`` is kept;
+  the gradient is always autodiff (of the checkpointed step).
+  """
 
-  def run(params, xs, carry, lengths, reverse, unroll, dropout_rng, hoist, backward_mode):
-    key_forward, key_backward = _split_key(dropout_rng, 2)
-    out_forward, carry_forward = run_time_major(forward, params["forward"], xs, carry[0],
-                                                lengths, reverse, unroll, key_forward, hoist,
-                                                backward_mode)
-    out_backward, carry_backward = run_time_major(backward, params["backward"], xs, carry[1],
-                                                  lengths, not reverse, unroll, key_backward,
-                                                  hoist, backward_mode)
-    return _MERGES[merge](out_forward, out_backward), (carry_forward, carry_backward)
+  layer: Layer
 
-  return Bidirectional(forward, backward, merge, output_size, init, initial_carry, input_size,
-                       run)
+  def __post_init__(self):
+    _check_layer("layer", self.layer)
+
+  @property
+  def name(self) -> str:
+    return f"remat_{self.layer.name}"
+
+  @property
+  def TUNED_UNROLL(self):  # pylint: disable=invalid-name
+    return self.layer.TUNED_UNROLL
+
+  @property
+  def output_size(self) -> int:
+    return self.layer.output_size
+
+  @property
+  def sublayers(self) -> tuple:
+    return (self.layer,)
+
+  def init(self, key, input_size: int):
+    return self.layer.init(key, input_size)
+
+  def initial_carry(self, batch_shape=(), dtype=jnp.float32):
+    return self.layer.initial_carry(batch_shape, dtype)
+
+  def input_size(self, params) -> int:
+    return self.layer.input_size(params)
+
+  def project(self, params, x):
+    del params
+    return x
+
+  def recur(self, params, carry, x):
+    return jax.checkpoint(self.layer.step)(params, carry, x)
+
+  def step(self, params, carry, x):
+    return self.layer.step(params, carry, x)
+
+  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
+    options = options.resolve(self)
+    with jax.named_scope(self.name):
+      if getattr(self.layer, "parallel", False):
+        run = lambda p, x, c: self.layer.run(p, x, c, lengths, options, rng)
+        return jax.checkpoint(run)(params, xs, carry)
+      return _scan.scan_layer(self, params, xs, carry, lengths, reverse=options.reverse,
+                              unroll=options.unroll)
+
+
+def remat(layer: Layer) -> Layer:
+  """``layer`` with its backward pass rematerialised (:class:`Remat`), at any nesting depth.
+
+  A ``stack`` or ``bidirectional`` keeps its structure (and dropout) with
+  each leaf layer wrapped; wrapping twice changes nothing. Params and carries
+  are those of ``layer``.
+  """
+  _check_layer("layer", layer)
+  if isinstance(layer, Remat):
+    return layer
+  if isinstance(layer, Stack):
+    return dataclasses.replace(layer, layers=tuple(remat(sub) for sub in layer.layers))
+  if isinstance(layer, Bidirectional):
+    return dataclasses.replace(layer, forward=remat(layer.forward),
+                               backward=remat(layer.backward))
+  return Remat(layer)

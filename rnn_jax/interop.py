@@ -48,11 +48,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax.cells import Cell, LSTMState, gru, lstm, simple_rnn
+from rnn_jax.cells import GRU, LSTM, Cell, LSTMState, gru, lstm, simple_rnn
 from rnn_jax.compose import Bidirectional, Stack, bidirectional, stack
-
-# rnn_jax cell name -> torch class name (``torch.nn.LSTM``; ``LSTMCell`` with "Cell" added).
-_TORCH_KINDS = {"simple_rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 
 def _import_torch():
@@ -117,7 +114,7 @@ def _layer_params(cell: Cell, module, suffix: str) -> dict:
   else:
     b_ih = b_hh = np.zeros(w_ih.shape[0], w_ih.dtype)
   params = {"w_ih": jnp.asarray(w_ih.T), "w_hh": jnp.asarray(w_hh.T)}
-  if cell.name == "gru":
+  if isinstance(cell, GRU):
     params.update(b_ih=jnp.asarray(b_ih), b_hh=jnp.asarray(b_hh))
   else:
     params["b"] = jnp.asarray(b_ih + b_hh)
@@ -169,7 +166,7 @@ def _torch_layers(cell) -> list[tuple[Cell, ...]]:
   Raises:
     ValueError: for any other composite (e.g. a bidirectional pair of stacks).
   """
-  layers = cell.cells if isinstance(cell, Stack) else (cell,)
+  layers = cell.layers if isinstance(cell, Stack) else (cell,)
   structure = []
   for layer in layers:
     if isinstance(layer, Cell):
@@ -237,7 +234,7 @@ def from_torch_state(cell, state):
     The carry pytree ``cell.initial_carry`` would build, filled from ``state``.
   """
   structure = _torch_layers(cell)
-  is_lstm = structure[0][0].name == "lstm"
+  is_lstm = isinstance(structure[0][0], LSTM)
   if is_lstm:
     h_all, c_all = (jnp.asarray(_numpy(part)) for part in state)
   else:
@@ -258,18 +255,18 @@ def from_torch_state(cell, state):
 
 def _torch_biases(cell: Cell, params: dict, hidden: int) -> tuple[np.ndarray, np.ndarray]:
   """``(bias_ih, bias_hh)`` for torch; an LSTM's ``forget_bias`` is folded into ``bias_ih``."""
-  if cell.name == "gru":
+  if isinstance(cell, GRU):
     return _numpy(params["b_ih"]), _numpy(params["b_hh"])
   bias_ih = np.array(params["b"])
-  if cell.name == "lstm":
-    bias_ih[hidden:2 * hidden] += dict(cell.config)["forget_bias"]
+  if isinstance(cell, LSTM):
+    bias_ih[hidden:2 * hidden] += cell.forget_bias
   return bias_ih, np.zeros_like(bias_ih)
 
 
 def _torch_signature(cell: Cell) -> tuple:
   """What a torch module fixes for all its layers: type, size, activation (not forget_bias)."""
-  return (cell.name, cell.hidden_size,
-          tuple(item for item in cell.config if item[0] != "forget_bias"))
+  return (type(cell), cell.hidden_size, getattr(cell, "activation", None),
+          getattr(cell, "reset_after", None))
 
 
 def _new_module(kind: str, structure, cell, params, batch_first: bool):
@@ -281,7 +278,7 @@ def _new_module(kind: str, structure, cell, params, batch_first: bool):
                 batch_first=batch_first,
                 dropout=cell.dropout if isinstance(cell, Stack) else 0.0)
   if kind == "RNN":
-    kwargs["nonlinearity"] = dict(first.config)["activation"]
+    kwargs["nonlinearity"] = first.activation
   return getattr(torch.nn, kind)(**kwargs)
 
 
@@ -313,9 +310,9 @@ def to_torch(cell, params, module=None, *, batch_first: bool = False):
   first = structure[0][0]
   if len({_torch_signature(part) for directions in structure for part in directions}) != 1:
     raise ValueError("to_torch: every layer and direction must use the same cell type and size")
-  if first.name not in _TORCH_KINDS or dict(first.config).get("reset_after") is False:
-    raise ValueError(f"to_torch: {first.name} {dict(first.config)} has no torch counterpart")
-  kind = _TORCH_KINDS[first.name]
+  kind = getattr(first, "TORCH_MODULE", None)
+  if kind is None or getattr(first, "reset_after", True) is False:
+    raise ValueError(f"to_torch: {first!r} has no torch counterpart")
   if module is None:
     module = _new_module(kind, structure, cell, params, batch_first)
   expected_cls = (getattr(torch.nn, kind + "Cell"), getattr(torch.nn, kind))
@@ -325,8 +322,8 @@ def to_torch(cell, params, module=None, *, batch_first: bool = False):
   if isinstance(module, torch.nn.RNNCellBase) and (len(structure), len(structure[0])) != (1, 1):
     raise ValueError(f"to_torch: a torch {type(module).__name__} holds one layer in one "
                      f"direction, the cell has {len(structure)} layer(s) x {len(structure[0])}")
-  if kind == "RNN" and module.nonlinearity != dict(first.config)["activation"]:
-    raise ValueError(f"to_torch: activation {dict(first.config)['activation']!r} vs module "
+  if kind == "RNN" and module.nonlinearity != first.activation:
+    raise ValueError(f"to_torch: activation {first.activation!r} vs module "
                      f"nonlinearity {module.nonlinearity!r}")
 
   layer_params = params if isinstance(cell, Stack) else (params,)

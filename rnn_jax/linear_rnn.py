@@ -24,22 +24,20 @@ in one of two modes that give the same outputs (to float rounding):
   gradient is a hand-written reverse scan; forward-mode differentiation such
   as ``jax.jvp`` or ``jax.hessian`` needs the sequential mode);
 * ``parallel=False`` (sequential): the core's ``jax.lax.scan``
-  (:func:`rnn_jax.unroll.scan_cell`) over :meth:`LinearRNN.step`, the mode
-  for generation one step at a time. ``layer._replace(parallel=False)``
-  switches a layer (and its parameters stay valid).
+  over :meth:`LinearRNN.step`, the mode for generation one step at a time.
+  ``dataclasses.replace(layer, parallel=False)`` switches a layer (and its
+  parameters stay valid).
 
-Which is faster depends on the machine (``python -m experiments.bench_parallel``,
-batch 16, H 128, T 784 and 4096): on an H100 the parallel mode's
-forward+backward takes 1-2% of the LSTM's time and 1-3% of its own sequential
-mode's; on our 2-core CPU, which has no parallel width to use, the
-associative scan's extra passes over memory make it mostly slower than the
-sequential mode (whose forward is fastest with ``rnn(..., hoist=True)``).
+Which is faster depends on the machine: the parallel mode needs parallel
+width (a GPU) to pay for the associative scan's extra passes over memory
+(``python -m experiments.bench_parallel``; figures in
+``experiments/results/README.md``).
 
 Variable lengths follow the core: past a sequence's length the step is
 replaced by the identity (``a_t = 1``, ``b_t = 0``), so the carry is held and
 the final carry is the carry after the last valid step; outputs there are
 zero. ``reverse=True`` with lengths reverses each valid prefix with
-:func:`rnn_jax.unroll.reverse_padded`.
+:func:`rnn_jax.reverse_padded`.
 
 Shapes: ``I`` input size, ``H`` state size, ``O`` output size, ``T`` time,
 ``...`` any batch shape.
@@ -47,82 +45,70 @@ Shapes: ``I`` input size, ``H`` state size, ``O`` output size, ``T`` time,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import Callable, NamedTuple
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells import Cell, Initializer, _affine_input, _blockwise, _input_size, \
-    _zeros_like_hidden, glorot_uniform, memoized_factory, zeros
-from rnn_jax.unroll import reverse_padded, scan_cell
+from rnn_jax import _scan
+from rnn_jax.cells import (Initializer, affine_input, blockwise, check_size, glorot_uniform,
+                           zeros, zeros_carry)
+from rnn_jax.layer import Layer, RunOptions
 
 
-class LinearRNN(NamedTuple):
+class LinearRNN(Layer):
   """A recurrence linear in its state, ``h_t = a_t * h_{t-1} + b_t``; see the module doc.
 
-  Attributes:
-    name: ``"mingru"``, ``"minlstm"`` or ``"lru"``.
-    hidden_size: ``H``, the size of the state ``h``.
-    output_size: ``O``, the size of ``y_t``.
-    init: ``(key, input_size) -> params``, a dict of arrays.
-    initial_carry: ``(batch_shape=(), dtype=float32) -> h`` of zeros (complex
-      for the LRU).
-    project: ``(params, x [..., I]) -> (a, b, skip)``: the recurrence
-      coefficients ``a``, ``b`` (both ``[..., H]``) and whatever the readout
-      needs from the input (``None`` if nothing). It has no time dependence, so
-      ``project`` of a whole ``[T, ..., I]`` sequence gives ``[T, ..., H]``.
-    readout: ``(params, h [..., H], skip) -> y [..., O]``.
-    input_size: ``params -> I``.
-    config: the hyperparameters as ``((name, value), ...)``.
-    parallel: run sequences with an associative scan (``True``) or with the
-      core's sequential ``jax.lax.scan`` (``False``).
+  Subclasses (frozen dataclasses) define ``name``, ``hidden_size`` (the state
+  size ``H``), ``output_size``, ``parallel``, ``init``, ``input_size`` and:
+
+  * ``project(params, x [..., I]) -> (a, b, skip)``: the recurrence
+    coefficients ``a``, ``b`` (both ``[..., H]``) and whatever the readout
+    needs from the input (``None`` if nothing). It has no time dependence, so
+    ``project`` of a whole ``[T, ..., I]`` sequence gives ``[T, ..., H]``.
+  * ``readout(params, h [..., H], skip) -> y [..., O]``.
   """
 
-  name: str
+  name: ClassVar[str]
   hidden_size: int
-  output_size: int
-  init: Callable
-  initial_carry: Callable
-  project: Callable
-  readout: Callable
-  input_size: Callable
-  config: tuple
   parallel: bool
+
+  def initial_carry(self, batch_shape=(), dtype=jnp.float32):
+    """``h [*batch_shape, H]`` of zeros."""
+    return zeros_carry(batch_shape, self.hidden_size, dtype)
+
+  def readout(self, params, h, skip):
+    del params, skip
+    return h
+
+  def recur(self, params, h, coefficients):
+    """``h = a * h + b`` and the readout: the sequential mode's recurrent half."""
+    a, b, skip = coefficients
+    h = a * h + b
+    return h, self.readout(params, h, skip)
 
   def step(self, params, carry, x):
     """One time step: ``(params, h [..., H], x_t [..., I]) -> (h, y_t [..., O])``."""
-    return as_cell(self).step(params, carry, x)
+    return self.recur(params, carry, self.project(params, x))
 
-  def run(self, params, xs, carry, lengths, reverse, unroll, dropout_rng, hoist,
-          backward_mode=None):
-    """The composite protocol of :func:`rnn_jax.unroll.run_time_major`; ``xs [T, ..., I]``.
+  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
+    """The layer protocol over ``xs [T, ..., I]`` (:mod:`rnn_jax.layer`).
 
     ``unroll`` and ``hoist`` apply to the sequential mode only (the parallel
-    mode always projects all steps at once); ``dropout_rng`` is unused, and
-    ``backward_mode`` too: the parallel mode has its own backward scan and the
-    sequential mode is differentiated by autodiff.
+    mode always projects all steps at once); ``vjp`` does not apply: the
+    parallel mode has its own backward scan and the sequential mode is
+    differentiated by autodiff. There is no dropout inside the layer.
     """
-    del dropout_rng, backward_mode
-    if not self.parallel:
-      return scan_cell(as_cell(self), params, xs, carry, lengths, reverse, unroll, hoist)
-    return parallel_run(self, params, xs, carry, lengths, reverse)
-
-
-@functools.lru_cache(maxsize=None)
-def as_cell(layer: LinearRNN) -> Cell:
-  """The sequential view of ``layer``: a :class:`~rnn_jax.cells.Cell` whose
-  ``project`` returns ``(a, b, skip)`` and whose ``recur`` applies
-  ``h = a * h + b`` and the readout. Memoised, so jit caches are shared."""
-
-  def recur(params, h, coefficients):
-    a, b, skip = coefficients
-    h = a * h + b
-    return h, layer.readout(params, h, skip)
-
-  return Cell(layer.name, layer.hidden_size, layer.output_size, layer.init, layer.initial_carry,
-              layer.project, recur, layer.input_size, layer.config)
+    del rng
+    options = options.resolve(self)
+    with jax.named_scope(self.name):
+      if not self.parallel:
+        return _scan.scan_layer(self, params, xs, carry, lengths, reverse=options.reverse,
+                                unroll=options.unroll, hoist=options.hoist)
+      return parallel_run(self, params, xs, carry, lengths, options.reverse)
 
 
 def _compose(earlier, later):
@@ -195,28 +181,22 @@ def parallel_run(layer: LinearRNN, params, xs: jax.Array, carry: jax.Array, leng
   Returns:
     ``(outputs [T, ..., O], final h [..., H])``, outputs in input time order.
   """
-  if reverse:
-    if lengths is None:
-      flip = functools.partial(jnp.flip, axis=0)
-    else:
-      flip = functools.partial(reverse_padded, lengths=lengths)
-    outputs, carry = parallel_run(layer, params, flip(xs), carry, lengths)
-    return flip(outputs), carry
 
-  a, b, skip = layer.project(params, xs)
-  dtype = jnp.result_type(a, b, carry)
-  a = a.astype(dtype)
-  b = b.astype(dtype)
-  if lengths is not None:
-    steps = jnp.arange(xs.shape[0]).reshape((-1,) + (1,) * lengths.ndim)
-    valid = (steps < lengths)[..., None]
-    a = jnp.where(valid, a, jnp.ones_like(a))
-    b = jnp.where(valid, b, jnp.zeros_like(b))
-  h = linear_scan(a, b, carry.astype(dtype))
-  outputs = layer.readout(params, h, skip)
-  if lengths is not None:
-    outputs = jnp.where(valid, outputs, jnp.zeros_like(outputs))
-  return outputs, h[-1]
+  def run(xs, reverse):
+    if reverse:  # Whole sequences (lengths is None): read them flipped.
+      outputs, final = run(jnp.flip(xs, 0), False)
+      return jnp.flip(outputs, 0), final
+    a, b, skip = layer.project(params, xs)
+    dtype = jnp.result_type(a, b, carry)
+    a, b = a.astype(dtype), b.astype(dtype)
+    valid = None if lengths is None else _scan.valid_mask(xs.shape[0], lengths)
+    if valid is not None:  # Past the length the step is the identity: h is held.
+      a = jnp.where(valid, a, jnp.ones_like(a))
+      b = _scan.zero_invalid(valid, b)
+    h = linear_scan(a, b, carry.astype(dtype))
+    return _scan.zero_invalid(valid, layer.readout(params, h, skip)), h[-1]
+
+  return _scan.run_in_valid_order(run, xs, lengths, reverse)
 
 
 def g(x: jax.Array) -> jax.Array:
@@ -225,59 +205,92 @@ def g(x: jax.Array) -> jax.Array:
   return jnp.where(x >= 0, x + 0.5, jax.nn.sigmoid(x))
 
 
-_CANDIDATES = {"linear": lambda x: x, "g": g}
+CANDIDATES = {"linear": lambda x: x, "g": g}
 
 
-def _check_candidate(candidate: str):
-  if candidate not in _CANDIDATES:
-    raise ValueError(f"candidate must be one of {sorted(_CANDIDATES)}, got {candidate!r}")
-  return _CANDIDATES[candidate]
+@dataclasses.dataclass(frozen=True)
+class GatedLinearRNN(LinearRNN):
+  """minGRU and minLSTM: gates and candidate from one matmul of ``x_t``; see :func:`mingru`.
 
+  Params: ``w_ih [I, GATES*H]``, ``b [GATES*H]``. Carry: ``h [..., H]``.
+  """
 
-def _gated_init(hidden_size: int, blocks: int, kernel_init, bias_init, param_dtype,
-                max_timescale=None, chrono_signs=()):
-  """``w_ih [I, blocks*H]``, ``b [blocks*H]``; with ``max_timescale``, the chrono
-  initialisation (Tallec & Ollivier 2018) of the first gate blocks:
-  ``b_k = sign_k * log(u)``, ``u ~ U[1, max_timescale - 1]`` per unit."""
+  GATES: ClassVar[int]
+  CHRONO_SIGNS: ClassVar[tuple]  # The sign of log(u) in each chrono-initialised gate block.
 
-  def init(key, input_size):
+  hidden_size: int
+  candidate: str = "linear"
+  parallel: bool = True
+  max_timescale: float | None = None
+  kernel_init: Initializer = dataclasses.field(default=glorot_uniform, repr=False)
+  bias_init: Initializer = dataclasses.field(default=zeros, repr=False)
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    check_size("hidden_size", self.hidden_size)
+    if self.candidate not in CANDIDATES:
+      raise ValueError(f"candidate must be one of {sorted(CANDIDATES)}, got {self.candidate!r}")
+    if self.max_timescale is not None and not self.max_timescale > 2.0:
+      raise ValueError(f"max_timescale must be > 2 (or None), got {self.max_timescale}")
+    object.__setattr__(self, "parallel", bool(self.parallel))
+
+  @property
+  def output_size(self) -> int:
+    return self.hidden_size
+
+  def input_size(self, params) -> int:
+    return params["w_ih"].shape[0]
+
+  def init(self, key, input_size: int):
+    """``w_ih`` (per gate block) and ``b``; with ``max_timescale``, the chrono
+    initialisation (Tallec & Ollivier 2018) of the gate blocks in
+    ``CHRONO_SIGNS``: ``b_k = sign_k * log(u)``, ``u ~ U[1, max_timescale - 1]`` per unit."""
+    hidden, dtype = self.hidden_size, self.param_dtype
     k_w, k_b, k_chrono = jax.random.split(key, 3)
-    bias = bias_init(k_b, (blocks * hidden_size,), param_dtype)
-    if max_timescale is not None:
-      log_u = jnp.log(jax.random.uniform(k_chrono, (hidden_size,), param_dtype, 1.0,
-                                         max_timescale - 1.0))
-      for k, sign in enumerate(chrono_signs):
-        bias = bias.at[k * hidden_size:(k + 1) * hidden_size].set(sign * log_u)
+    bias = self.bias_init(k_b, (self.GATES * hidden,), dtype)
+    if self.max_timescale is not None:
+      log_u = jnp.log(jax.random.uniform(k_chrono, (hidden,), dtype, 1.0,
+                                         self.max_timescale - 1.0))
+      for k, sign in enumerate(self.CHRONO_SIGNS):
+        bias = bias.at[k * hidden:(k + 1) * hidden].set(sign * log_u)
     return {
-        "w_ih": _blockwise(kernel_init, blocks)(k_w, (input_size, blocks * hidden_size),
-                                                param_dtype),
+        "w_ih": blockwise(self.kernel_init, self.GATES)(k_w, (input_size, self.GATES * hidden),
+                                                        dtype),
         "b": bias,
     }
 
-  return init
+
+@dataclasses.dataclass(frozen=True)
+class MinGRU(GatedLinearRNN):
+  """minGRU; built by :func:`mingru`, which gives the equations."""
+
+  name: ClassVar[str] = "mingru"
+  GATES: ClassVar[int] = 2
+  CHRONO_SIGNS: ClassVar[tuple] = (-1.0,)
+
+  def project(self, params, x):
+    k_z, k_h = jnp.split(affine_input(params, x, "b"), 2, axis=-1)
+    return jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * CANDIDATES[self.candidate](k_h), None
 
 
-def _check_timescale(max_timescale):
-  if max_timescale is not None and not max_timescale > 2.0:
-    raise ValueError(f"max_timescale must be > 2 (or None), got {max_timescale}")
+@dataclasses.dataclass(frozen=True)
+class MinLSTM(GatedLinearRNN):
+  """minLSTM; built by :func:`minlstm`, which gives the equations."""
+
+  name: ClassVar[str] = "minlstm"
+  GATES: ClassVar[int] = 3
+  CHRONO_SIGNS: ClassVar[tuple] = (1.0, -1.0)
+
+  def project(self, params, x):
+    k_f, k_i, k_h = jnp.split(affine_input(params, x, "b"), 3, axis=-1)
+    log_ratio = jax.nn.softplus(-k_i) - jax.nn.softplus(-k_f)  # log f - log i
+    return (jax.nn.sigmoid(log_ratio),
+            jax.nn.sigmoid(-log_ratio) * CANDIDATES[self.candidate](k_h), None)
 
 
-def _identity_readout(params, h, skip):
-  del params, skip
-  return h
-
-
-@memoized_factory
-def mingru(
-    hidden_size: int,
-    candidate: str = "linear",
-    *,
-    parallel: bool = True,
-    max_timescale: float | None = None,
-    kernel_init: Initializer = glorot_uniform,
-    bias_init: Initializer = zeros,
-    param_dtype=jnp.float32,
-) -> LinearRNN:
+def mingru(hidden_size: int, candidate: str = "linear", *, parallel: bool = True,
+           max_timescale: float | None = None, kernel_init: Initializer = glorot_uniform,
+           bias_init: Initializer = zeros, param_dtype=jnp.float32) -> MinGRU:
   """minGRU (Feng et al. 2024, "Were RNNs All We Needed?"): a GRU whose gates see only ``x_t``.
 
   With ``k = x_t @ w_ih + b`` split into (z, h~) blocks::
@@ -304,31 +317,13 @@ def mingru(
 
   Params: ``w_ih [I, 2H]``, ``b [2H]``. Carry: ``h [..., H]``.
   """
-  cand = _check_candidate(candidate)
-  _check_timescale(max_timescale)
-
-  def project(params, x):
-    k_z, k_h = jnp.split(_affine_input(params, x, "b"), 2, axis=-1)
-    return jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * cand(k_h), None
-
-  return LinearRNN("mingru", hidden_size, hidden_size,
-                   _gated_init(hidden_size, 2, kernel_init, bias_init, param_dtype,
-                               max_timescale, (-1.0,)),
-                   _zeros_like_hidden(hidden_size), project, _identity_readout, _input_size,
-                   (("candidate", candidate), ("max_timescale", max_timescale)), bool(parallel))
+  return MinGRU(hidden_size, candidate, parallel, max_timescale, kernel_init, bias_init,
+                param_dtype)
 
 
-@memoized_factory
-def minlstm(
-    hidden_size: int,
-    candidate: str = "linear",
-    *,
-    parallel: bool = True,
-    max_timescale: float | None = None,
-    kernel_init: Initializer = glorot_uniform,
-    bias_init: Initializer = zeros,
-    param_dtype=jnp.float32,
-) -> LinearRNN:
+def minlstm(hidden_size: int, candidate: str = "linear", *, parallel: bool = True,
+            max_timescale: float | None = None, kernel_init: Initializer = glorot_uniform,
+            bias_init: Initializer = zeros, param_dtype=jnp.float32) -> MinLSTM:
   """minLSTM (Feng et al. 2024): forget and input gates from ``x_t`` only, normalised to sum to 1.
 
   With ``k = x_t @ w_ih + b`` split into (f, i, h~) blocks::
@@ -353,36 +348,95 @@ def minlstm(
 
   Params: ``w_ih [I, 3H]``, ``b [3H]``. Carry: ``h [..., H]``.
   """
-  cand = _check_candidate(candidate)
-  _check_timescale(max_timescale)
-
-  def project(params, x):
-    k_f, k_i, k_h = jnp.split(_affine_input(params, x, "b"), 3, axis=-1)
-    log_ratio = jax.nn.softplus(-k_i) - jax.nn.softplus(-k_f)  # log f - log i
-    return jax.nn.sigmoid(log_ratio), jax.nn.sigmoid(-log_ratio) * cand(k_h), None
-
-  return LinearRNN("minlstm", hidden_size, hidden_size,
-                   _gated_init(hidden_size, 3, kernel_init, bias_init, param_dtype,
-                               max_timescale, (1.0, -1.0)),
-                   _zeros_like_hidden(hidden_size), project, _identity_readout, _input_size,
-                   (("candidate", candidate), ("max_timescale", max_timescale)), bool(parallel))
+  return MinLSTM(hidden_size, candidate, parallel, max_timescale, kernel_init, bias_init,
+                 param_dtype)
 
 
-_SKIPS = ("diagonal", "dense", "none")
+SKIPS = ("diagonal", "dense", "none")
 
 
-@memoized_factory
-def lru(
-    state_size: int,
-    output_size: int,
-    *,
-    r_min: float = 0.0,
-    r_max: float = 1.0,
-    max_phase: float = 2 * math.pi,
-    skip: str = "diagonal",
-    parallel: bool = True,
-    param_dtype=jnp.float32,
-) -> LinearRNN:
+@dataclasses.dataclass(frozen=True)
+class LRU(LinearRNN):
+  """The Linear Recurrent Unit; built by :func:`lru`, which gives the equations and params."""
+
+  name: ClassVar[str] = "lru"
+
+  state_size: int
+  output_size: int
+  r_min: float = 0.0
+  r_max: float = 1.0
+  max_phase: float = 2 * math.pi
+  skip: str = "diagonal"
+  parallel: bool = True
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    check_size("state_size", self.state_size)
+    check_size("output_size", self.output_size)
+    if self.skip not in SKIPS:
+      raise ValueError(f"skip must be one of {SKIPS}, got {self.skip!r}")
+    if not 0.0 <= self.r_min < self.r_max <= 1.0:
+      raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={self.r_min}, "
+                       f"r_max={self.r_max}")
+    object.__setattr__(self, "parallel", bool(self.parallel))
+
+  @property
+  def hidden_size(self) -> int:
+    """The state size ``H``."""
+    return self.state_size
+
+  def initial_carry(self, batch_shape=(), dtype=jnp.float32):
+    """Complex zeros ``[*batch_shape, H]`` (complex64 for float32)."""
+    complex_dtype = jnp.promote_types(self.param_dtype, jnp.complex64)
+    return zeros_carry(batch_shape, self.state_size, jnp.promote_types(dtype, complex_dtype))
+
+  def input_size(self, params) -> int:
+    return params["B_re"].shape[0]
+
+  def init(self, key, input_size: int):
+    state, output_size, dtype = self.state_size, self.output_size, self.param_dtype
+    if self.skip == "diagonal" and input_size != output_size:
+      raise ValueError(f"lru(skip='diagonal') needs input size == output size ({output_size}), "
+                       f"got input size {input_size}; use skip='dense' or 'none'")
+    k_r, k_phase, k_b_re, k_b_im, k_c_re, k_c_im, k_d = jax.random.split(key, 7)
+    u_1 = jax.random.uniform(k_r, (state,), dtype)
+    u_2 = jax.random.uniform(k_phase, (state,), dtype)
+    nu_log = jnp.log(-0.5 * jnp.log(u_1 * (self.r_max**2 - self.r_min**2) + self.r_min**2))
+    theta_log = jnp.log(self.max_phase * u_2)
+    normal = functools.partial(jax.random.normal, dtype=dtype)
+    params = {
+        "nu_log": nu_log,
+        "theta_log": theta_log,
+        # |lambda|^2 = exp(-2 exp(nu_log)), so 1 - |lambda|^2 = -expm1(-2 exp(nu_log)).
+        "gamma_log": 0.5 * jnp.log(-jnp.expm1(-2.0 * jnp.exp(nu_log))),
+        "B_re": normal(k_b_re, (input_size, state)) / math.sqrt(2 * input_size),
+        "B_im": normal(k_b_im, (input_size, state)) / math.sqrt(2 * input_size),
+        "C_re": normal(k_c_re, (state, output_size)) / math.sqrt(state),
+        "C_im": normal(k_c_im, (state, output_size)) / math.sqrt(state),
+    }
+    if self.skip == "diagonal":
+      params["D"] = normal(k_d, (output_size,))
+    elif self.skip == "dense":
+      params["D"] = glorot_uniform(k_d, (input_size, output_size), dtype)
+    return params
+
+  def project(self, params, x):
+    x = x.astype(jnp.promote_types(x.dtype, params["B_re"].dtype))
+    gamma = jnp.exp(params["gamma_log"])
+    b = jax.lax.complex(x @ params["B_re"] * gamma, x @ params["B_im"] * gamma)
+    lam = jnp.exp(jax.lax.complex(-jnp.exp(params["nu_log"]), jnp.exp(params["theta_log"])))
+    skip_x = {"diagonal": lambda: x * params["D"], "dense": lambda: x @ params["D"],
+              "none": lambda: None}[self.skip]()
+    return jnp.broadcast_to(lam, b.shape), b, skip_x
+
+  def readout(self, params, h, skip_x):
+    y = jnp.real(h) @ params["C_re"] - jnp.imag(h) @ params["C_im"]
+    return y if skip_x is None else y + skip_x
+
+
+def lru(state_size: int, output_size: int, *, r_min: float = 0.0, r_max: float = 1.0,
+        max_phase: float = 2 * math.pi, skip: str = "diagonal", parallel: bool = True,
+        param_dtype=jnp.float32) -> LRU:
   """The Linear Recurrent Unit (Orvieto et al. 2023, "Resurrecting Recurrent Neural Networks").
 
   A complex diagonal linear recurrence with an exponential parametrisation of
@@ -415,74 +469,4 @@ def lru(
     ValueError: for ``skip="diagonal"`` when ``init`` is given an input size
       other than ``output_size``; for radii outside ``0 <= r_min < r_max <= 1``.
   """
-  if skip not in _SKIPS:
-    raise ValueError(f"skip must be one of {_SKIPS}, got {skip!r}")
-  if not 0.0 <= r_min < r_max <= 1.0:
-    raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
-  state = state_size
-  complex_dtype = jnp.promote_types(param_dtype, jnp.complex64)
-
-  def init(key, input_size):
-    if skip == "diagonal" and input_size != output_size:
-      raise ValueError(f"lru(skip='diagonal') needs input size == output size ({output_size}), "
-                       f"got input size {input_size}; use skip='dense' or 'none'")
-    k_r, k_phase, k_b_re, k_b_im, k_c_re, k_c_im, k_d = jax.random.split(key, 7)
-    u_1 = jax.random.uniform(k_r, (state,), param_dtype)
-    u_2 = jax.random.uniform(k_phase, (state,), param_dtype)
-    nu_log = jnp.log(-0.5 * jnp.log(u_1 * (r_max**2 - r_min**2) + r_min**2))
-    theta_log = jnp.log(max_phase * u_2)
-    normal = functools.partial(jax.random.normal, dtype=param_dtype)
-    params = {
-        "nu_log": nu_log,
-        "theta_log": theta_log,
-        # |lambda|^2 = exp(-2 exp(nu_log)), so 1 - |lambda|^2 = -expm1(-2 exp(nu_log)).
-        "gamma_log": 0.5 * jnp.log(-jnp.expm1(-2.0 * jnp.exp(nu_log))),
-        "B_re": normal(k_b_re, (input_size, state)) / math.sqrt(2 * input_size),
-        "B_im": normal(k_b_im, (input_size, state)) / math.sqrt(2 * input_size),
-        "C_re": normal(k_c_re, (state, output_size)) / math.sqrt(state),
-        "C_im": normal(k_c_im, (state, output_size)) / math.sqrt(state),
-    }
-    if skip == "diagonal":
-      params["D"] = normal(k_d, (output_size,))
-    elif skip == "dense":
-      params["D"] = glorot_uniform(k_d, (input_size, output_size), param_dtype)
-    return params
-
-  def initial_carry(batch_shape=(), dtype=jnp.float32):
-    return jnp.zeros((*batch_shape, state), jnp.promote_types(dtype, complex_dtype))
-
-  def project(params, x):
-    x = x.astype(jnp.promote_types(x.dtype, params["B_re"].dtype))
-    gamma = jnp.exp(params["gamma_log"])
-    b = jax.lax.complex(x @ params["B_re"] * gamma, x @ params["B_im"] * gamma)
-    lam = jnp.exp(jax.lax.complex(-jnp.exp(params["nu_log"]), jnp.exp(params["theta_log"])))
-    if skip == "diagonal":
-      skip_x = x * params["D"]
-    elif skip == "dense":
-      skip_x = x @ params["D"]
-    else:
-      skip_x = None
-    return jnp.broadcast_to(lam, b.shape), b, skip_x
-
-  def readout(params, h, skip_x):
-    y = jnp.real(h) @ params["C_re"] - jnp.imag(h) @ params["C_im"]
-    return y if skip_x is None else y + skip_x
-
-  def input_size(params):
-    return params["B_re"].shape[0]
-
-  config = (("r_min", r_min), ("r_max", r_max), ("max_phase", max_phase), ("skip", skip))
-  return LinearRNN("lru", state, output_size, init, initial_carry, project, readout, input_size,
-                   config, bool(parallel))
-
-
-CELLS = {
-    "mingru": lambda hidden_size: mingru(hidden_size, max_timescale=784),
-    "minlstm": lambda hidden_size: minlstm(hidden_size, max_timescale=784),
-    "lru": lambda hidden_size: lru(hidden_size, hidden_size, r_min=0.9, r_max=0.999,
-                                   skip="dense"),
-}
-"""Names for the training toolkit (merged into :data:`rnn_jax.models.CELLS`):
-``CELLS[name](hidden_size) -> layer``, set up for sequences up to pixel MNIST's
-784 steps: minGRU/minLSTM with chrono gate biases up to 784 steps, the LRU with
-the paper's long-sequence radii and a dense skip (so any input size works)."""
+  return LRU(state_size, output_size, r_min, r_max, max_phase, skip, parallel, param_dtype)

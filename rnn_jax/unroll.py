@@ -1,12 +1,11 @@
-"""Unrolling a cell over time: ``rnn`` and the single scan every cell shares.
+"""``rnn``: checks its arguments, then runs any layer over time.
 
-``rnn(cell, params, xs, ...)`` checks its arguments, moves time to the front
-and hands over to one of two runners:
-
-* :func:`scan_cell`, the ``jax.lax.scan`` over time of any :class:`~rnn_jax.cells.Cell`
-  (used by every built-in cell, masked for variable lengths);
-* ``cell.run`` for composite layers (``stack``, ``bidirectional``), which call
-  :func:`scan_cell` layer by layer.
+``rnn(layer, params, xs, ...)`` validates shapes and dtypes at trace time,
+moves time to the front, builds the layer's carry and one static
+:class:`~rnn_jax.layer.RunOptions`, and calls ``layer.run`` (the layer
+protocol of :mod:`rnn_jax.layer`); composites pass the options on to their
+parts, and each leaf resolves ``None`` options to its tuned values in
+:meth:`~rnn_jax.layer.RunOptions.resolve`.
 
 Variable lengths follow ``tf.nn.dynamic_rnn``: past a sequence's length its
 carry is held and its outputs are zero; with ``reverse=True`` only each valid
@@ -18,121 +17,22 @@ gives zero outputs and returns the initial carry; a length above ``T`` acts as
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells import Cell
+from rnn_jax._scan import reverse_padded
+from rnn_jax.layer import Layer, RunOptions
+
+__all__ = ["last_output", "reverse_padded", "rnn"]
+
+_UNSET = object()
 
 
-def reverse_padded(xs: jax.Array, lengths: jax.Array) -> jax.Array:
-  """Reverses the first ``lengths[b]`` steps of each sequence, leaving padding in place.
-
-  Args:
-    xs: ``[T, ..., F]``, time-major.
-    lengths: ``[...]`` integers, clipped to ``[0, T]`` (as in :func:`rnn`).
-
-  Returns:
-    ``[T, ..., F]`` with ``out[t, b] = xs[lengths[b] - 1 - t, b]`` for ``t < lengths[b]``.
-  """
-  lengths = jnp.clip(jnp.asarray(lengths), 0, xs.shape[0])
-  steps = jnp.arange(xs.shape[0]).reshape((-1,) + (1,) * lengths.ndim)
-  index = jnp.where(steps < lengths, lengths - 1 - steps, steps)
-  return jnp.take_along_axis(xs, index[..., None], axis=0)
-
-
-# Defaults of ``rnn`` per JAX backend and cell name, chosen with
-# experiments/bench_rnn.py (tables in experiments/results/): the scan's
-# ``unroll`` when ``unroll=None`` and how its gradient is computed when
-# ``backward=None``. Cells or backends not listed get 1 and "autodiff".
-AUTO_UNROLL = {
-    "cpu": {"simple_rnn": 1, "lstm": 1, "gru": 2},
-    "gpu": {"simple_rnn": 8, "lstm": 8, "gru": 8},
-}
-AUTO_BACKWARD = {
-    "cpu": {"simple_rnn": "fused", "lstm": "fused", "gru": "autodiff"},
-    "gpu": {"simple_rnn": "fused", "lstm": "fused", "gru": "fused"},
-}
-
-
-def resolve_unroll(cell, unroll: int | None) -> int:
-  """``unroll``, or for ``None`` the measured best of :data:`AUTO_UNROLL` on the default backend."""
-  if unroll is not None:
-    return unroll
-  return AUTO_UNROLL.get(jax.default_backend(), {}).get(getattr(cell, "name", None), 1)
-
-
-def resolve_backward(cell, backward: str | None) -> str:
-  """``backward``, or for ``None`` the measured best of :data:`AUTO_BACKWARD`."""
-  if backward is not None:
-    return backward
-  return AUTO_BACKWARD.get(jax.default_backend(), {}).get(getattr(cell, "name", None),
-                                                          "autodiff")
-
-
-def scan_cell(cell: Cell, params, xs: jax.Array, carry, lengths=None, reverse=False,
-              unroll: int | None = 1, hoist: bool = False):
-  """Runs ``cell`` over time-major inputs with one ``jax.lax.scan``; no argument checks.
-
-  Args:
-    cell: a :class:`Cell`.
-    params: ``cell.init(...)``'s pytree.
-    xs: ``[T, ..., I]``.
-    carry: the initial carry, leaves ``[..., H]``.
-    lengths: ``None`` or ``[...]`` int32 already clipped to ``[0, T]``.
-    reverse: run from the last (valid) step to the first.
-    unroll: passed to ``jax.lax.scan``; ``None`` picks :func:`resolve_unroll`'s.
-    hoist: compute ``cell.project`` for all steps as one matmul before the scan.
-
-  Returns:
-    ``(outputs [T, ..., O], final_carry)``, outputs in the original time order.
-  """
-  if reverse and lengths is not None:
-    outputs, carry = scan_cell(cell, params, reverse_padded(xs, lengths), carry, lengths,
-                               False, unroll, hoist)
-    return reverse_padded(outputs, lengths), carry
-
-  unroll = resolve_unroll(cell, unroll)
-  inputs = cell.project(params, xs) if hoist else xs
-  advance = cell.recur if hoist else cell.step
-
-  def body(carry, step_input):
-    t, x = step_input
-    new_carry, y = advance(params, carry, x)
-    if lengths is not None:
-      valid = (t < lengths)[..., None]
-      new_carry = jax.tree.map(lambda new, old: jnp.where(valid, new, old), new_carry, carry)
-      y = jnp.where(valid, y, jnp.zeros_like(y))
-    return new_carry, y
-
-  steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
-  carry, outputs = jax.lax.scan(body, carry, (steps, inputs), reverse=reverse, unroll=unroll)
-  return outputs, carry
-
-
-BACKWARDS = ("autodiff", "fused", None)
-
-
-def run_time_major(cell, params, xs, carry, lengths=None, reverse=False, unroll=None,
-                   dropout_rng=None, hoist=False, backward=None):
-  """Runs a cell or a composite over time-major ``xs [T, ..., I]``; no argument checks.
-
-  The one dispatch point between plain cells (one scan, differentiated by
-  autodiff or by :func:`rnn_jax.backward.fused_scan`) and composites
-  (``cell.run``, which calls back here for each part with the same options).
-  """
-  if isinstance(cell, Cell):
-    if resolve_backward(cell, backward) == "fused":
-      from rnn_jax.backward import fused_scan  # pylint: disable=import-outside-toplevel
-      return fused_scan(cell, params, xs, carry, lengths, reverse, resolve_unroll(cell, unroll),
-                        hoist)
-    return scan_cell(cell, params, xs, carry, lengths, reverse, unroll, hoist)
-  return cell.run(params, xs, carry, lengths, reverse, unroll, dropout_rng, hoist, backward)
-
-
-def _check_carry(cell, carry, batch_shape):
-  expected = jax.eval_shape(lambda: cell.initial_carry(batch_shape))
+def _check_carry(layer, carry, batch_shape):
+  expected = jax.eval_shape(lambda: layer.initial_carry(batch_shape))
   if jax.tree.structure(carry) != jax.tree.structure(expected):
     raise ValueError(f"initial_carry: expected a pytree like {jax.tree.structure(expected)}, "
                      f"got {jax.tree.structure(carry)}")
@@ -142,38 +42,40 @@ def _check_carry(cell, carry, batch_shape):
                        f"(batch shape {tuple(batch_shape)} + hidden), got {tuple(got.shape)}")
 
 
-def rnn(cell, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
+def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
         reverse: bool = False, time_major: bool = False, unroll: int | None = None,
-        dropout_rng: jax.Array | None = None, hoist: bool = False,
-        backward: str | None = None):
-  """Runs a cell (or a ``stack``/``bidirectional`` of cells) over a sequence.
+        dropout_rng: jax.Array | None = None, hoist: bool = False, vjp: str | None = None,
+        backward: Any = _UNSET):
+  """Runs a layer (a cell, a linear recurrence, a ``stack``, ``bidirectional`` or ``remat``)
+  over a sequence.
 
   Works under ``jax.jit``, ``jax.grad`` and ``jax.vmap``; every check below
   happens at trace time, on shapes.
 
   Args:
-    cell: a :class:`~rnn_jax.cells.Cell` or a composite from :mod:`rnn_jax.compose`.
-    params: the pytree returned by ``cell.init(key, input_size)``.
+    layer: any layer of the library (:mod:`rnn_jax.layer`).
+    params: the pytree returned by ``layer.init(key, input_size)``.
     xs: ``[..., T, I]`` (or ``[T, ..., I]`` with ``time_major=True``), float32
       or bfloat16; ``...`` is any batch shape, possibly empty.
-    initial_carry: defaults to ``cell.initial_carry(batch_shape)`` (zeros).
+    initial_carry: defaults to ``layer.initial_carry(batch_shape)`` (zeros).
     lengths: optional ``[...]`` integer valid lengths per sequence (see module doc).
     reverse: process each sequence from its last valid step to its first;
       outputs stay in the input's time order.
     time_major: whether time is the leading axis of ``xs`` and of the outputs.
     unroll: steps per scan iteration (``jax.lax.scan(unroll=...)``); ``None``
-      (the default) uses the value measured fastest for the cell on the
-      current backend (:data:`AUTO_UNROLL`).
+      (the default) uses the value measured fastest for each cell on the
+      current backend (its ``TUNED_UNROLL``).
     dropout_rng: a PRNG key enabling the dropout of composites; ``None`` (the
       default, for evaluation) disables dropout.
     hoist: compute the input projection of all time steps as one matmul
       before the scan instead of once per step inside it.
-    backward: how gradients of a cell's scan are computed: ``"autodiff"``
-      (JAX differentiates the scan) or ``"fused"`` (:mod:`rnn_jax.backward`'s
-      custom VJP: one reverse scan, weight gradients batched over time);
-      ``None`` (the default) uses the one measured fastest for the cell on
-      the current backend (:data:`AUTO_BACKWARD`). Composites pass it to
-      every layer.
+    vjp: how gradients of a cell's scan are computed: ``"autodiff"`` (JAX
+      differentiates the scan) or ``"fused"`` (:mod:`rnn_jax.fused`'s custom
+      VJP: one reverse scan, weight gradients batched over time; cells
+      without one use autodiff); ``None`` (the default) uses the one measured
+      fastest for each cell on the current backend (its ``TUNED_VJP``).
+      Composites pass it to every layer.
+    backward: the old name of ``vjp``; deprecated.
 
   Returns:
     ``(outputs, final_carry)``: outputs ``[..., T, O]`` (``[T, ..., O]`` if
@@ -181,15 +83,28 @@ def rnn(cell, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
     carry after each sequence's last valid step.
 
   Raises:
+    TypeError: when ``layer`` is not an rnn_jax layer.
     ValueError: on a wrong rank, an input size that does not match ``params``,
-      ``lengths`` of the wrong shape or dtype, or a mismatched ``initial_carry``.
+      ``lengths`` of the wrong shape or dtype, a mismatched ``initial_carry``,
+      or an unknown ``vjp``.
   """
+  if backward is not _UNSET:
+    warnings.warn("rnn(backward=...) is deprecated; use vjp=... (backward is also the name "
+                  "of a bidirectional layer's second half)", DeprecationWarning, stacklevel=2)
+    if vjp is not None and backward is not None and vjp != backward:
+      raise ValueError(f"rnn: backward={backward!r} and vjp={vjp!r} disagree; pass only vjp")
+    vjp = vjp if backward is None else backward
+  if not isinstance(layer, Layer):
+    raise TypeError(f"layer: expected an rnn_jax layer (rnn_jax.lstm(...), rnn_jax.stack(...), "
+                    f"...) as the first argument, got {type(layer).__module__}."
+                    f"{type(layer).__name__}")
+  options = RunOptions(reverse=bool(reverse), unroll=unroll, vjp=vjp, hoist=bool(hoist))
   xs = jnp.asarray(xs)
   if xs.ndim < 2:
     raise ValueError(f"xs: expected shape [..., T, I] (rank >= 2), got shape {xs.shape}")
   if not jnp.issubdtype(xs.dtype, jnp.floating):
     raise ValueError(f"xs: expected a floating dtype (float32 or bfloat16), got {xs.dtype}")
-  input_size = cell.input_size(params)
+  input_size = layer.input_size(params)
   if xs.shape[-1] != input_size:
     raise ValueError(f"xs: expected input size {input_size} in the last axis (from params), "
                      f"got shape {xs.shape}")
@@ -211,17 +126,14 @@ def rnn(cell, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
   carry_dtype = jnp.result_type(jnp.float32, xs.dtype, *(
       leaf.dtype for leaf in jax.tree.leaves(params) if jnp.issubdtype(leaf.dtype, jnp.floating)))
   if initial_carry is None:
-    initial_carry = cell.initial_carry(batch_shape, carry_dtype)
+    initial_carry = layer.initial_carry(batch_shape, carry_dtype)
   else:
-    _check_carry(cell, initial_carry, batch_shape)
+    _check_carry(layer, initial_carry, batch_shape)
     initial_carry = jax.tree.map(
         lambda leaf: jnp.asarray(leaf).astype(jnp.promote_types(leaf.dtype, carry_dtype)),
         initial_carry)
 
-  if backward not in BACKWARDS:
-    raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
-  outputs, carry = run_time_major(cell, params, xs, initial_carry, lengths, reverse, unroll,
-                                  dropout_rng, hoist, backward)
+  outputs, carry = layer.run(params, xs, initial_carry, lengths, options, dropout_rng)
   if not time_major:
     outputs = jnp.moveaxis(outputs, 0, -2)
   return outputs, carry

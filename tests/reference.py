@@ -83,13 +83,12 @@ def gru_step(params, h, x, reset_after=True):
 def step_function(cell, params):
   """The reference step ``(carry, x [I]) -> (carry, y [H])`` for a built-in cell value."""
   params = as_float64(params)
-  config = dict(cell.config)
   if cell.name == "simple_rnn":
-    return lambda h, x: elman_step(params, h, x, config["activation"])
+    return lambda h, x: elman_step(params, h, x, cell.activation)
   if cell.name == "lstm":
-    return lambda carry, x: lstm_step(params, carry, x, config["forget_bias"])
+    return lambda carry, x: lstm_step(params, carry, x, cell.forget_bias)
   if cell.name == "gru":
-    return lambda h, x: gru_step(params, h, x, config["reset_after"])
+    return lambda h, x: gru_step(params, h, x, cell.reset_after)
   raise ValueError(cell.name)
 
 

@@ -2,6 +2,8 @@
 
 import math
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,7 +114,7 @@ def test_init_shapes_dtypes_and_orthogonal_blocks(name):
   params = cell.init(jax.random.key(4), inputs)
   gates = {"simple_rnn": 1, "lstm": 4, "gru": 3}[cell.name]
   expected = {"w_ih": (inputs, gates * hidden), "w_hh": (hidden, gates * hidden)}
-  if cell.name == "gru" and dict(cell.config)["reset_after"]:
+  if cell.name == "gru" and cell.reset_after:
     expected.update(b_ih=(gates * hidden,), b_hh=(gates * hidden,))
   else:
     expected.update(b=(gates * hidden,))
@@ -163,14 +165,18 @@ def test_initial_carry():
   assert rnn_jax.gru(3).initial_carry((2,), jnp.bfloat16).dtype == jnp.bfloat16
 
 
-def test_factories_memoised_hashable_and_jit_static():
-  assert rnn_jax.lstm(8) is rnn_jax.lstm(8)
-  assert rnn_jax.gru(8, reset_after=False) is rnn_jax.gru(8, reset_after=False)
-  assert rnn_jax.simple_rnn(8, "relu") is rnn_jax.simple_rnn(8, "relu")
-  assert rnn_jax.lstm(8) is not rnn_jax.lstm(8, forget_bias=0.0)
+def test_cells_are_values_hashable_and_jit_static():
+  assert rnn_jax.lstm(8) == rnn_jax.lstm(8) == rnn_jax.lstm(8, 1.0) == rnn_jax.lstm(hidden_size=8)
+  assert rnn_jax.gru(8, reset_after=False) == rnn_jax.gru(8, reset_after=False)
+  assert rnn_jax.simple_rnn(8, "relu") == rnn_jax.simple_rnn(8, "relu")
+  assert rnn_jax.lstm(8) != rnn_jax.lstm(8, forget_bias=0.0)
   assert rnn_jax.gru(8) != rnn_jax.gru(8, reset_after=False)
+  assert rnn_jax.gru(8) != rnn_jax.simple_rnn(8)  # Same fields, different cells.
   assert hash(rnn_jax.lstm(8)) == hash(rnn_jax.lstm(8))
-  assert dict(rnn_jax.lstm(8, forget_bias=0.5).config) == {"forget_bias": 0.5}
+  assert rnn_jax.lstm(8, forget_bias=0.5).forget_bias == 0.5
+  assert rnn_jax.simple_rnn(8, "relu").activation == "relu"
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    rnn_jax.lstm(8).hidden_size = 4
 
   traces = []
 
@@ -192,7 +198,13 @@ def test_factories_memoised_hashable_and_jit_static():
                                                r"got 'sigmoid'"),
     (lambda: rnn_jax.simple_rnn(3, "relu", recurrent_init="eye"),
      r"recurrent_init must be an initialiser or 'identity', got 'eye'"),
+    (lambda: rnn_jax.lstm(0), r"hidden_size must be a positive int, got 0"),
+    (lambda: rnn_jax.lstm(16.0), r"hidden_size must be a positive int, got 16.0"),
+    (lambda: rnn_jax.gru(True), r"hidden_size must be a positive int, got True"),
+    (lambda: rnn_jax.gru(4, reset_after="yes"), r"reset_after must be a bool"),
+    (lambda: rnn_jax.lstm(4, forget_bias="1"), r"forget_bias must be a number"),
 ])
 def test_bad_arguments(make, match):
+  """Hyperparameters are checked when the cell is built."""
   with pytest.raises(ValueError, match=match):
     make()

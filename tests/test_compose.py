@@ -70,7 +70,7 @@ def test_bidirectional_backward_starts_at_true_last_step(rnn_jit, random_params)
   np.testing.assert_allclose(final_forward.h, outputs[np.arange(3), lengths - 1, :3], atol=1e-6)
 
 
-def test_structure_init_and_memoisation():
+def test_structure_init_and_equality():
   model = rnn_jax.stack([rnn_jax.lstm(4), rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(3))])
   params = jax.eval_shape(lambda key: model.init(key, 6), jax.random.key(0))
   assert isinstance(params, tuple) and len(params) == 2
@@ -83,9 +83,9 @@ def test_structure_init_and_memoisation():
   assert isinstance(carry[0], rnn_jax.LSTMState) and carry[1][1].shape == (7, 3)
 
   again = rnn_jax.stack([rnn_jax.lstm(4), rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(3))])
-  assert again is model and hash(again) == hash(model)
-  assert rnn_jax.stack([rnn_jax.lstm(4)], dropout=0.5) is not rnn_jax.stack([rnn_jax.lstm(4)])
-  assert rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(2), "sum") is rnn_jax.bidirectional(
+  assert again == model and hash(again) == hash(model)
+  assert rnn_jax.stack([rnn_jax.lstm(4)], dropout=0.5) != rnn_jax.stack([rnn_jax.lstm(4)])
+  assert rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(2), "sum") == rnn_jax.bidirectional(
       rnn_jax.gru(2), rnn_jax.gru(2), "sum")
 
 
@@ -189,5 +189,5 @@ def test_backward_option_reaches_every_layer(backward, fused_scans):
   model = rnn_jax.stack([rnn_jax.bidirectional(rnn_jax.lstm(2), rnn_jax.gru(2)), rnn_jax.lstm(3)])
   params = jax.eval_shape(lambda key: model.init(key, I), jax.random.key(0))
   xs = jax.ShapeDtypeStruct((2, T, I), jnp.float32)
-  jaxpr = jax.make_jaxpr(lambda p, x: rnn_jax.rnn(model, p, x, backward=backward)[0])(params, xs)
+  jaxpr = jax.make_jaxpr(lambda p, x: rnn_jax.rnn(model, p, x, vjp=backward)[0])(params, xs)
   assert str(jaxpr).count("custom_vjp_call") == fused_scans

@@ -109,15 +109,15 @@ def test_structure_of_converted_modules():
   assert isinstance(cell, rnn_jax.Stack) and cell.dropout == 0.25 and not cell.variational
   layer = cell.cells[0]
   assert isinstance(layer, rnn_jax.Bidirectional) and layer.merge == "concat"
-  assert layer.forward is rnn_jax.lstm(HIDDEN, forget_bias=0.0)
+  assert layer.forward == rnn_jax.lstm(HIDDEN, forget_bias=0.0)
   assert params[1]["backward"]["w_ih"].shape == (2 * HIDDEN, 4 * HIDDEN)
   module = _module("gru", 0)
   cell, params = interop.from_torch(module)
-  assert cell is rnn_jax.gru(HIDDEN, reset_after=True)
+  assert cell == rnn_jax.gru(HIDDEN, reset_after=True)
   np.testing.assert_array_equal(params["w_ih"], module.weight_ih_l0.detach().numpy().T)
   np.testing.assert_array_equal(params["b_hh"], module.bias_hh_l0.detach().numpy())
   cell, params = interop.from_torch(_module("rnn_relu", 0, bias=False))
-  assert cell is rnn_jax.simple_rnn(HIDDEN, "relu")
+  assert cell == rnn_jax.simple_rnn(HIDDEN, "relu")
   np.testing.assert_array_equal(params["b"], np.zeros(HIDDEN))
 
 

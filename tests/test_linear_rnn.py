@@ -7,6 +7,7 @@ library's log-space form, and the LRU uses complex matrices, not the
 library's real/imaginary split.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -67,11 +68,10 @@ def lru_step(params, h, x, skip):
 def linear_layer(cell, params):
   """Reference sequence function ``(xs [T, I], h, length, reverse) -> (ys [T, O], h)``."""
   params = {k: np.asarray(v, np.float64) for k, v in params.items()}
-  config = dict(cell.config)
   step = {
-      "mingru": lambda h, x: mingru_step(params, h, x, config.get("candidate")),
-      "minlstm": lambda h, x: minlstm_step(params, h, x, config.get("candidate")),
-      "lru": lambda h, x: lru_step(params, h, x, config.get("skip")),
+      "mingru": lambda h, x: mingru_step(params, h, x, cell.candidate),
+      "minlstm": lambda h, x: minlstm_step(params, h, x, cell.candidate),
+      "lru": lambda h, x: lru_step(params, h, x, cell.skip),
   }[cell.name]
 
   def run(xs, h, length, reverse):
@@ -96,7 +96,7 @@ CELLS = {
 
 
 def sequential(cell):
-  return cell._replace(parallel=False)
+  return dataclasses.replace(cell, parallel=False)
 
 
 def random_carry(cell, rng, batch=BATCH):

@@ -206,7 +206,7 @@ def test_gradients_match_finite_differences(name, backward, x64, random_params, 
   xs = to_float64(normal(22, (3, 4, 2)))
   carry = to_float64(random_carry(cell, (3,), seed=23))
   check_gradients(cell, params, xs, carry, np.array([3, 0, 4], np.int32), reverse=True,
-                  backward=backward)
+                  vjp=backward)
 
 
 @pytest.mark.parametrize("backward", ["fused", "autodiff"])
@@ -220,7 +220,7 @@ def test_elman_grad_matches_hand_written_bptt(activation, backward, x64, random_
   out_grad, final_grad = normal(27, (3, T, H), jnp.float64), normal(28, (3, H), jnp.float64)
 
   def loss(p, x, h):
-    outputs, final = rnn_jax.rnn(cell, p, x, initial_carry=h, lengths=lengths, backward=backward)
+    outputs, final = rnn_jax.rnn(cell, p, x, initial_carry=h, lengths=lengths, vjp=backward)
     return jnp.sum(outputs * out_grad) + jnp.sum(final * final_grad)
 
   grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, xs, h0)

@@ -1,5 +1,6 @@
-"""Tests of rnn_jax.backward: the fused custom VJP against autodiff and finite differences."""
+"""Tests of rnn_jax.fused: the fused custom VJP against autodiff and finite differences."""
 
+import dataclasses
 import functools
 
 import jax
@@ -8,9 +9,18 @@ import numpy as np
 import pytest
 
 import rnn_jax
-from rnn_jax.backward import fused_scan, rule_for
+from rnn_jax import _scan, fused
 from rnn_jax.cells import Cell
-from rnn_jax.unroll import scan_cell
+
+
+def scan_cell(cell, params, xs, carry, lengths, reverse, unroll):
+  """The plain scan, differentiated by autodiff."""
+  return _scan.scan_layer(cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll)
+
+
+def fused_scan(cell, params, xs, carry, lengths, reverse, unroll):
+  """The same scan with the hand-written backward pass."""
+  return fused.fused_scan(cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll)
 
 CELLS = {
     "simple_tanh": lambda: rnn_jax.simple_rnn(5),
@@ -115,7 +125,7 @@ def test_fused_under_vmap_matches_autodiff():
     np.testing.assert_allclose(f, a, atol=1e-5, rtol=1e-5)
 
 
-def test_rnn_backward_argument():
+def test_rnn_vjp_argument():
   cell = rnn_jax.simple_rnn(4)
   params = cell.init(jax.random.key(0), 3)
   xs = jax.random.normal(jax.random.key(1), (2, 5, 3))
@@ -124,23 +134,60 @@ def test_rnn_backward_argument():
   def grads(backward, params, xs):
     # Batched with lengths, and with no batch axes at all (flattened to a batch of one).
     batched = lambda p, x: jnp.sum(rnn_jax.rnn(cell, p, x, lengths=jnp.array([5, 2]),
-                                               backward=backward)[0] ** 2)
-    single = lambda x: jnp.sum(rnn_jax.rnn(cell, params, x, backward=backward)[0] ** 2)
+                                               vjp=backward)[0] ** 2)
+    single = lambda x: jnp.sum(rnn_jax.rnn(cell, params, x, vjp=backward)[0] ** 2)
     return jax.grad(batched, argnums=(0, 1))(params, xs), jax.grad(single)(xs[0])
 
   auto, fused = grads("autodiff", params, xs), grads("fused", params, xs)
   for a, f in zip(jax.tree.leaves(auto), jax.tree.leaves(fused)):
     np.testing.assert_allclose(f, a, atol=1e-5, rtol=1e-5)
   with pytest.raises(ValueError, match="backward"):
-    rnn_jax.rnn(cell, params, xs, backward="manual")
+    with pytest.warns(DeprecationWarning):
+      rnn_jax.rnn(cell, params, xs, backward="manual")
+  with pytest.raises(ValueError, match="vjp"):
+    rnn_jax.rnn(cell, params, xs, vjp="manual")
 
 
-def test_unknown_cell_falls_back_to_autodiff():
-  base = rnn_jax.simple_rnn(3)
-  cell = base._replace(name="custom")
-  assert rule_for(cell) is None and isinstance(cell, Cell)
-  params = base.init(jax.random.key(0), 2)
+@dataclasses.dataclass(frozen=True)
+class _PlainTanh(Cell):
+  """A user-defined cell with no hand-written derivative (the Elman RNN's equations)."""
+
+  name = "plain_tanh"
+  hidden_size: int
+
+  def init(self, key, input_size):
+    return rnn_jax.simple_rnn(self.hidden_size).init(key, input_size)
+
+  def project(self, params, x):
+    return x @ params["w_ih"] + params["b"]
+
+  def recur(self, params, h, px):
+    h = jnp.tanh(px + h @ params["w_hh"])
+    return h, h
+
+
+def test_cell_without_fused_vjp_falls_back_to_autodiff():
+  cell = _PlainTanh(3)
+  assert isinstance(cell, Cell) and not isinstance(cell, fused.FusedVJP)
+  params = cell.init(jax.random.key(0), 2)
   xs = jax.random.normal(jax.random.key(1), (4, 2))
-  loss = lambda scan: jax.grad(lambda p: jnp.sum(scan(cell, p, xs, jnp.zeros(3))[0]))(params)
-  for a, f in zip(jax.tree.leaves(loss(scan_cell)), jax.tree.leaves(loss(fused_scan))):
+  loss = lambda vjp, p: jnp.sum(rnn_jax.rnn(cell, p, xs, vjp=vjp)[0])
+  assert "custom_vjp_call" not in str(jax.make_jaxpr(jax.grad(lambda p: loss("fused", p)))(params))
+  builtin = lambda p: jnp.sum(rnn_jax.rnn(rnn_jax.simple_rnn(3), p, xs, vjp="fused")[0])
+  for a, f in zip(jax.tree.leaves(jax.grad(functools.partial(loss, "autodiff"))(params)),
+                  jax.tree.leaves(jax.grad(functools.partial(loss, "fused"))(params))):
     np.testing.assert_allclose(f, a, rtol=1e-6)
+  for a, f in zip(jax.tree.leaves(jax.grad(builtin)(params)),
+                  jax.tree.leaves(jax.grad(functools.partial(loss, "fused"))(params))):
+    np.testing.assert_allclose(f, a, rtol=1e-5, atol=1e-6)
+
+
+def test_backward_keyword_is_deprecated_but_works():
+  cell = rnn_jax.simple_rnn(3)
+  params = cell.init(jax.random.key(0), 2)
+  xs = jnp.ones((4, 2))
+  with pytest.warns(DeprecationWarning, match="use vjp"):
+    old = rnn_jax.rnn(cell, params, xs, backward="fused")[0]
+  np.testing.assert_array_equal(old, rnn_jax.rnn(cell, params, xs, vjp="fused")[0])
+  with pytest.raises(ValueError, match="disagree"), pytest.warns(DeprecationWarning):
+    rnn_jax.rnn(cell, params, xs, backward="fused", vjp="autodiff")

@@ -1,0 +1,145 @@
+"""The scan over time, written once: step indices, length masks, valid-prefix reversal.
+
+Every recurrence in the package runs through these few functions: the cells'
+``jax.lax.scan`` (:func:`scan_steps`), the fused backward's forward and
+reverse scans (:mod:`rnn_jax.fused`), and the linear recurrences' parallel
+mode (:mod:`rnn_jax.linear_rnn`), which needs the mask without a scan.
+
+Variable lengths follow ``tf.nn.dynamic_rnn``: past a sequence's length the
+carry is held (:func:`hold`) and outputs are zero (:func:`zero_invalid`); with
+``reverse=True`` only each valid prefix is reversed (:func:`reverse_padded`,
+``tf.reverse_sequence``), so a backward pass starts at the true last step.
+All arrays are time-major, ``[T, ..., F]``; ``lengths`` is ``[...]`` int32,
+already clipped to ``[0, T]`` by :func:`rnn_jax.rnn`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def reverse_padded(xs: jax.Array, lengths: jax.Array) -> jax.Array:
+  """Reverses the first ``lengths[b]`` steps of each sequence, leaving padding in place.
+
+  Args:
+    xs: ``[T, ..., F]``, time-major.
+    lengths: ``[...]`` integers, clipped to ``[0, T]`` (as in :func:`rnn_jax.rnn`).
+
+  Returns:
+    ``[T, ..., F]`` with ``out[t, b] = xs[lengths[b] - 1 - t, b]`` for ``t < lengths[b]``.
+  """
+  lengths = jnp.clip(jnp.asarray(lengths), 0, xs.shape[0])
+  steps = step_indices(xs.shape[0], lengths.ndim)
+  index = jnp.where(steps < lengths, lengths - 1 - steps, steps)
+  return jnp.take_along_axis(xs, index[..., None], axis=0)
+
+
+def step_indices(num_steps: int, batch_ndim: int = 0) -> jax.Array:
+  """``arange(T)`` as int32, shaped ``[T, 1, ...]`` to broadcast against ``batch_ndim`` axes."""
+  return jnp.arange(num_steps, dtype=jnp.int32).reshape((-1,) + (1,) * batch_ndim)
+
+
+def valid_mask(num_steps: int, lengths: jax.Array) -> jax.Array:
+  """``[T, ..., 1]`` bool, true where step ``t`` is inside its sequence (``t < lengths``)."""
+  return (step_indices(num_steps, lengths.ndim) < lengths)[..., None]
+
+
+def hold(valid: jax.Array | None, new: Any, old: Any) -> Any:
+  """The pytree ``new`` where ``valid``, else ``old``: a carry held past the length."""
+  if valid is None:
+    return new
+  return jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, old)
+
+
+def zero_invalid(valid: jax.Array | None, values: Any) -> Any:
+  """The pytree ``values`` where ``valid``, else zeros (``None`` leaves stay ``None``)."""
+  if valid is None:
+    return values
+  return jax.tree.map(lambda v: jnp.where(valid, v, jnp.zeros_like(v)), values)
+
+
+def scan_steps(body: Callable, carry: Any, inputs: Any, lengths: jax.Array | None = None, *,
+               reverse: bool = False, unroll: int = 1) -> tuple[Any, Any]:
+  """``jax.lax.scan`` over time that hands each step its validity mask.
+
+  Args:
+    body: ``(carry, input_t, valid_t) -> (carry, output_t)``; ``valid_t`` is
+      ``[..., 1]`` bool (``t < lengths``), or ``None`` when ``lengths`` is.
+    carry: the initial carry.
+    inputs: a pytree of ``[T, ...]`` arrays.
+    lengths: ``None`` or ``[...]`` int32 in ``[0, T]``.
+    reverse: scan from the last step to the first (``jax.lax.scan``'s; this
+      does not reverse valid prefixes, see :func:`run_in_valid_order`).
+    unroll: ``jax.lax.scan``'s unroll.
+
+  Returns:
+    ``(final carry, outputs stacked over time)``.
+  """
+  num_steps = jax.tree.leaves(inputs)[0].shape[0]
+
+  def step(carry, indexed):
+    t, input_t = indexed
+    valid = None if lengths is None else (t < lengths)[..., None]
+    return body(carry, input_t, valid)
+
+  return jax.lax.scan(step, carry, (step_indices(num_steps), inputs), reverse=reverse,
+                      unroll=unroll)
+
+
+def masked(step: Callable) -> Callable:
+  """Turns ``step(carry, x_t) -> (carry, y_t)`` into a :func:`scan_steps` body that holds
+  the carry and zeroes ``y_t`` past each sequence's length."""
+
+  def body(carry, x, valid):
+    new_carry, y = step(carry, x)
+    return hold(valid, new_carry, carry), zero_invalid(valid, y)
+
+  return body
+
+
+def run_in_valid_order(run: Callable, xs: jax.Array, lengths: jax.Array | None,
+                       reverse: bool) -> tuple[jax.Array, Any]:
+  """Runs ``run(xs, reverse) -> (outputs, carry)`` so that ``reverse`` means valid prefixes.
+
+  With ``lengths`` and ``reverse``, each sequence's valid prefix is reversed
+  before ``run`` (which then reads forwards) and the outputs are put back in
+  input time order; otherwise ``run`` handles ``reverse`` itself (for a whole
+  sequence, reading backwards is the same thing).
+  """
+  if reverse and lengths is not None:
+    outputs, carry = run(reverse_padded(xs, lengths), False)
+    return reverse_padded(outputs, lengths), carry
+  return run(xs, reverse)
+
+
+def scan_layer(layer: Any, params: Any, xs: jax.Array, carry: Any,
+               lengths: jax.Array | None = None, *, reverse: bool = False, unroll: int = 1,
+               hoist: bool = False) -> tuple[jax.Array, Any]:
+  """Runs a steppable layer (``project``/``recur``) over ``xs [T, ..., I]`` with one scan.
+
+  Args:
+    layer: anything with ``project(params, x)`` and ``recur(params, carry, px)``.
+    params: its parameters.
+    xs: ``[T, ..., I]``.
+    carry: the initial carry.
+    lengths: ``None`` or ``[...]`` int32 in ``[0, T]``.
+    reverse: read each valid prefix from its last step to its first.
+    unroll: ``jax.lax.scan``'s unroll.
+    hoist: compute ``project`` for all steps as one matmul before the scan.
+
+  Returns:
+    ``(outputs [T, ..., O], final carry)``, outputs in input time order.
+  """
+
+  def run(xs, reverse):
+    inputs = layer.project(params, xs) if hoist else xs
+    advance = layer.recur if hoist else (lambda p, c, x: layer.recur(p, c, layer.project(p, x)))
+    step = lambda c, x: advance(params, c, x)
+    final, outputs = scan_steps(masked(step), carry, inputs, lengths, reverse=reverse,
+                                unroll=unroll)
+    return outputs, final
+
+  return run_in_valid_order(run, xs, lengths, reverse)

@@ -1,0 +1,124 @@
+"""The layer protocol: what :func:`rnn_jax.rnn` accepts, and the options every run takes.
+
+Everything that can be unrolled over time (cells, linear recurrences,
+``stack``, ``bidirectional``, ``remat``) is a frozen dataclass deriving from
+:class:`Layer`, so equal hyperparameters give equal, hashable values (usable
+as static arguments of ``jax.jit``), and offers:
+
+* ``init(key, input_size) -> params``: a plain pytree of arrays;
+* ``initial_carry(batch_shape=(), dtype=float32) -> carry`` of zeros;
+* ``input_size(params) -> I`` and the attribute ``output_size``;
+* ``run(params, xs [T, ..., I], carry, lengths, options, rng) -> (outputs
+  [T, ..., O], carry)``: the whole sequence, time-major, no argument checks
+  (:func:`rnn_jax.rnn` checks and then calls it);
+* ``step(params, carry, x_t) -> (carry, y_t)`` wherever stepping means
+  something (everything but a bidirectional layer), for generation;
+* ``sublayers`` and ``dropout``, from which :func:`uses_dropout` answers at
+  any depth whether a dropout key changes anything.
+
+How a run is done is one static record, :class:`RunOptions`, passed down
+unchanged through composites. Its ``None`` fields are resolved per layer in
+one place, :meth:`RunOptions.resolve`, from the values each layer class
+records as measured fastest per backend (``TUNED_UNROLL``, ``TUNED_VJP``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Mapping
+
+import jax
+
+VJPS = ("autodiff", "fused")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """How to run a layer over a sequence; static (hashable), shared by every sublayer.
+
+  Attributes:
+    reverse: read each sequence from its last valid step to its first;
+      outputs stay in input time order.
+    unroll: time steps per ``jax.lax.scan`` iteration; ``None``: the layer's
+      tuned value for the backend.
+    vjp: how a scan's gradient is computed: ``"autodiff"`` (JAX
+      differentiates the scan), ``"fused"`` (the hand-written reverse scan of
+      :mod:`rnn_jax.fused`, for cells that have one) or ``None``: the layer's
+      tuned choice for the backend.
+    hoist: compute the input projection of all steps as one matmul before
+      the scan.
+  """
+
+  reverse: bool = False
+  unroll: int | None = None
+  vjp: str | None = None
+  hoist: bool = False
+
+  def __post_init__(self):
+    if self.vjp not in VJPS + (None,):
+      raise ValueError(f"vjp (the gradient mode; rnn's backward= before) must be one of "
+                       f"{VJPS} or None, got {self.vjp!r}")
+    if self.unroll is not None and (not isinstance(self.unroll, int) or self.unroll < 1):
+      raise ValueError(f"unroll must be a positive int or None, got {self.unroll!r}")
+
+  def flipped(self) -> RunOptions:
+    """The same options reading the other way (the backward half of a bidirectional layer)."""
+    return dataclasses.replace(self, reverse=not self.reverse)
+
+  def resolve(self, layer: Layer, backend: str | None = None) -> RunOptions:
+    """These options with ``unroll`` and ``vjp`` filled in from ``layer``'s tuned values.
+
+    The one place where ``None`` becomes a number: ``layer.TUNED_UNROLL`` and
+    ``layer.TUNED_VJP`` (per JAX backend) or 1 and ``"autodiff"``.
+
+    Args:
+      layer: the layer about to run.
+      backend: ``"cpu"``, ``"gpu"``, ...; defaults to ``jax.default_backend()``.
+    """
+    backend = backend or jax.default_backend()
+    unroll = self.unroll if self.unroll is not None else layer.TUNED_UNROLL.get(backend, 1)
+    vjp = self.vjp if self.vjp is not None else layer.TUNED_VJP.get(backend, "autodiff")
+    return dataclasses.replace(self, unroll=unroll, vjp=vjp)
+
+
+class Layer:
+  """Base of every layer; see the module doc for the protocol.
+
+  Subclasses are frozen dataclasses. The class attributes record per-layer
+  knowledge that other parts of the library read off the layer instead of
+  looking it up by name.
+  """
+
+  TUNED_UNROLL: ClassVar[Mapping[str, int]] = {}
+  """Backend -> the ``unroll`` measured fastest (``experiments/bench_rnn.py``)."""
+  TUNED_VJP: ClassVar[Mapping[str, str]] = {}
+  """Backend -> the gradient mode measured fastest."""
+  sublayers: ClassVar[tuple] = ()
+  dropout: ClassVar[float] = 0.0
+
+  output_size: int
+
+  def init(self, key: jax.Array, input_size: int) -> Any:
+    raise NotImplementedError
+
+  def initial_carry(self, batch_shape=(), dtype=None) -> Any:
+    raise NotImplementedError
+
+  def input_size(self, params: Any) -> int:
+    raise NotImplementedError
+
+  def run(self, params: Any, xs: jax.Array, carry: Any, lengths: jax.Array | None,
+          options: RunOptions, rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
+    raise NotImplementedError
+
+  def step(self, params: Any, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+    raise TypeError(f"{type(self).__name__} cannot be stepped one time step at a time")
+
+
+def uses_dropout(layer: Layer) -> bool:
+  """Whether running ``layer`` with a dropout key can drop anything, at any nesting depth.
+
+  True when the layer or any of its sublayers (a ``stack`` inside a
+  ``bidirectional``, a ``remat`` of a stack, ...) has ``dropout > 0``.
+  """
+  return layer.dropout > 0.0 or any(uses_dropout(sub) for sub in layer.sublayers)
