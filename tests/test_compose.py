@@ -191,3 +191,37 @@ def test_backward_option_reaches_every_layer(backward, fused_scans):
   xs = jax.ShapeDtypeStruct((2, T, I), jnp.float32)
   jaxpr = jax.make_jaxpr(lambda p, x: rnn_jax.rnn(model, p, x, vjp=backward)[0])(params, xs)
   assert str(jaxpr).count("custom_vjp_call") == fused_scans
+
+
+REMAT_LAYERS = {
+    "lstm": rnn_jax.lstm(3),
+    "mingru": rnn_jax.mingru(3),
+    "minlstm": rnn_jax.minlstm(3),
+    "lru": rnn_jax.lru(3, 3, skip="dense"),
+    "mingru_sequential": rnn_jax.mingru(3, parallel=False),
+    "bi_of_stack": rnn_jax.bidirectional(rnn_jax.stack([rnn_jax.gru(2), rnn_jax.minlstm(3)]),
+                                         rnn_jax.lru(2, 2, skip="none")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REMAT_LAYERS))
+def test_remat_any_layer_same_outputs_and_gradients(name):
+  """remat works for every layer kind (it raised for mingru/minlstm/lru before)."""
+  layer = REMAT_LAYERS[name]
+  wrapped = rnn_jax.remat(layer)
+  assert rnn_jax.remat(wrapped) == wrapped and wrapped.output_size == layer.output_size
+  params = layer.init(jax.random.key(0), 2)
+  xs = jax.random.normal(jax.random.key(1), (2, 5, 2))
+  lengths = jnp.array([5, 3])
+
+  def loss(model, p):
+    outputs, final = rnn_jax.rnn(model, p, xs, lengths=lengths, reverse=True)
+    return jnp.sum(jnp.sin(outputs)) + sum(jnp.sum(jnp.real(leaf)) for leaf in jax.tree.leaves(final))
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)
+  (value, grads), (value_remat, grads_remat) = grad(layer, params), grad(wrapped, params)
+  np.testing.assert_allclose(value_remat, value, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6),
+               grads, grads_remat)
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: loss(wrapped, p)))(params))
+  assert "remat" in jaxpr or "checkpoint" in jaxpr

@@ -1,0 +1,126 @@
+"""Tests of rnn_jax.layer: the layer protocol every layer kind follows, RunOptions, uses_dropout."""
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax
+from rnn_jax.layer import RunOptions
+
+INPUTS = 3
+LEAVES = {
+    "simple_rnn": rnn_jax.simple_rnn(4),
+    "lstm": rnn_jax.lstm(4),
+    "gru": rnn_jax.gru(4),
+    "mingru": rnn_jax.mingru(4),
+    "minlstm_sequential": rnn_jax.minlstm(4, parallel=False),
+    "lru": rnn_jax.lru(4, 4, skip="dense"),
+}
+STEPPABLE = {
+    **LEAVES,
+    "stack": rnn_jax.stack([rnn_jax.lstm(4), rnn_jax.mingru(3), rnn_jax.gru(2)], dropout=0.5),
+    "remat_stack": rnn_jax.remat(rnn_jax.stack([rnn_jax.gru(3), rnn_jax.lru(2, 2, skip="none")])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STEPPABLE))
+def test_stepping_equals_running(name, rnn_jit):
+  """``step`` applied T times gives ``rnn``'s outputs and final carry (what generation needs)."""
+  layer = STEPPABLE[name]
+  params = layer.init(jax.random.key(0), INPUTS)
+  xs = np.asarray(jax.random.normal(jax.random.key(1), (2, 5, INPUTS)))
+  outputs, final = rnn_jit(layer, params, xs)
+
+  @jax.jit
+  def step_through(params, xs):
+    carry = layer.initial_carry(2)
+    steps = []
+    for t in range(xs.shape[1]):
+      carry, y = layer.step(params, carry, xs[:, t])
+      steps.append(y)
+    return jnp.stack(steps, axis=1), carry
+
+  stepped, stepped_final = step_through(params, xs)
+  np.testing.assert_allclose(stepped, outputs, rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               stepped_final, final)
+
+
+def test_bidirectional_cannot_step():
+  layer = rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(2))
+  params = layer.init(jax.random.key(0), INPUTS)
+  with pytest.raises(TypeError, match="Bidirectional cannot be stepped"):
+    layer.step(params, layer.initial_carry(), jnp.ones(INPUTS))
+
+
+@pytest.mark.parametrize("layer", [
+    rnn_jax.lstm(3), rnn_jax.stack([rnn_jax.gru(2), rnn_jax.lstm(3)]),
+    rnn_jax.bidirectional(rnn_jax.mingru(2), rnn_jax.lstm(3)), rnn_jax.remat(rnn_jax.lru(2, 3)),
+], ids=["cell", "stack", "bidirectional", "remat"])
+def test_every_layer_is_a_hashable_value_with_the_protocol(layer):
+  assert isinstance(layer, rnn_jax.Layer)
+  rebuilt = type(layer)(**{f.name: getattr(layer, f.name) for f in dataclasses.fields(layer)})
+  assert rebuilt == layer and rebuilt is not layer and hash(rebuilt) == hash(layer)
+  for method in ("init", "initial_carry", "input_size", "run", "step"):
+    assert callable(getattr(layer, method))
+  params = jax.eval_shape(lambda key: layer.init(key, INPUTS), jax.random.key(0))
+  assert layer.input_size(params) == INPUTS
+  carry = layer.initial_carry(4)  # An int batch shape is one batch axis.
+  assert all(leaf.shape[0] == 4 for leaf in jax.tree.leaves(carry))
+  outputs, _ = jax.eval_shape(lambda p: rnn_jax.rnn(layer, p, jnp.zeros((4, 6, INPUTS))), params)
+  assert outputs.shape == (4, 6, layer.output_size)
+
+
+def test_uses_dropout_at_any_depth():
+  dropping = rnn_jax.stack([rnn_jax.gru(2), rnn_jax.gru(2)], dropout=0.3)
+  plain = rnn_jax.stack([rnn_jax.gru(2), rnn_jax.gru(2)])
+  assert rnn_jax.uses_dropout(dropping)
+  assert not rnn_jax.uses_dropout(plain) and not rnn_jax.uses_dropout(rnn_jax.lstm(2))
+  assert rnn_jax.uses_dropout(rnn_jax.bidirectional(dropping, plain))
+  assert rnn_jax.uses_dropout(rnn_jax.bidirectional(plain, dropping))
+  assert rnn_jax.uses_dropout(rnn_jax.stack([plain, rnn_jax.stack([dropping])]))
+  assert rnn_jax.uses_dropout(rnn_jax.remat(rnn_jax.bidirectional(plain, dropping)))
+  assert not rnn_jax.uses_dropout(rnn_jax.remat(rnn_jax.bidirectional(plain, plain)))
+
+
+def test_run_options_resolve_per_layer_and_backend():
+  options = RunOptions()
+  assert options.resolve(rnn_jax.lstm(4), "gpu") == RunOptions(unroll=8, vjp="fused")
+  assert options.resolve(rnn_jax.gru(4), "cpu") == RunOptions(unroll=2, vjp="autodiff")
+  assert options.resolve(rnn_jax.mingru(4), "gpu") == RunOptions(unroll=1, vjp="autodiff")
+  explicit = RunOptions(reverse=True, unroll=3, vjp="autodiff", hoist=True)
+  assert explicit.resolve(rnn_jax.lstm(4), "gpu") == explicit
+  assert explicit.flipped() == RunOptions(reverse=False, unroll=3, vjp="autodiff", hoist=True)
+  with pytest.raises(ValueError, match="vjp"):
+    RunOptions(vjp="manual")
+  with pytest.raises(ValueError, match="unroll must be a positive int"):
+    RunOptions(unroll=0)
+
+
+def test_remat_keeps_the_tuned_unroll():
+  """Remat wraps the layer instead of renaming it, so its tuned values survive (GPU: 8)."""
+  for cell in (rnn_jax.lstm(4), rnn_jax.gru(4), rnn_jax.simple_rnn(4)):
+    assert RunOptions().resolve(rnn_jax.remat(cell), "gpu").unroll == 8
+    assert (RunOptions().resolve(rnn_jax.remat(cell), "cpu").unroll
+            == RunOptions().resolve(cell, "cpu").unroll)
+
+
+def test_profiles_show_named_scopes():
+  layer = rnn_jax.stack([rnn_jax.lstm(3), rnn_jax.mingru(3)])
+  params = layer.init(jax.random.key(0), INPUTS)
+  loss = lambda p, x: rnn_jax.rnn(layer, p, x, vjp="fused")[0].sum()
+  text = jax.jit(jax.grad(loss)).lower(params, jnp.ones((2, 4, INPUTS))).as_text(debug_info=True)
+  for scope in ("lstm", "fused_lstm", "mingru"):
+    assert re.search(rf'"[^"]*\b{scope}\b', text), scope
+
+
+def test_rnn_names_a_layer_from_another_library():
+  params = rnn_jax.gru(2).init(jax.random.key(0), INPUTS)
+  with pytest.raises(TypeError, match="expected an rnn_jax layer"):
+    rnn_jax.rnn(params, rnn_jax.gru(2), jnp.ones((5, INPUTS)))
+  with pytest.raises(TypeError, match="stack layer 1: expected an rnn_jax layer"):
+    rnn_jax.stack([rnn_jax.gru(2), object()])
