@@ -28,11 +28,11 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-_OPTIONAL = ("interop", "linen", "nnx", "training")
+_OPTIONAL = ("hopfield", "interop", "linen", "nnx", "training")
 
 
 def __getattr__(name):
-  """Imports the optional submodules (``interop``, ``linen``, ``nnx``, ``training``) on first use."""
+  """Imports the submodules ``hopfield``, ``interop``, ``linen``, ``nnx`` and ``training`` on first use."""
   if name in _OPTIONAL:
     import importlib  # pylint: disable=g-import-not-at-top
     return importlib.import_module(f"rnn_jax.{name}")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax import _scan
-from rnn_jax.layer import Layer, RunOptions
+from rnn_jax.layer import Layer, RunOptions, check_layer
 
 
 def split_key(key, num: int) -> list:
@@ -42,13 +42,6 @@ def dropout_outputs(key, outputs: jax.Array, rate: float, variational: bool) -> 
   mask_shape = (1,) + outputs.shape[1:] if variational else outputs.shape
   mask = jax.random.bernoulli(key, keep, mask_shape)
   return jnp.where(mask, outputs / keep, jnp.zeros_like(outputs))
-
-
-def _check_layer(argument: str, value: Any) -> None:
-  if not isinstance(value, Layer):
-    raise TypeError(f"{argument}: expected an rnn_jax layer (rnn_jax.lstm(...), "
-                    f"rnn_jax.stack(...), ...), got {type(value).__module__}."
-                    f"{type(value).__name__}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +63,7 @@ class Stack(Layer):
     if not self.layers:
       raise ValueError("stack needs at least one cell or layer")
     for index, layer in enumerate(self.layers):
-      _check_layer(f"stack layer {index}", layer)
+      check_layer(f"stack layer {index}", layer)
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -151,8 +144,8 @@ class Bidirectional(Layer):
   merge: str = "concat"
 
   def __post_init__(self):
-    _check_layer("forward", self.forward)
-    _check_layer("backward", self.backward)
+    check_layer("forward", self.forward)
+    check_layer("backward", self.backward)
     if self.merge not in MERGES:
       raise ValueError(f"merge must be one of {sorted(MERGES)}, got {self.merge!r}")
     if self.merge != "concat" and self.forward.output_size != self.backward.output_size:
@@ -227,7 +220,7 @@ class Remat(Layer):
   layer: Layer
 
   def __post_init__(self):
-    _check_layer("layer", self.layer)
+    check_layer("layer", self.layer)
 
   @property
   def name(self) -> str:
@@ -281,7 +274,7 @@ def remat(layer: Layer) -> Layer:
   each leaf layer wrapped; wrapping twice changes nothing. Params and carries
   are those of ``layer``.
   """
-  _check_layer("layer", layer)
+  check_layer("layer", layer)
   if isinstance(layer, Remat):
     return layer
   if isinstance(layer, Stack):

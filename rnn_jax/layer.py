@@ -115,6 +115,14 @@ class Layer:
     raise TypeError(f"{type(self).__name__} cannot be stepped one time step at a time")
 
 
+def check_layer(argument: str, value: Any) -> None:
+  """Raises ``TypeError`` naming ``argument`` unless ``value`` is an rnn_jax layer."""
+  if not isinstance(value, Layer):
+    kind = type(value)
+    raise TypeError(f"{argument}: expected an rnn_jax layer (rnn_jax.lstm(...), "
+                    f"rnn_jax.stack(...), ...), got {kind.__module__}.{kind.__qualname__}")
+
+
 def uses_dropout(layer: Layer) -> bool:
   """Whether running ``layer`` with a dropout key can drop anything, at any nesting depth.
 

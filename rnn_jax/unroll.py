@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax._scan import reverse_padded
-from rnn_jax.layer import Layer, RunOptions
+from rnn_jax.layer import Layer, RunOptions, check_layer
 
 __all__ = ["last_output", "reverse_padded", "rnn"]
 
@@ -94,10 +94,7 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
     if vjp is not None and backward is not None and vjp != backward:
       raise ValueError(f"rnn: backward={backward!r} and vjp={vjp!r} disagree; pass only vjp")
     vjp = vjp if backward is None else backward
-  if not isinstance(layer, Layer):
-    raise TypeError(f"layer: expected an rnn_jax layer (rnn_jax.lstm(...), rnn_jax.stack(...), "
-                    f"...) as the first argument, got {type(layer).__module__}."
-                    f"{type(layer).__name__}")
+  check_layer("layer (the first argument)", layer)
   options = RunOptions(reverse=bool(reverse), unroll=unroll, vjp=vjp, hoist=bool(hoist))
   xs = jnp.asarray(xs)
   if xs.ndim < 2:
