@@ -134,9 +134,9 @@ def linear_scan(a: jax.Array, b: jax.Array, h0: jax.Array) -> jax.Array:
   itself a linear recurrence, run as one reverse associative scan, and then
   ``dL/db_t = l_t``, ``dL/da_t = l_t h_{t-1}``, ``dL/dh0 = a_0 l_0``
   (unconjugated: JAX's transpose convention, so complex ``a``, ``b`` work
-  too). This saves only ``a``, ``h`` and ``h0`` and cut the forward+backward
-  time by about a quarter on CPU. Forward-mode differentiation (``jax.jvp``)
-  of this function is not defined; use the sequential mode for that.
+  too). This saves only ``a``, ``h`` and ``h0``. Forward-mode differentiation
+  (``jax.jvp``) of this function is not defined; use the sequential mode for
+  that.
 
   Args:
     a: ``[T, ..., H]`` coefficients.
@@ -146,16 +146,24 @@ def linear_scan(a: jax.Array, b: jax.Array, h0: jax.Array) -> jax.Array:
   Returns:
     ``h [T, ..., H]``, ``h[t]`` the state after step ``t``.
   """
-  return _associative_scan(a, b, h0)
+  with jax.named_scope("linear_scan"):
+    return _associative_scan(a, b, h0)
 
 
 def _linear_scan_forward(a, b, h0):
-  h = _associative_scan(a, b, h0)
+  with jax.named_scope("linear_scan"):
+    h = _associative_scan(a, b, h0)
   return h, (a, h, h0)
 
 
 def _linear_scan_backward(residuals, h_cotangent):
   a, h, h0 = residuals
+  with jax.named_scope("linear_scan_backward"):
+    return _linear_scan_adjoint(a, h, h0, h_cotangent)
+
+
+def _linear_scan_adjoint(a, h, h0, h_cotangent):
+  """``(da, db, dh0)`` of :func:`linear_scan`: one reverse associative scan."""
   a_next = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])
   adjoint = jnp.flip(_associative_scan(jnp.flip(a_next, 0), jnp.flip(h_cotangent, 0),
                                        jnp.zeros_like(h0)), 0)
