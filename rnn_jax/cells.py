@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax import _scan, fused
-from rnn_jax.layer import Layer, RunOptions
+from rnn_jax.layer import Layer, RunOptions, check_step_input
 
 Params = dict
 Initializer = Callable[..., jax.Array]
@@ -129,6 +129,7 @@ class Cell(Layer):
 
   def step(self, params: Params, carry, x: jax.Array):
     """One time step: ``(params, carry, x_t [..., I]) -> (carry, y_t [..., O])``."""
+    check_step_input(self, params, carry, x)
     return self.recur(params, carry, self.project(params, x))
 
   def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):

@@ -123,6 +123,16 @@ def check_layer(argument: str, value: Any) -> None:
                     f"rnn_jax.stack(...), ...), got {kind.__module__}.{kind.__qualname__}")
 
 
+def check_step_input(layer: Layer, params: Any, carry: Any, x: jax.Array) -> None:
+  """Raises ``ValueError`` unless ``x`` is one time step ``[..., I]`` matching ``carry``'s batch."""
+  input_size = layer.input_size(params)
+  batch_shape = jax.tree.leaves(carry)[0].shape[:-1]
+  if x.shape[-1:] != (input_size,) or (batch_shape and x.shape[:-1] != batch_shape):
+    raise ValueError(f"x: expected one time step of shape {(*batch_shape, input_size)} (the "
+                     f"carry's batch shape + input size), got {x.shape}; to run a whole "
+                     "sequence [..., T, I] use rnn_jax.rnn")
+
+
 def uses_dropout(layer: Layer) -> bool:
   """Whether running ``layer`` with a dropout key can drop anything, at any nesting depth.
 

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 from rnn_jax import _scan
 from rnn_jax.cells import (Initializer, affine_input, blockwise, check_size, glorot_uniform,
                            zeros, zeros_carry)
-from rnn_jax.layer import Layer, RunOptions
+from rnn_jax.layer import Layer, RunOptions, check_step_input
 
 
 class LinearRNN(Layer):
@@ -92,6 +92,7 @@ class LinearRNN(Layer):
 
   def step(self, params, carry, x):
     """One time step: ``(params, h [..., H], x_t [..., I]) -> (h, y_t [..., O])``."""
+    check_step_input(self, params, carry, x)
     return self.recur(params, carry, self.project(params, x))
 
   def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):

@@ -31,6 +31,33 @@ __all__ = ["last_output", "reverse_padded", "rnn"]
 _UNSET = object()
 
 
+def _leaves_by_path(tree) -> dict:
+  return {jax.tree_util.keystr(path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_param_paths(layer, params, input_size: int) -> dict:
+  """Raises ``ValueError`` unless ``params`` has the keys ``layer.init`` gives; returns those."""
+  expected = _leaves_by_path(jax.eval_shape(lambda key: layer.init(key, input_size),
+                                            jax.random.key(0)))
+  got = _leaves_by_path(params)
+  if set(got) != set(expected):
+    listed = lambda paths: ", ".join(f"params{path}" for path in sorted(paths)) or "none"
+    raise ValueError(f"params: not the pytree {type(layer).__name__}.init returns (params of "
+                     f"another layer?): missing {listed(set(expected) - set(got))}; unexpected "
+                     f"{listed(set(got) - set(expected))}; build them with "
+                     "layer.init(key, input_size)")
+  return expected
+
+
+def _check_param_shapes(layer, params, expected: dict) -> None:
+  """Raises ``ValueError`` naming the first parameter whose shape ``layer`` does not expect."""
+  for path, leaf in _leaves_by_path(params).items():
+    if tuple(jnp.shape(leaf)) != tuple(expected[path].shape):
+      raise ValueError(f"params{path}: expected shape {tuple(expected[path].shape)} for "
+                       f"{layer!r}, got {tuple(jnp.shape(leaf))} (params of another size?)")
+
+
 def _check_carry(layer, carry, batch_shape):
   expected = jax.eval_shape(lambda: layer.initial_carry(batch_shape))
   if jax.tree.structure(carry) != jax.tree.structure(expected):
@@ -101,10 +128,12 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
     raise ValueError(f"xs: expected shape [..., T, I] (rank >= 2), got shape {xs.shape}")
   if not jnp.issubdtype(xs.dtype, jnp.floating):
     raise ValueError(f"xs: expected a floating dtype (float32 or bfloat16), got {xs.dtype}")
+  expected_params = _check_param_paths(layer, params, xs.shape[-1])
   input_size = layer.input_size(params)
   if xs.shape[-1] != input_size:
     raise ValueError(f"xs: expected input size {input_size} in the last axis (from params), "
                      f"got shape {xs.shape}")
+  _check_param_shapes(layer, params, expected_params)
   if not time_major:
     xs = jnp.moveaxis(xs, -2, 0)
   num_steps, batch_shape = xs.shape[0], xs.shape[1:-1]
@@ -142,10 +171,19 @@ def last_output(outputs: jax.Array, lengths=None, time_major: bool = False) -> j
   Without ``lengths`` this is ``outputs[..., -1, :]``. With ``lengths`` a
   sequence of length 0 gives zeros.
   """
+  outputs = jnp.asarray(outputs)
+  if outputs.ndim < 2:
+    raise ValueError(f"outputs: expected shape [..., T, O] (rank >= 2), got {outputs.shape}")
   if time_major:
     outputs = jnp.moveaxis(outputs, 0, -2)
   if lengths is None:
     return outputs[..., -1, :]
+  lengths = jnp.asarray(lengths)
+  if not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise ValueError(f"lengths: expected an integer dtype, got {lengths.dtype}")
+  if lengths.shape != outputs.shape[:-2]:
+    raise ValueError(f"lengths: expected shape {outputs.shape[:-2]} (the batch shape of "
+                     f"outputs), got {lengths.shape}")
   num_steps = outputs.shape[-2]
   index = jnp.clip(jnp.asarray(lengths) - 1, 0, num_steps - 1)
   picked = jnp.take_along_axis(outputs, index[..., None, None], axis=-2)[..., 0, :]

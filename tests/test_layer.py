@@ -124,3 +124,14 @@ def test_rnn_names_a_layer_from_another_library():
     rnn_jax.rnn(params, rnn_jax.gru(2), jnp.ones((5, INPUTS)))
   with pytest.raises(TypeError, match="stack layer 1: expected an rnn_jax layer"):
     rnn_jax.stack([rnn_jax.gru(2), object()])
+
+
+def test_step_names_a_sequence_passed_as_one_step():
+  cell = rnn_jax.gru(2)
+  params = cell.init(jax.random.key(0), INPUTS)
+  with pytest.raises(ValueError, match=r"x: expected one time step of shape \(4, 3\) .* got "
+                                       r"\(4, 7, 3\); to run a whole sequence"):
+    cell.step(params, cell.initial_carry(4), jnp.ones((4, 7, INPUTS)))
+  with pytest.raises(ValueError, match=r"x: expected one time step of shape \(3,\)"):
+    rnn_jax.mingru(2).step(rnn_jax.mingru(2).init(jax.random.key(0), 3), jnp.zeros(2),
+                           jnp.ones(5))

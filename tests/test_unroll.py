@@ -286,6 +286,7 @@ def test_reverse_padded_and_last_output():
      r"initial_carry: expected a pytree like"),
 ])
 def test_errors(kwargs, match):
+  """Each mistake is a ValueError at trace time naming the argument."""
   cell = CELLS["lstm_fb1"]
   params = cell.init(jax.random.key(0), I)
   arguments = {"xs": np.ones((2, T, I), np.float32), **kwargs}
@@ -294,3 +295,30 @@ def test_errors(kwargs, match):
     rnn_jax.rnn(cell, params, xs, **arguments)
   with pytest.raises(ValueError, match=match):  # at trace time, from traced arguments too
     jax.jit(lambda p, x, kw: rnn_jax.rnn(cell, p, x, **kw))(params, xs, arguments)
+
+
+@pytest.mark.parametrize("make_params, match", [
+    (lambda: rnn_jax.gru(4).init(jax.random.key(0), I),
+     r"params: not the pytree LSTM.init returns .* missing params\['b'\]; unexpected "
+     r"params\['b_hh'\], params\['b_ih'\];"),
+    (lambda: rnn_jax.lstm(3).init(jax.random.key(0), I),
+     r"params\['b'\]: expected shape \(16,\) for LSTM\(hidden_size=4.*got \(12,\)"),
+    (lambda: (rnn_jax.lstm(4).init(jax.random.key(0), I),), r"params: not the pytree"),
+])
+def test_params_of_another_layer(make_params, match):
+  cell = CELLS["lstm_fb1"]
+  with pytest.raises(ValueError, match=match):
+    rnn_jax.rnn(cell, make_params(), np.ones((2, T, I), np.float32))
+  stacked = rnn_jax.stack([cell, cell])
+  with pytest.raises(ValueError, match=r"params: not the pytree Stack.init returns"):
+    rnn_jax.rnn(stacked, cell.init(jax.random.key(0), I), np.ones((2, T, I), np.float32))
+
+
+@pytest.mark.parametrize("lengths, match", [
+    (np.array([1.0, 2.0]), r"lengths: expected an integer dtype, got float"),
+    (np.array([1, 2, 3]), r"lengths: expected shape \(2,\) \(the batch shape of outputs\), "
+                          r"got \(3,\)"),
+])
+def test_last_output_errors(lengths, match):
+  with pytest.raises(ValueError, match=match):
+    rnn_jax.last_output(np.ones((2, T, 3), np.float32), lengths)
