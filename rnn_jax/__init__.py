@@ -18,13 +18,14 @@ from rnn_jax.cells import GRU, LSTM, Cell, LSTMState, SimpleRNN, gru, lstm, simp
 from rnn_jax.compose import Bidirectional, Remat, Stack, bidirectional, remat, stack
 from rnn_jax.layer import Layer, RunOptions, uses_dropout
 from rnn_jax.linear_rnn import LRU, LinearRNN, MinGRU, MinLSTM, lru, mingru, minlstm
-from rnn_jax.unroll import last_output, reverse_padded, rnn
+from rnn_jax.summary import last_output, summary
+from rnn_jax.unroll import reverse_padded, rnn
 
 __all__ = [
     "Bidirectional", "Cell", "GRU", "LRU", "LSTM", "LSTMState", "Layer", "LinearRNN", "MinGRU",
     "MinLSTM", "Remat", "RunOptions", "SimpleRNN", "Stack", "bidirectional", "gru",
     "last_output", "lru", "lstm", "mingru", "minlstm", "remat", "reverse_padded", "rnn",
-    "simple_rnn", "stack", "uses_dropout",
+    "simple_rnn", "stack", "summary", "uses_dropout",
 ]
 __version__ = "0.1.0"
 

@@ -156,13 +156,15 @@ class Cell(Layer):
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class SimpleRNN(Cell, fused.FusedVJP):
   """The Elman network: ``h_t = act(x_t @ w_ih + h_{t-1} @ w_hh + b)``; ``y_t = h_t``.
 
   Params: ``w_ih [I, H]``, ``w_hh [H, H]``, ``b [H]``. Carry: ``h [..., H]``.
   Built by :func:`simple_rnn`.
   """
+
+  FACTORY: ClassVar[str] = "simple_rnn"
 
   name: ClassVar[str] = "simple_rnn"
   TUNED_UNROLL: ClassVar = {"cpu": 1, "gpu": 8}
@@ -213,7 +215,7 @@ class SimpleRNN(Cell, fused.FusedVJP):
     return {"w_hh": fused.time_batch_matmul(h_prevs, dz_rec)}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class LSTM(Cell, fused.FusedVJP):
   """Long short-term memory, gates fused in the order (i, f, g, o) of PyTorch/cuDNN.
 
@@ -225,6 +227,8 @@ class LSTM(Cell, fused.FusedVJP):
   Params: ``w_ih [I, 4H]``, ``w_hh [H, 4H]``, ``b [4H]``. Carry:
   ``LSTMState(h [..., H], c [..., H])``. Built by :func:`lstm`.
   """
+
+  FACTORY: ClassVar[str] = "lstm"
 
   name: ClassVar[str] = "lstm"
   GATES: ClassVar[int] = 4
@@ -294,7 +298,7 @@ class LSTM(Cell, fused.FusedVJP):
     return state.h
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class GRU(Cell, fused.FusedVJP):
   """Gated recurrent unit, gates in the order (r, z, n) of PyTorch/cuDNN.
 
@@ -311,6 +315,8 @@ class GRU(Cell, fused.FusedVJP):
   ``b_ih [3H]``, ``b_hh [3H]``; with ``reset_after=False``: ``w_ih``,
   ``w_hh`` and one ``b [3H]``. Carry: ``h [..., H]``. Built by :func:`gru`.
   """
+
+  FACTORY: ClassVar[str] = "gru"
 
   name: ClassVar[str] = "gru"
   GATES: ClassVar[int] = 3

@@ -18,7 +18,7 @@ Parameters and carries nest as tuples and dicts:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,7 @@ def dropout_outputs(key, outputs: jax.Array, rate: float, variational: bool) -> 
   return jnp.where(mask, outputs / keep, jnp.zeros_like(outputs))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Stack(Layer):
   """Layers run one after another (TF's MultiRNNCell); built by :func:`stack`.
 
@@ -54,6 +54,8 @@ class Stack(Layer):
       run with a dropout key.
     variational: reuse one dropout mask over all time steps.
   """
+
+  FACTORY: ClassVar[str] = "stack"
 
   layers: tuple
   dropout: float = 0.0
@@ -104,6 +106,9 @@ class Stack(Layer):
         xs = dropout_outputs(keys[2 * index + 1], xs, self.dropout, self.variational)
     return xs, tuple(final_carries)
 
+  def summarize(self, outputs, lengths, reverse):
+    return self.layers[-1].summarize(outputs, lengths, reverse)
+
   def step(self, params, carry, x):
     """One time step through every layer (no dropout): ``(carry tuple, y_t [..., O])``."""
     new_carry = []
@@ -135,9 +140,12 @@ MERGES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Bidirectional(Layer):
   """A forward and a backward layer over the same inputs; built by :func:`bidirectional`."""
+
+  FACTORY: ClassVar[str] = "bidirectional"
+  REPR_POSITIONAL: ClassVar[int] = 2
 
   forward: Layer
   backward: Layer
@@ -182,6 +190,15 @@ class Bidirectional(Layer):
                                                      options.flipped(), key_backward)
     return MERGES[self.merge](out_forward, out_backward), (carry_forward, carry_backward)
 
+  def summarize(self, outputs, lengths, reverse):
+    if self.merge != "concat":
+      raise ValueError(f"summary: bidirectional(merge={self.merge!r}) mixed the two halves' "
+                       "outputs, so no summary can be read off them; use merge='concat'")
+    forward_outputs, backward_outputs = jnp.split(outputs, [self.forward.output_size], axis=-1)
+    return jnp.concatenate([self.forward.summarize(forward_outputs, lengths, reverse),
+                            self.backward.summarize(backward_outputs, lengths, not reverse)],
+                           axis=-1)
+
 
 def bidirectional(forward: Layer, backward: Layer, merge: str = "concat") -> Bidirectional:
   """Runs ``forward`` over the sequence and ``backward`` over it reversed, then merges.
@@ -203,7 +220,7 @@ def bidirectional(forward: Layer, backward: Layer, merge: str = "concat") -> Bid
   return Bidirectional(forward, backward, merge)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Remat(Layer):
   """A leaf layer whose backward pass recomputes instead of storing; built by :func:`remat`.
 
@@ -216,6 +233,8 @@ class Remat(Layer):
   and gradients are those of the wrapped layer; its tuned ``unroll`` is kept;
   the gradient is always autodiff (of the checkpointed step).
   """
+
+  FACTORY: ClassVar[str] = "remat"
 
   layer: Layer
 
@@ -256,6 +275,9 @@ class Remat(Layer):
 
   def step(self, params, carry, x):
     return self.layer.step(params, carry, x)
+
+  def summarize(self, outputs, lengths, reverse):
+    return self.layer.summarize(outputs, lengths, reverse)
 
   def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
     options = options.resolve(self)

@@ -29,6 +29,8 @@ from typing import Any, ClassVar, Mapping
 
 import jax
 
+from rnn_jax.summary import first_or_last
+
 VJPS = ("autodiff", "fused")
 
 
@@ -89,6 +91,10 @@ class Layer:
   looking it up by name.
   """
 
+  FACTORY: ClassVar[str] = ""
+  """The function that builds the layer; ``repr`` shows the call that rebuilds it."""
+  REPR_POSITIONAL: ClassVar[int] = 1
+  """How many leading fields ``repr`` shows positionally."""
   TUNED_UNROLL: ClassVar[Mapping[str, int]] = {}
   """Backend -> the ``unroll`` measured fastest (``experiments/bench_rnn.py``)."""
   TUNED_VJP: ClassVar[Mapping[str, str]] = {}
@@ -97,6 +103,18 @@ class Layer:
   dropout: ClassVar[float] = 0.0
 
   output_size: int
+
+  def __repr__(self) -> str:
+    """The factory call that builds an equal layer, e.g. ``stack([lstm(16), gru(8)], dropout=0.2)``."""
+    parts = []
+    for index, field in enumerate(dataclasses.fields(self)):
+      value = getattr(self, field.name)
+      if index < self.REPR_POSITIONAL:
+        parts.append(_show(value))
+      elif field.default is dataclasses.MISSING or value is not field.default and not (
+          _is_plain(value) and value == field.default):
+        parts.append(f"{field.name}={_show(value)}")
+    return f"{self.FACTORY or type(self).__name__}({', '.join(parts)})"
 
   def init(self, key: jax.Array, input_size: int) -> Any:
     raise NotImplementedError
@@ -113,6 +131,27 @@ class Layer:
 
   def step(self, params: Any, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
     raise TypeError(f"{type(self).__name__} cannot be stepped one time step at a time")
+
+  def summarize(self, outputs: jax.Array, lengths: jax.Array | None, reverse: bool) -> jax.Array:
+    """``[..., T, O] -> [..., O]``, the output after reading the whole sequence
+    (:func:`rnn_jax.summary`): the last valid one, or the first when ``reverse``."""
+    return first_or_last(outputs, lengths, reverse)
+
+
+def _is_plain(value: Any) -> bool:
+  return isinstance(value, (bool, int, float, str, type(None)))
+
+
+def _show(value: Any) -> str:
+  """``repr`` of a field value: layers as factory calls, initialisers and dtypes by name."""
+  if isinstance(value, tuple):
+    return "[" + ", ".join(_show(item) for item in value) + "]"
+  if isinstance(value, Layer) or _is_plain(value):
+    return repr(value)
+  try:
+    return "jnp." + jax.numpy.dtype(value).name
+  except TypeError:
+    return getattr(value, "__qualname__", repr(value)).replace(".<locals>", "")
 
 
 def check_layer(argument: str, value: Any) -> None:

@@ -217,7 +217,7 @@ def g(x: jax.Array) -> jax.Array:
 CANDIDATES = {"linear": lambda x: x, "g": g}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class GatedLinearRNN(LinearRNN):
   """minGRU and minLSTM: gates and candidate from one matmul of ``x_t``; see :func:`mingru`.
 
@@ -269,9 +269,11 @@ class GatedLinearRNN(LinearRNN):
     }
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class MinGRU(GatedLinearRNN):
   """minGRU; built by :func:`mingru`, which gives the equations."""
+
+  FACTORY: ClassVar[str] = "mingru"
 
   name: ClassVar[str] = "mingru"
   GATES: ClassVar[int] = 2
@@ -282,9 +284,11 @@ class MinGRU(GatedLinearRNN):
     return jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * CANDIDATES[self.candidate](k_h), None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class MinLSTM(GatedLinearRNN):
   """minLSTM; built by :func:`minlstm`, which gives the equations."""
+
+  FACTORY: ClassVar[str] = "minlstm"
 
   name: ClassVar[str] = "minlstm"
   GATES: ClassVar[int] = 3
@@ -364,9 +368,12 @@ def minlstm(hidden_size: int, candidate: str = "linear", *, parallel: bool = Tru
 SKIPS = ("diagonal", "dense", "none")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class LRU(LinearRNN):
   """The Linear Recurrent Unit; built by :func:`lru`, which gives the equations and params."""
+
+  FACTORY: ClassVar[str] = "lru"
+  REPR_POSITIONAL: ClassVar[int] = 2
 
   name: ClassVar[str] = "lru"
 

@@ -25,8 +25,9 @@ import jax.numpy as jnp
 
 from rnn_jax._scan import reverse_padded
 from rnn_jax.layer import Layer, RunOptions, check_layer
+from rnn_jax.summary import last_output, summary
 
-__all__ = ["last_output", "reverse_padded", "rnn"]
+__all__ = ["last_output", "reverse_padded", "rnn", "summary"]
 
 _UNSET = object()
 
@@ -163,29 +164,3 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
   if not time_major:
     outputs = jnp.moveaxis(outputs, 0, -2)
   return outputs, carry
-
-
-def last_output(outputs: jax.Array, lengths=None, time_major: bool = False) -> jax.Array:
-  """The output at each sequence's last valid step: ``[..., T, O] -> [..., O]``.
-
-  Without ``lengths`` this is ``outputs[..., -1, :]``. With ``lengths`` a
-  sequence of length 0 gives zeros.
-  """
-  outputs = jnp.asarray(outputs)
-  if outputs.ndim < 2:
-    raise ValueError(f"outputs: expected shape [..., T, O] (rank >= 2), got {outputs.shape}")
-  if time_major:
-    outputs = jnp.moveaxis(outputs, 0, -2)
-  if lengths is None:
-    return outputs[..., -1, :]
-  lengths = jnp.asarray(lengths)
-  if not jnp.issubdtype(lengths.dtype, jnp.integer):
-    raise ValueError(f"lengths: expected an integer dtype, got {lengths.dtype}")
-  if lengths.shape != outputs.shape[:-2]:
-    raise ValueError(f"lengths: expected shape {outputs.shape[:-2]} (the batch shape of "
-                     f"outputs), got {lengths.shape}")
-  num_steps = outputs.shape[-2]
-  index = jnp.clip(jnp.asarray(lengths) - 1, 0, num_steps - 1)
-  picked = jnp.take_along_axis(outputs, index[..., None, None], axis=-2)[..., 0, :]
-  return jnp.where((jnp.asarray(lengths) > 0)[..., None], picked, 0.0)
-

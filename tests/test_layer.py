@@ -135,3 +135,14 @@ def test_step_names_a_sequence_passed_as_one_step():
   with pytest.raises(ValueError, match=r"x: expected one time step of shape \(3,\)"):
     rnn_jax.mingru(2).step(rnn_jax.mingru(2).init(jax.random.key(0), 3), jnp.zeros(2),
                            jnp.ones(5))
+
+
+def test_repr_is_the_factory_call():
+  layer = rnn_jax.stack([rnn_jax.bidirectional(rnn_jax.lstm(16, forget_bias=0.0),
+                                               rnn_jax.lstm(16, forget_bias=0.0))] * 2,
+                        dropout=0.2)
+  pair = "bidirectional(lstm(16, forget_bias=0.0), lstm(16, forget_bias=0.0))"
+  assert repr(layer) == f"stack([{pair}, {pair}], dropout=0.2)"
+  assert eval(repr(layer), vars(rnn_jax)) == layer  # pylint: disable=eval-used
+  assert repr(rnn_jax.remat(rnn_jax.lru(4, 4, skip="dense"))) == "remat(lru(4, 4, skip='dense'))"
+  assert repr(rnn_jax.gru(3, param_dtype=jnp.bfloat16)) == "gru(3, param_dtype=jnp.bfloat16)"
