@@ -25,8 +25,7 @@ in one of two modes that give the same outputs (to float rounding):
   as ``jax.jvp`` or ``jax.hessian`` needs the sequential mode);
 * ``parallel=False`` (sequential): the core's ``jax.lax.scan``
   over :meth:`LinearRNN.step`, the mode for generation one step at a time.
-  ``dataclasses.replace(layer, parallel=False)`` switches a layer (and its
-  parameters stay valid).
+  ``layer.with_parallel(False)`` switches a layer (its parameters stay valid).
 
 Which is faster depends on the machine: the parallel mode needs parallel
 width (a GPU) to pay for the associative scan's extra passes over memory
@@ -79,6 +78,10 @@ class LinearRNN(Layer):
   def initial_carry(self, batch_shape=(), dtype=jnp.float32):
     """``h [*batch_shape, H]`` of zeros."""
     return zeros_carry(batch_shape, self.hidden_size, dtype)
+
+  def with_parallel(self, parallel: bool) -> LinearRNN:
+    """An equal layer in the given mode (same parameters, same outputs up to rounding)."""
+    return dataclasses.replace(self, parallel=bool(parallel))
 
   def readout(self, params, h, skip):
     del params, skip

@@ -7,7 +7,6 @@ library's log-space form, and the LRU uses complex matrices, not the
 library's real/imaginary split.
 """
 
-import dataclasses
 import functools
 
 import jax
@@ -96,7 +95,7 @@ CELLS = {
 
 
 def sequential(cell):
-  return dataclasses.replace(cell, parallel=False)
+  return cell.with_parallel(False)
 
 
 def random_carry(cell, rng, batch=BATCH):
