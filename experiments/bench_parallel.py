@@ -1,24 +1,25 @@
 """Parallel-in-time recurrences against their sequential mode and the LSTM.
 
-    python -m experiments.bench_parallel                  # T = 784 and 4096 (CPU: ~10 min)
+    python -m experiments.bench_parallel                  # T = 784 and 4096
     python -m experiments.bench_parallel --quick          # tiny, a smoke run
     python -m experiments.bench_parallel --steps 784 --rounds 5
 
 For each sequence length T it times, side by side in one process and
-interleaved round by round (:func:`rnn_jax.bench.time_interleaved`), the
-forward pass and the forward+backward pass (gradient of ``sum(outputs)`` with
-respect to the parameters and the inputs) of:
+interleaved round by round (:func:`experiments.benchmarking.time_interleaved`),
+the forward pass and the forward+backward pass (gradient of ``sum(outputs)``
+with respect to the parameters and the inputs) of:
 
 * minGRU, minLSTM and the LRU (:mod:`rnn_jax.linear_rnn`) in their parallel
   mode (``jax.lax.associative_scan``) and their sequential mode (the core's
   ``jax.lax.scan``), the latter also with ``hoist=True`` (all steps'
   coefficients computed before the scan);
-* rnn_jax's LSTM (:func:`rnn_jax.bench.build_rnn_jax`, plain autodiff and the
-  fused custom backward).
+* rnn_jax's LSTM (:func:`experiments.benchmarking.build_rnn_jax`, plain
+  autodiff and the fused custom backward).
 
 All at batch 16, hidden (and LRU state) 128, input size 1 (pixel MNIST's
 shape), float32, time-major, zero initial state. It prints median ms and the
-ratio to the LSTM, and writes ``bench_parallel.json`` to ``--out``.
+ratio to the LSTM, and writes ``bench_parallel.json`` to ``--out``. Recorded
+runs, their commands and figures: ``experiments/results/README.md``.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ import argparse
 import json
 import os
 
-from rnn_jax import runtime
+from rnn_jax.training import runtime
 
 if __name__ == "__main__":
   runtime.use_fast_allocator()
 
 import rnn_jax  # pylint: disable=wrong-import-position
+from experiments import benchmarking  # pylint: disable=wrong-import-position
 from experiments.bench_rnn import describe_machine  # pylint: disable=wrong-import-position
-from rnn_jax import bench  # pylint: disable=wrong-import-position
 
 LAYERS = ("mingru", "minlstm", "lru")
 
@@ -52,12 +53,13 @@ def cases_for(shape) -> dict:
   hidden = shape[3]
   cases = {}
   for name in LAYERS:
-    cases[f"{name} parallel"] = bench.build_rnn(linear_layer(name, hidden, True), shape)
-    cases[f"{name} sequential"] = bench.build_rnn(linear_layer(name, hidden, False), shape)
-    cases[f"{name} sequential hoist"] = bench.build_rnn(linear_layer(name, hidden, False), shape,
-                                                          hoist=True)
-  cases["lstm"] = bench.build_rnn_jax("lstm", shape)
-  cases["lstm fused-bwd"] = bench.build_rnn_jax("lstm", shape, backward="fused")
+    cases[f"{name} parallel"] = benchmarking.build_rnn(linear_layer(name, hidden, True), shape)
+    cases[f"{name} sequential"] = benchmarking.build_rnn(linear_layer(name, hidden, False),
+                                                         shape)
+    cases[f"{name} sequential hoist"] = benchmarking.build_rnn(
+        linear_layer(name, hidden, False), shape, hoist=True)
+  cases["lstm"] = benchmarking.build_rnn_jax("lstm", shape)
+  cases["lstm fused-bwd"] = benchmarking.build_rnn_jax("lstm", shape, vjp="fused")
   return cases
 
 
@@ -68,7 +70,7 @@ def time_shape(shape, rounds: int) -> list:
   for mode, index in (("fwd", 0), ("fwd+bwd", 1)):
     timed = {name: (parts[index], parts[2]) for name, parts in cases.items()
              if not (mode == "fwd" and name == "lstm fused-bwd")}  # same forward as "lstm"
-    results = bench.time_interleaved(timed, rounds=rounds, warmup=1)
+    results = benchmarking.time_interleaved(timed, rounds=rounds, warmup=1)
     lstm_ms = results["lstm"]["median_s"] * 1e3
     for name, result in results.items():
       ms = result["median_s"] * 1e3

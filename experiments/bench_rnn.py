@@ -1,6 +1,6 @@
 """The benchmark suite: rnn_jax against Flax Linen, PyTorch and (on GPU) cuDNN through JAX.
 
-    python -m experiments.bench_rnn                 # full table (CPU: ~10 min)
+    python -m experiments.bench_rnn                 # full table
     python -m experiments.bench_rnn --quick         # tiny shapes, a smoke run
     python -m experiments.bench_rnn --cells lstm --shapes 128,28,28,128
 
@@ -10,7 +10,7 @@ and the forward+backward pass (gradient of ``sum(outputs)`` with respect to
 parameters and inputs) of:
 
 * rnn_jax's ``rnn`` with its defaults, and a sweep of ``unroll``, ``hoist``
-  and ``backward`` ("autodiff" or "fused");
+  and ``vjp`` ("autodiff" or "fused");
 * Flax Linen ``nn.RNN`` over SimpleCell / OptimizedLSTMCell / GRUCell;
 * PyTorch ``nn.RNN/LSTM/GRU`` when torch is installed, with as many threads as
   JAX has cores;
@@ -19,7 +19,8 @@ parameters and inputs) of:
 It prints medians in ms, ratios to each alternative and the fraction of a
 measured matmul peak, plus the MNIST-rows training step against PyTorch, and
 writes ``results.json`` and ``results.png`` to ``--out``. Every timing is
-float32, time-major ``[T, B, I]`` inputs, zero initial carries.
+float32, time-major ``[T, B, I]`` inputs, zero initial carries. Recorded runs,
+their commands and figures: ``experiments/results/README.md``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import platform
 import sys
 import time
 
-from rnn_jax import runtime
+from rnn_jax.training import runtime
 
 if __name__ == "__main__":
   runtime.use_fast_allocator()
@@ -39,7 +40,7 @@ if __name__ == "__main__":
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from rnn_jax import bench  # pylint: disable=wrong-import-position
+from experiments import benchmarking  # pylint: disable=wrong-import-position
 
 
 def parse_shape(text: str) -> tuple:
@@ -52,7 +53,7 @@ def parse_shape(text: str) -> tuple:
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny shapes and few rounds")
-  parser.add_argument("--cells", default=",".join(bench.CELLS))
+  parser.add_argument("--cells", default=",".join(benchmarking.CELLS))
   parser.add_argument("--shapes", type=parse_shape, nargs="+", default=None,
                       help="B,T,I,H shapes (default: the three of issue 4)")
   parser.add_argument("--unrolls", default="1,2,4", help="unroll values swept")
@@ -89,7 +90,7 @@ def describe_machine(label: str) -> dict:
     info["cpu_model"] = names[0] if names else ""
   except OSError:
     info["cpu_model"] = ""
-  if bench.torch_available():
+  if benchmarking.torch_available():
     import torch  # pylint: disable=import-outside-toplevel
     info["torch"] = torch.__version__
     info["torch_threads"] = torch.get_num_threads()
@@ -102,20 +103,20 @@ def describe_machine(label: str) -> dict:
 def rnn_jax_variants(mode: str, unrolls, sweep: bool) -> dict:
   """``variant name -> build_rnn_jax keyword arguments`` for one mode.
 
-  "default" is ``rnn``'s defaults (``unroll=None``, ``backward=None``: chosen
-  per backend and cell, see ``rnn_jax.unroll.AUTO_UNROLL``); the others name
-  their options ("u2 hoist" is
-  ``unroll=2, hoist=True`` with autodiff; "u2 fused" ``backward="fused"``).
+  "default" is ``rnn``'s defaults (``unroll=None``, ``vjp=None``: chosen per
+  backend and layer, see ``rnn_jax.layer.Layer.TUNED_UNROLL`` and
+  ``TUNED_VJP``); the others name their options ("u2 hoist" is
+  ``unroll=2, hoist=True`` with autodiff; "u2 fused" ``vjp="fused"``).
   """
   variants = {"default": {}}
   if not sweep:
     return variants
   for unroll in unrolls:
-    variants[f"u{unroll}"] = {"unroll": unroll, "hoist": False, "backward": "autodiff"}
-    variants[f"u{unroll} hoist"] = {"unroll": unroll, "hoist": True, "backward": "autodiff"}
+    variants[f"u{unroll}"] = {"unroll": unroll, "hoist": False, "vjp": "autodiff"}
+    variants[f"u{unroll} hoist"] = {"unroll": unroll, "hoist": True, "vjp": "autodiff"}
     if mode == "fwd+bwd":
       # The fused backward always hoists in its differentiated forward.
-      variants[f"u{unroll} fused"] = {"unroll": unroll, "backward": "fused"}
+      variants[f"u{unroll} fused"] = {"unroll": unroll, "vjp": "fused"}
   return variants
 
 
@@ -124,27 +125,27 @@ def time_group(cell_name, shape, mode, args, on_gpu, with_torch) -> list:
   pick = 0 if mode == "fwd" else 1
   cases, meta = {}, {}
   for variant, options in rnn_jax_variants(mode, args.unroll_list, not args.no_sweep).items():
-    built = bench.build_rnn_jax(cell_name, shape, **options)
+    built = benchmarking.build_rnn_jax(cell_name, shape, **options)
     cases[f"rnn_jax {variant}"] = (built[pick], built[2])
     meta[f"rnn_jax {variant}"] = ("rnn_jax", variant)
   if not args.no_flax:
-    built = bench.build_flax(cell_name, shape)
+    built = benchmarking.build_flax(cell_name, shape)
     cases["flax"] = (built[pick], built[2])
     meta["flax"] = ("flax", "nn.RNN")
   if with_torch:
-    built = bench.build_torch(cell_name, shape, device="cuda" if on_gpu else "cpu")
+    built = benchmarking.build_torch(cell_name, shape, device="cuda" if on_gpu else "cpu")
     cases["torch"] = (built[pick], built[2])
     meta["torch"] = ("torch", "cuDNN" if on_gpu else "native")
   if on_gpu and cell_name == "lstm":
     try:
-      built = bench.build_cudnn_lstm(shape)
-      bench.time_function(built[pick], *built[2], repeats=1, warmup=1)
+      built = benchmarking.build_cudnn_lstm(shape)
+      benchmarking.time_function(built[pick], *built[2], repeats=1, warmup=1)
       cases["jax cudnn"] = (built[pick], built[2])
       meta["jax cudnn"] = ("jax.experimental.rnn", "cuDNN")
     except Exception as error:  # pylint: disable=broad-except
       print(f"  jax.experimental.rnn failed, left out: {error!r}"[:300], flush=True)
-  timings = bench.time_interleaved(cases, rounds=args.rounds, min_round_s=args.min_time)
-  flops = bench.model_flops(cell_name, shape, mode)
+  timings = benchmarking.time_interleaved(cases, rounds=args.rounds, min_round_s=args.min_time)
+  flops = benchmarking.model_flops(cell_name, shape, mode)
   rows = []
   for name, timing in timings.items():
     library, variant = meta[name]
@@ -162,7 +163,7 @@ def summarize(rows, peaks) -> list:
   """One line per (cell, shape, mode): rnn_jax default and best, alternatives, ratios."""
   summary = []
   keys = sorted({(r["cell"], tuple(r["shape"]), r["mode"]) for r in rows},
-                key=lambda k: (bench.CELLS.index(k[0]), k[1], k[2]))
+                key=lambda k: (benchmarking.CELLS.index(k[0]), k[1], k[2]))
   for cell_name, shape, mode in keys:
     group = {r["name"]: r for r in rows
              if (r["cell"], tuple(r["shape"]), r["mode"]) == (cell_name, shape, mode)}
@@ -205,7 +206,7 @@ def format_sweep(rows) -> str:
   """Every rnn_jax variant's median, one line per group, for choosing defaults."""
   lines = []
   keys = sorted({(r["cell"], tuple(r["shape"]), r["mode"]) for r in rows},
-                key=lambda k: (bench.CELLS.index(k[0]), k[1], k[2]))
+                key=lambda k: (benchmarking.CELLS.index(k[0]), k[1], k[2]))
   for key in keys:
     group = [r for r in rows if (r["cell"], tuple(r["shape"]), r["mode"]) == key
              and r["library"] == "rnn_jax"]
@@ -216,12 +217,13 @@ def format_sweep(rows) -> str:
 
 def time_training(args, on_gpu, with_torch) -> dict:
   """The MNIST-rows training step (batch 128, LSTM 128, Adam): rnn_jax against torch."""
-  cases = {"rnn_jax": bench.build_train_step_rnn_jax(),
-           "rnn_jax autodiff": bench.build_train_step_rnn_jax(backward="autodiff")}
+  cases = {"rnn_jax": benchmarking.build_train_step_rnn_jax(),
+           "rnn_jax autodiff": benchmarking.build_train_step_rnn_jax(vjp="autodiff")}
   if with_torch:
-    step, step_args = bench.build_train_step_torch(device="cuda" if on_gpu else "cpu")
+    step, step_args = benchmarking.build_train_step_torch(device="cuda" if on_gpu else "cpu")
     cases["torch"] = (step, step_args)
-  timings = bench.time_interleaved(cases, rounds=max(args.rounds, 20), min_round_s=args.min_time)
+  timings = benchmarking.time_interleaved(cases, rounds=max(args.rounds, 20),
+                                          min_round_s=args.min_time)
   result = {name: 1e3 * t["median_s"] for name, t in timings.items()}
   if "torch" in result:
     result["torch_over_rnn_jax"] = result["torch"] / result["rnn_jax"]
@@ -272,10 +274,11 @@ def main(argv=None) -> None:
     args.rounds = 3 if args.quick else 15
   if args.min_time is None:
     args.min_time = 0.0 if args.quick else 1.0
-  shapes = args.shapes or (bench.QUICK_SHAPES if args.quick else bench.DEFAULT_SHAPES)
+  shapes = args.shapes or (benchmarking.QUICK_SHAPES if args.quick
+                           else benchmarking.DEFAULT_SHAPES)
   cells = [c for c in args.cells.split(",") if c]
   on_gpu = jax.default_backend() == "gpu"
-  with_torch = not args.no_torch and bench.torch_available()
+  with_torch = not args.no_torch and benchmarking.torch_available()
   if with_torch and not on_gpu:
     import torch  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(os.cpu_count() or 1)
@@ -289,7 +292,7 @@ def main(argv=None) -> None:
   os.makedirs(args.out, exist_ok=True)
   for cell_name in cells:
     for shape in shapes:
-      peaks[(cell_name, shape)] = bench.gemm_peak(cell_name, shape)
+      peaks[(cell_name, shape)] = benchmarking.gemm_peak(cell_name, shape)
       for mode in ("fwd", "fwd+bwd"):
         start = time.perf_counter()
         rows += time_group(cell_name, shape, mode, args, on_gpu, with_torch)

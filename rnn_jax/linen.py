@@ -27,24 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells import Cell
-from rnn_jax.compose import Bidirectional, Stack
+from rnn_jax.layer import uses_dropout
 from rnn_jax.unroll import rnn
-
-
-def uses_dropout(cell) -> bool:
-  """Whether running ``cell`` with a ``dropout_rng`` can drop anything.
-
-  True for a ``stack`` with ``dropout > 0`` (at any depth) and, to be safe, for
-  composites rnn_jax does not know; False for plain cells.
-  """
-  if isinstance(cell, Cell):
-    return False
-  if isinstance(cell, Stack):
-    return cell.dropout > 0.0 or any(uses_dropout(layer) for layer in cell.cells)
-  if isinstance(cell, Bidirectional):
-    return uses_dropout(cell.forward) or uses_dropout(cell.backward)
-  return True
 
 
 class RNN(nn.Module):
@@ -59,6 +43,9 @@ class RNN(nn.Module):
     reverse: process each sequence from its last valid step (outputs keep
       input time order).
     unroll: steps per scan iteration.
+    vjp: how the scan's gradient is computed (``"autodiff"``, ``"fused"``, or
+      ``None``: the layer's tuned choice for the backend), as in
+      :func:`rnn_jax.rnn`.
     hoist: compute the input projection for all steps before the scan.
     rng_collection: the Flax RNG stream for dropout.
 
@@ -70,6 +57,7 @@ class RNN(nn.Module):
   time_major: bool = False
   reverse: bool = False
   unroll: int = 1
+  vjp: str | None = None
   hoist: bool = False
   rng_collection: str = "dropout"
 
@@ -95,5 +83,5 @@ class RNN(nn.Module):
       dropout_rng = self.make_rng(self.rng_collection)
     outputs, carry = rnn(self.cell, params, xs, initial_carry=initial_carry, lengths=lengths,
                          reverse=self.reverse, time_major=self.time_major, unroll=self.unroll,
-                         dropout_rng=dropout_rng, hoist=self.hoist)
+                         dropout_rng=dropout_rng, hoist=self.hoist, vjp=self.vjp)
     return (outputs, carry) if self.return_carry else outputs

@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmark machinery (rnn_jax.bench, experiments/bench_rnn); nothing is timed."""
+"""Smoke tests of the benchmark machinery (experiments.benchmarking, bench_rnn): nothing timed."""
 
 import json
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import bench
+from experiments import benchmarking
 
 SHAPE = (2, 3, 2, 4)  # B, T, I, H
 
@@ -19,7 +19,7 @@ def test_time_function_counts_calls_and_waits():
     calls.append(1)
     return x * 2
 
-  result = bench.time_function(fn, jnp.ones(3), repeats=4, warmup=2)
+  result = benchmarking.time_function(fn, jnp.ones(3), repeats=4, warmup=2)
   assert len(calls) == 6 and result["repeats"] == 4 and len(result["times_s"]) == 4
   assert result["min_s"] <= result["median_s"] <= max(result["times_s"])
 
@@ -32,31 +32,31 @@ def test_time_interleaved_runs_every_case_each_round():
       calls[name] += 1
     return fn
 
-  result = bench.time_interleaved({"a": (make("a"), ()), "b": (make("b"), ())}, rounds=3,
-                                  warmup=1)
+  result = benchmarking.time_interleaved({"a": (make("a"), ()), "b": (make("b"), ())},
+                                         rounds=3, warmup=1)
   assert calls == {"a": 4, "b": 4}
   assert set(result) == {"a", "b"} and result["a"]["repeats"] == 3
 
 
 def test_model_flops():
   # LSTM forward: 2 * T * B * (I + H) * 4H, backward twice that again.
-  assert bench.model_flops("lstm", SHAPE, "fwd") == 2 * 3 * 2 * (2 + 4) * 16
-  assert bench.model_flops("gru", SHAPE, "fwd+bwd") == 3 * 2 * 3 * 2 * (2 + 4) * 12
+  assert benchmarking.model_flops("lstm", SHAPE, "fwd") == 2 * 3 * 2 * (2 + 4) * 16
+  assert benchmarking.model_flops("gru", SHAPE, "fwd+bwd") == 3 * 2 * 3 * 2 * (2 + 4) * 12
 
 
 @pytest.mark.parametrize("cell_name", ["gru"])  # The builders differ by cell only in a lookup.
 def test_builders_agree_on_shapes(cell_name):
   """rnn_jax's two backward modes give the same gradients; Flax and torch the same shapes."""
-  forward, forward_backward, args = bench.build_rnn_jax(cell_name, SHAPE)
+  forward, forward_backward, args = benchmarking.build_rnn_jax(cell_name, SHAPE)
   assert forward(*args).shape == (3, 2, 4)
   grads = forward_backward(*args)
-  fused = bench.build_rnn_jax(cell_name, SHAPE, backward="fused", unroll=2)[1](*args)
+  fused = benchmarking.build_rnn_jax(cell_name, SHAPE, vjp="fused", unroll=2)[1](*args)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(fused)):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
-  flax_forward, _, flax_args = bench.build_flax(cell_name, SHAPE)
+  flax_forward, _, flax_args = benchmarking.build_flax(cell_name, SHAPE)
   assert flax_forward(*flax_args).shape == (3, 2, 4)
-  if bench.torch_available():
-    torch_forward, torch_backward, torch_args = bench.build_torch(cell_name, SHAPE)
+  if benchmarking.torch_available():
+    torch_forward, torch_backward, torch_args = benchmarking.build_torch(cell_name, SHAPE)
     assert tuple(torch_forward(*torch_args).shape) == (3, 2, 4)
     assert tuple(torch_backward(*torch_args).shape) == (3, 2, 2)
 

@@ -92,6 +92,18 @@ def test_dropout_uses_flax_dropout_rng(rnn_jit):
                              plain_apply(plain_vars, xs), atol=0)
 
 
+def test_vjp_reaches_rnn():
+  xs = _inputs(4)
+  cell = rnn_jax.lstm(HIDDEN)
+  variables = rnn_linen.RNN(cell).init(jax.random.key(0), xs)
+  grads = {vjp: jax.jit(jax.grad(lambda v, vjp=vjp: jnp.sum(rnn_linen.RNN(cell, vjp=vjp).apply(
+      v, xs, lengths=LENGTHS))))(variables) for vjp in ("autodiff", "fused")}
+  for autodiff, fused in zip(jax.tree.leaves(grads["autodiff"]), jax.tree.leaves(grads["fused"])):
+    np.testing.assert_allclose(fused, autodiff, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="vjp"):
+    rnn_linen.RNN(cell, vjp="bogus").apply(variables, xs)
+
+
 class Classifier(nn.Module):
   """An RNN layer inside a Flax model: last valid output -> Dense."""
 

@@ -1,8 +1,11 @@
-"""Benchmark machinery: timing compiled functions and building comparable models.
+"""Benchmark machinery shared by ``experiments.bench_rnn`` and ``experiments.bench_parallel``.
 
 :func:`time_function` is the one timer every benchmark in the project uses: it
 calls a function, waits for its (JAX or PyTorch) results, and reports the
 median over repeats after a warm-up, so compile time never leaks into a figure.
+The ``build_*`` functions build the compared models (rnn_jax, Flax Linen,
+PyTorch, cuDNN through JAX) on the same inputs. Flax, PyTorch and Optax are
+imported only by the builders that need them (the ``bench`` extra installs them).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import rnn_jax
 
 
 def _block(result: Any) -> Any:
@@ -66,7 +71,6 @@ def time_function(fn: Callable[..., Any], *args, repeats: int = 20, warmup: int 
       "warmup_s": warmup_s,
       "times_s": times,
   }
-
 
 
 def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
@@ -129,7 +133,6 @@ def _inputs(shape, seed: int = 0) -> np.ndarray:
 
 def rnn_jax_cell(cell_name: str, hidden: int):
   """The rnn_jax cell matching PyTorch's (no LSTM forget bias, GRU reset after)."""
-  import rnn_jax  # pylint: disable=import-outside-toplevel
   return {"simple_rnn": lambda: rnn_jax.simple_rnn(hidden),
           "lstm": lambda: rnn_jax.lstm(hidden, forget_bias=0.0),
           "gru": lambda: rnn_jax.gru(hidden)}[cell_name]()
@@ -138,11 +141,10 @@ def rnn_jax_cell(cell_name: str, hidden: int):
 def build_rnn(cell, shape, **options):
   """``(forward, forward_backward, args)`` of ``rnn_jax.rnn`` for any cell or layer.
 
-  ``options`` go to ``rnn`` (``unroll``, ``hoist``, ``backward``; unset ones
+  ``options`` go to ``rnn`` (``unroll``, ``hoist``, ``vjp``; unset ones
   default); ``forward_backward`` is the gradient of ``sum(outputs)`` with
   respect to the parameters and the inputs.
   """
-  import rnn_jax  # pylint: disable=import-outside-toplevel
   params = cell.init(jax.random.key(0), shape[2])
   xs = jnp.asarray(_inputs(shape))
 
@@ -234,7 +236,7 @@ def model_flops(cell_name: str, shape, mode: str) -> float:
 
 
 def gemm_peak(cell_name: str, shape, repeats: int = 10) -> float:
-  """Measured flop/s of one ``[T B, I + H] @ [I + H, G H]`` float32 matmul (the layer's flops at once)."""
+  """Measured flop/s of one float32 ``[T B, I + H] @ [I + H, G H]`` matmul (a layer's flops)."""
   batch, steps, inputs, hidden = shape
   rng = np.random.default_rng(0)
   a = jnp.asarray(rng.standard_normal((steps * batch, inputs + hidden), np.float32))
@@ -250,10 +252,9 @@ def gemm_peak(cell_name: str, shape, repeats: int = 10) -> float:
 def build_train_step_rnn_jax(batch: int = 128, hidden: int = 128, **options):
   """One rnn_jax + Optax Adam step on synthetic MNIST-row batches; returns ``(step, args)``.
 
-  ``options`` go to ``rnn_jax.rnn`` (e.g. ``backward="autodiff"``); unset ones default.
+  ``options`` go to ``rnn_jax.rnn`` (e.g. ``vjp="autodiff"``); unset ones default.
   """
   import optax  # pylint: disable=import-outside-toplevel
-  import rnn_jax  # pylint: disable=import-outside-toplevel
   cell = rnn_jax.lstm(hidden, forget_bias=0.0)
   key_cell, key_head = jax.random.split(jax.random.key(0))
   params = {"rnn": cell.init(key_cell, 28),
