@@ -16,6 +16,7 @@ needs torch, and the training toolkit (``rnn_jax.training``) its ``train`` extra
 
 from rnn_jax.cells import GRU, LSTM, Cell, LSTMState, SimpleRNN, gru, lstm, simple_rnn
 from rnn_jax.compose import Bidirectional, Remat, Stack, bidirectional, remat, stack
+from rnn_jax.gradient_flow import carry_gradient_norms
 from rnn_jax.layer import Layer, RunOptions, uses_dropout
 from rnn_jax.linear_rnn import LRU, LinearRNN, MinGRU, MinLSTM, lru, mingru, minlstm
 from rnn_jax.summary import last_output, summary
@@ -23,7 +24,8 @@ from rnn_jax.unroll import reverse_padded, rnn
 
 __all__ = [
     "Bidirectional", "Cell", "GRU", "LRU", "LSTM", "LSTMState", "Layer", "LinearRNN", "MinGRU",
-    "MinLSTM", "Remat", "RunOptions", "SimpleRNN", "Stack", "bidirectional", "gru",
+    "MinLSTM", "Remat", "RunOptions", "SimpleRNN", "Stack", "bidirectional", "carry_gradient_norms",
+    "gru",
     "last_output", "lru", "lstm", "mingru", "minlstm", "remat", "reverse_padded", "rnn",
     "simple_rnn", "stack", "summary", "uses_dropout",
 ]

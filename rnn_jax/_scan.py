@@ -100,9 +100,11 @@ def masked(step: Callable) -> Callable:
   return body
 
 
-def run_in_valid_order(run: Callable, xs: jax.Array, lengths: jax.Array | None,
+def run_in_valid_order(run: Callable, xs: Any, lengths: jax.Array | None,
                        reverse: bool) -> tuple[jax.Array, Any]:
   """Runs ``run(xs, reverse) -> (outputs, carry)`` so that ``reverse`` means valid prefixes.
+
+  ``xs`` is a ``[T, ...]`` array or a pytree of them (all reversed alike).
 
   With ``lengths`` and ``reverse``, each sequence's valid prefix is reversed
   before ``run`` (which then reads forwards) and the outputs are put back in
@@ -110,7 +112,7 @@ def run_in_valid_order(run: Callable, xs: jax.Array, lengths: jax.Array | None,
   sequence, reading backwards is the same thing).
   """
   if reverse and lengths is not None:
-    outputs, carry = run(reverse_padded(xs, lengths), False)
+    outputs, carry = run(jax.tree.map(lambda x: reverse_padded(x, lengths), xs), False)
     return reverse_padded(outputs, lengths), carry
   return run(xs, reverse)
 
