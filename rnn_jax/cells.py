@@ -32,7 +32,8 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import _scan, fused
+import rnn_jax._scan as _scan
+import rnn_jax.fused as fused
 from rnn_jax.layer import Layer, RunOptions, check_step_input
 
 Params = dict

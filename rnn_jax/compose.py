@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Sequence
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import _scan
+import rnn_jax._scan as _scan
 from rnn_jax.layer import Layer, RunOptions, check_layer
 
 

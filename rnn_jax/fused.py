@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import _scan
+import rnn_jax._scan as _scan
 
 
 class FusedVJP:

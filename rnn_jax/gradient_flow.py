@@ -22,7 +22,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import _scan
+import rnn_jax._scan as _scan
 from rnn_jax.compose import MERGES, Bidirectional, Remat, Stack
 from rnn_jax.layer import Layer, check_layer
 

@@ -52,7 +52,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import _scan
+import rnn_jax._scan as _scan
 from rnn_jax.cells import (Initializer, affine_input, blockwise, check_size, glorot_uniform,
                            zeros, zeros_carry)
 from rnn_jax.layer import Layer, RunOptions, check_step_input
