@@ -42,7 +42,7 @@ class RNN(nn.Module):
     time_major: whether ``xs`` is ``[T, ..., I]`` rather than ``[..., T, I]``.
     reverse: process each sequence from its last valid step (outputs keep
       input time order).
-    unroll: steps per scan iteration.
+    unroll: steps per scan iteration; ``None``: the tuned value per cell and backend.
     vjp: how the scan's gradient is computed (``"autodiff"``, ``"fused"``, or
       ``None``: the layer's tuned choice for the backend), as in
       :func:`rnn_jax.rnn`.
@@ -56,7 +56,7 @@ class RNN(nn.Module):
   return_carry: bool = False
   time_major: bool = False
   reverse: bool = False
-  unroll: int = 1
+  unroll: int | None = None
   vjp: str | None = None
   hoist: bool = False
   rng_collection: str = "dropout"
