@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.layer import uses_dropout
+from rnn_jax.layer import check_layer, uses_dropout
 from rnn_jax.unroll import rnn
 
 
@@ -77,6 +77,7 @@ class RNN(nn.Module):
     Returns:
       ``outputs [..., T, O]``, or ``(outputs, final_carry)`` if ``return_carry``.
     """
+    check_layer("RNN.cell (for a flax.linen cell use flax.linen.RNN)", self.cell)
     params = self.param("cell", self.cell.init, jnp.shape(xs)[-1])
     dropout_rng = None
     if not deterministic and uses_dropout(self.cell):

@@ -139,3 +139,10 @@ def test_flax_model_trains_one_optax_step():
   grad_sq = sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads))
   new_loss = jax.jit(loss_fn)(new_params)
   assert new_loss < loss - 0.05 * grad_sq, (float(loss), float(new_loss), grad_sq)
+
+
+def test_a_flax_cell_is_named():
+  layer = rnn_linen.RNN(nn.GRUCell(4))
+  with pytest.raises(TypeError, match=r"RNN.cell \(for a flax.linen cell use flax.linen.RNN\): "
+                                      r"expected an rnn_jax layer .* got flax"):
+    layer.init(jax.random.key(0), jnp.ones((2, 3, 5)))
