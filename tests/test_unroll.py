@@ -302,7 +302,7 @@ def test_errors(kwargs, match):
      r"params: not the pytree LSTM.init returns .* missing params\['b'\]; unexpected "
      r"params\['b_hh'\], params\['b_ih'\];"),
     (lambda: rnn_jax.lstm(3).init(jax.random.key(0), I),
-     r"params\['b'\]: expected shape \(16,\) for LSTM\(hidden_size=4.*got \(12,\)"),
+     r"params\['b'\]: expected shape \(16,\) for lstm\(4\), got \(12,\)"),
     (lambda: (rnn_jax.lstm(4).init(jax.random.key(0), I),), r"params: not the pytree"),
 ])
 def test_params_of_another_layer(make_params, match):
