@@ -22,147 +22,244 @@ Everything a run writes goes to ``--workdir`` (default ``runs/<preset or
 resumes from the newest readable checkpoint and ends with exactly the
 parameters of an uninterrupted run. SIGINT/SIGTERM save a checkpoint and exit
 with status 128 + the signal number; a NaN/inf loss stops the run (status 1)
-keeping the last good checkpoint.
+keeping the last good checkpoint; a data error is status 1. Every refusal (a
+bad flag value, a platform this machine lacks, a missing extra such as
+matplotlib for the plots) is one line on stderr and status 2, before any work.
 
 The last line of output is one JSON object with the final figures
 (``test_accuracy``, ``test_loss``, ``steps``, ``wall_seconds``, ...).
+
+From Python, without flags, :func:`run` takes a config (:data:`DEFAULTS`
+overridden by a preset's values and then by the given ones) and
+:class:`Options`::
+
+    from experiments import train_mnist
+    summary = train_mnist.run({"cell": "lstm", "steps": 300}, "runs/lstm",
+                              train_mnist.Options(plots=False))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import signal
 import sys
 import time
+from typing import Callable, Mapping
 
-from absl import app, flags, logging
+if __name__ == "__main__":
+  from rnn_jax.training import runtime
+  runtime.use_fast_allocator()  # Re-executes with tcmalloc before JAX allocates anything.
+
+try:
+  import jax
+  import numpy as np
+  from absl import app, flags, logging
+
+  from rnn_jax.layer import VJPS
+  from rnn_jax.training import classification, datasets, loop, metrics, optim, plots, runtime
+except ImportError as missing:  # The `train` extra is not installed.
+  if __name__ != "__main__":
+    raise
+  print(f"error: the training toolkit needs {missing.name}, which is not installed; "
+        "pip install 'rnn_jax[train]'", file=sys.stderr)
+  sys.exit(2)
+
+DEFAULTS = {
+    "dataset": "mnist", "view": "rows", "permutation_seed": 0, "cell": "gru", "hidden_size": 128,
+    "num_layers": 1, "dropout": 0.0, "optimizer": "adam", "learning_rate": 2e-3, "decay": 0.9,
+    "momentum": 0.9, "schedule": "cosine", "warmup_steps": 100, "clip_norm": 1.0,
+    "batch_size": 128, "epochs": 5.0, "steps": 0, "seed": 0, "unroll": None, "backward": "auto",
+    "remat": False, "ema_decay": 0.0, "max_train_examples": 0,
+}
+"""The default run's config. The config is what is trained: a workdir remembers it, a rerun
+with another one is refused instead of silently resuming, and the default workdir's name
+hashes it."""
 
 PRESETS = {
-    "lstm100": dict(cell="lstm", hidden_size=100, num_layers=1, dropout=0.0, optimizer="adam",
-                    learning_rate=1e-4, batch_size=100, epochs=10.0, steps=0, schedule="constant",
-                    warmup_steps=0, clip_norm=0.0),
-    "lstm256x2": dict(cell="lstm", hidden_size=256, num_layers=2, dropout=0.5, optimizer="adam",
+    "lstm100": dict(cell="lstm", hidden_size=100, learning_rate=1e-4, batch_size=100,
+                    epochs=10.0, schedule="constant", warmup_steps=0, clip_norm=0.0),
+    "lstm256x2": dict(cell="lstm", hidden_size=256, num_layers=2, dropout=0.5,
                       learning_rate=1e-3, batch_size=64, steps=2000, schedule="constant",
                       warmup_steps=0, clip_norm=0.0),
-    "rnn150": dict(cell="rnn", hidden_size=150, num_layers=1, dropout=0.0, optimizer="rmsprop",
-                   learning_rate=1e-3, decay=0.9, batch_size=128, steps=3000,
-                   schedule="constant", warmup_steps=0, clip_norm=0.0, ema_decay=0.999),
-    "best": dict(cell="gru", hidden_size=256, num_layers=1, dropout=0.0, optimizer="adam",
-                 learning_rate=2e-3, batch_size=128, epochs=10.0, steps=0, schedule="cosine",
-                 warmup_steps=200, clip_norm=1.0),
+    "rnn150": dict(cell="rnn", hidden_size=150, optimizer="rmsprop", learning_rate=1e-3,
+                   steps=3000, schedule="constant", warmup_steps=0, clip_norm=0.0,
+                   ema_decay=0.999),
+    "best": dict(hidden_size=256, epochs=10.0, warmup_steps=200),
 }
+"""Named configs: the values that differ from :data:`DEFAULTS`."""
 
-# Flags that change what is trained: a workdir remembers them, and a rerun
-# with different values is refused instead of silently resuming.
-CONFIG_FLAGS = ("dataset", "view", "permutation_seed", "cell", "hidden_size", "num_layers",
-                "dropout", "optimizer", "learning_rate", "decay", "momentum", "schedule",
-                "warmup_steps", "clip_norm", "batch_size", "epochs", "steps", "seed", "unroll",
-                "backward", "remat", "ema_decay",
-                "max_train_examples")
 
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("preset", None, sorted(PRESETS), "A tutorial configuration (see the module doc).")
-flags.DEFINE_string("cell", "gru", "Cell name: a key of rnn_jax.models.CELLS (lstm, gru, rnn, "
-                    "irnn, ...).")
-flags.DEFINE_integer("hidden_size", 128, "Hidden units per layer.", lower_bound=1)
-flags.DEFINE_integer("num_layers", 1, "Stacked recurrent layers.", lower_bound=1)
-flags.DEFINE_float("dropout", 0.0, "Drop rate (1 - keep) between layers and after the last one, "
-                   "in training.", lower_bound=0.0, upper_bound=0.99)
-flags.DEFINE_enum("optimizer", "adam", ["adam", "rmsprop", "sgd"], "Optimizer.")
-flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.", lower_bound=0.0)
-flags.DEFINE_float("decay", 0.9, "RMSProp decay of the mean square.", lower_bound=0.0,
-                   upper_bound=1.0)
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_enum("schedule", "cosine", ["constant", "cosine"],
-                  "Learning-rate schedule after the warmup.")
-flags.DEFINE_integer("warmup_steps", 100, "Linear warmup steps from 0.", lower_bound=0)
-flags.DEFINE_float("clip_norm", 1.0, "Clip gradients to this global norm; 0 disables.",
-                   lower_bound=0.0)
-flags.DEFINE_float("ema_decay", 0.0, "Evaluate a moving average of the parameters with this "
-                   "decay (0: the final parameters).", lower_bound=0.0, upper_bound=0.99999)
-flags.DEFINE_integer("batch_size", 128, "Training batch size.", lower_bound=1)
-flags.DEFINE_float("epochs", 5.0, "Training epochs (ignored when --steps > 0).", lower_bound=0.0)
-flags.DEFINE_integer("steps", 0, "Training steps; 0: use --epochs.", lower_bound=0)
-flags.DEFINE_enum("view", "rows", ["rows", "pixels", "permuted_pixels"],
-                  "How an image becomes a sequence.")
-flags.DEFINE_integer("permutation_seed", 0, "Pixel order of the permuted_pixels view.")
-flags.DEFINE_string("dataset", "mnist", "mnist or fashion_mnist.")
-flags.DEFINE_integer("seed", 0, "Seed of the initialisation, data order and dropout.")
-flags.DEFINE_string("workdir", None, "Run directory (default runs/<preset>-<config hash>).")
-flags.DEFINE_string("data_dir", None, "Folder with the IDX files (default: searched).")
-flags.DEFINE_enum("platform", None, ["cpu", "gpu", "cuda", "rocm", "tpu"],
-                  "JAX platform (default: JAX's choice).")
-flags.DEFINE_integer("unroll", None, "Time steps per scan iteration (default: the value "
-                     "measured fastest for the cell on this backend, rnn_jax.unroll.AUTO_UNROLL).",
-                     lower_bound=1)
-flags.DEFINE_enum("backward", "auto", ["auto", "autodiff", "fused"], "Gradient of the scan: JAX "
-                  "autodiff, rnn_jax.backward's hand-written reverse scan, or auto: the one "
-                  "measured fastest for the cell on this backend (rnn_jax.unroll.AUTO_BACKWARD).")
-flags.DEFINE_boolean("remat", False, "Rematerialise each scan step in the backward pass "
-                     "(pixel view, LSTM 128, batch 256: 3.5x less XLA scratch memory; up to "
-                     "1/3 more compute, no slowdown measured on our CPU).")
-flags.DEFINE_integer("log_every", 100, "Steps between progress lines.", lower_bound=1)
-flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.", lower_bound=1)
-flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.", lower_bound=1)
-flags.DEFINE_integer("eval_every", 0, "Steps between test-set evaluations (0: only at the "
-                     "end).", lower_bound=0)
-flags.DEFINE_integer("eval_batch_size", 1000, "Evaluation batch size.", lower_bound=1)
-flags.DEFINE_integer("max_train_examples", 0, "Use only the first N training examples "
-                     "(0: all; for tests).", lower_bound=0)
-flags.DEFINE_integer("max_test_examples", 0, "Evaluate only the first N test examples "
-                     "(0: all; for tests).", lower_bound=0)
-flags.DEFINE_boolean("plots", True, "Write curves.png and prediction_by_step.png.")
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How a run is carried out and reported; unlike the config, a rerun may change them.
+
+  Attributes:
+    data_dir: folder with the IDX files (``None``: searched, see
+      :func:`rnn_jax.training.datasets.find_data_dir`).
+    max_test_examples: evaluate only the first N test examples (0: all).
+    log_every: steps between progress lines.
+    checkpoint_every: steps between checkpoints.
+    keep_checkpoints: checkpoints kept.
+    eval_every: steps between test-set evaluations (0: only at the end).
+    eval_batch_size: evaluation batch size.
+    plots: write ``curves.png`` and ``prediction_by_step.png`` (needs matplotlib).
+    platform: the JAX platform (``"cpu"``, ``"gpu"``, ...; ``None``: JAX's
+      choice); it can be set only before the process first uses JAX.
+  """
+
+  data_dir: str | None = None
+  max_test_examples: int = 0
+  log_every: int = 100
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3
+  eval_every: int = 0
+  eval_batch_size: int = 1000
+  plots: bool = True
+  platform: str | None = None
 
 
 class UsageError(Exception):
-  """A bad flag value: printed as one line, exit status 2."""
+  """A run refused before it starts (bad value, unavailable platform or extra): exit status 2."""
 
 
-def parse_flags(argv):
-  """absl's parser, but a bad flag gives one line on stderr and exit status 2."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as error:
-    message = " ".join(str(error).split())
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+FLAGS = flags.FLAGS
+_OPTIONS = Options()
+flags.DEFINE_enum("preset", None, sorted(PRESETS), "A tutorial configuration (see the module doc).")
+flags.DEFINE_enum("cell", DEFAULTS["cell"], sorted(classification.CELLS),
+                  "Cell: a key of rnn_jax.training.classification.CELLS.")
+flags.DEFINE_integer("hidden_size", DEFAULTS["hidden_size"], "Hidden units per layer.",
+                     lower_bound=1)
+flags.DEFINE_integer("num_layers", DEFAULTS["num_layers"], "Stacked recurrent layers.",
+                     lower_bound=1)
+flags.DEFINE_float("dropout", DEFAULTS["dropout"], "Drop rate (1 - keep) between layers and "
+                   "after the last one, in training.", lower_bound=0.0, upper_bound=0.99)
+flags.DEFINE_enum("optimizer", DEFAULTS["optimizer"], optim.OPTIMIZERS, "Optimizer.")
+flags.DEFINE_float("learning_rate", DEFAULTS["learning_rate"], "Peak learning rate.",
+                   lower_bound=0.0)
+flags.DEFINE_float("decay", DEFAULTS["decay"], "RMSProp decay of the mean square.",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("momentum", DEFAULTS["momentum"], "SGD momentum.", lower_bound=0.0,
+                   upper_bound=1.0)
+flags.DEFINE_enum("schedule", DEFAULTS["schedule"], optim.SCHEDULES,
+                  "Learning-rate schedule after the warmup.")
+flags.DEFINE_integer("warmup_steps", DEFAULTS["warmup_steps"], "Linear warmup steps from 0.",
+                     lower_bound=0)
+flags.DEFINE_float("clip_norm", DEFAULTS["clip_norm"], "Clip gradients to this global norm; "
+                   "0 disables.", lower_bound=0.0)
+flags.DEFINE_float("ema_decay", DEFAULTS["ema_decay"], "Evaluate a moving average of the "
+                   "parameters with this decay (0: the final parameters).", lower_bound=0.0,
+                   upper_bound=0.99999)
+flags.DEFINE_integer("batch_size", DEFAULTS["batch_size"], "Training batch size.", lower_bound=1)
+flags.DEFINE_float("epochs", DEFAULTS["epochs"], "Training epochs (ignored when --steps > 0).",
+                   lower_bound=0.0)
+flags.DEFINE_integer("steps", DEFAULTS["steps"], "Training steps; 0: use --epochs.",
+                     lower_bound=0)
+flags.DEFINE_enum("view", DEFAULTS["view"], datasets.VIEWS, "How an image becomes a sequence.")
+flags.DEFINE_integer("permutation_seed", DEFAULTS["permutation_seed"], "Pixel order of the "
+                     "permuted_pixels view.", lower_bound=0)
+flags.DEFINE_enum("dataset", DEFAULTS["dataset"], datasets.DATASETS, "Dataset.")
+flags.DEFINE_integer("seed", DEFAULTS["seed"], "Seed of the initialisation, data order and "
+                     "dropout.", lower_bound=0)
+flags.DEFINE_string("workdir", None, "Run directory (default runs/<preset>-<config hash>).")
+flags.DEFINE_string("data_dir", _OPTIONS.data_dir, "Folder with the IDX files (default: "
+                    "searched).")
+flags.DEFINE_enum("platform", _OPTIONS.platform, ["cpu", "gpu", "cuda", "rocm", "tpu"],
+                  "JAX platform (default: JAX's choice).")
+flags.DEFINE_integer("unroll", DEFAULTS["unroll"], "Time steps per scan iteration (default: the "
+                     "value measured fastest for the cell on this backend, its TUNED_UNROLL).",
+                     lower_bound=1)
+flags.DEFINE_enum("backward", DEFAULTS["backward"], ["auto", *VJPS], "Gradient of the scan "
+                  "(rnn_jax.rnn's vjp=): JAX autodiff, rnn_jax.fused's hand-written reverse "
+                  "scan, or auto: the one measured fastest for the cell on this backend.")
+flags.DEFINE_boolean("remat", DEFAULTS["remat"], "Rematerialise each scan step in the backward "
+                     "pass (pixel view, LSTM 128, batch 256: 3.5x less XLA scratch memory; up "
+                     "to 1/3 more compute, no slowdown measured on our CPU).")
+flags.DEFINE_integer("log_every", _OPTIONS.log_every, "Steps between progress lines.",
+                     lower_bound=1)
+flags.DEFINE_integer("checkpoint_every", _OPTIONS.checkpoint_every, "Steps between checkpoints.",
+                     lower_bound=1)
+flags.DEFINE_integer("keep_checkpoints", _OPTIONS.keep_checkpoints, "Checkpoints kept.",
+                     lower_bound=1)
+flags.DEFINE_integer("eval_every", _OPTIONS.eval_every, "Steps between test-set evaluations "
+                     "(0: only at the end).", lower_bound=0)
+flags.DEFINE_integer("eval_batch_size", _OPTIONS.eval_batch_size, "Evaluation batch size.",
+                     lower_bound=1)
+flags.DEFINE_integer("max_train_examples", DEFAULTS["max_train_examples"], "Use only the first "
+                     "N training examples (0: all; for tests).", lower_bound=0)
+flags.DEFINE_integer("max_test_examples", _OPTIONS.max_test_examples, "Evaluate only the first "
+                     "N test examples (0: all; for tests).", lower_bound=0)
+flags.DEFINE_boolean("plots", _OPTIONS.plots, "Write curves.png and prediction_by_step.png.")
 
 
-def resolve_config() -> dict:
-  """The run's settings: flag values, a preset's values for flags not given explicitly."""
-  config = {name: FLAGS[name].value for name in CONFIG_FLAGS}
-  if FLAGS.preset:
-    for name, value in PRESETS[FLAGS.preset].items():
-      if not FLAGS[name].present:
-        config[name] = value
-  if not config["steps"] and not config["epochs"]:
-    raise UsageError("flag --epochs=0 with --steps=0: give a positive --epochs or --steps")
-  return config
+def resolve_config(config: Mapping = (), preset: str | None = None) -> dict:
+  """The run's config: :data:`DEFAULTS`, then the preset's values, then ``config``'s; checked.
+
+  Raises:
+    UsageError: an unknown preset or key, or a value out of range (see :func:`validate`).
+  """
+  if preset is not None and preset not in PRESETS:
+    raise UsageError(f"flag --preset={preset}: unknown preset; choose one of "
+                     f"{', '.join(sorted(PRESETS))}")
+  unknown = sorted(set(dict(config)) - set(DEFAULTS))
+  if unknown:
+    raise UsageError(f"unknown config keys {unknown}; the keys are those of DEFAULTS")
+  resolved = {**DEFAULTS, **PRESETS.get(preset, {}), **dict(config)}
+  validate(resolved)
+  return resolved
 
 
 def validate(config: dict) -> None:
-  """Checks the values absl's bounds cannot; raises :class:`UsageError` naming the flag."""
-  from rnn_jax import data, models
-  if config["cell"] not in models.CELLS:
-    raise UsageError(f"flag --cell={config['cell']}: unknown cell; choose one of "
-                     f"{', '.join(sorted(models.CELLS))}")
-  if config["dataset"] not in data.DATASETS:
-    raise UsageError(f"flag --dataset={config['dataset']}: unknown dataset; choose one of "
-                     f"{', '.join(data.DATASETS)}")
+  """Checks what absl's bounds and choices cannot; raises :class:`UsageError` naming the flag."""
+  choices = {"cell": sorted(classification.CELLS), "dataset": datasets.DATASETS,
+             "view": datasets.VIEWS, "optimizer": optim.OPTIMIZERS,
+             "schedule": optim.SCHEDULES, "backward": ("auto", *VJPS)}
+  for name, allowed in choices.items():
+    if config[name] not in allowed:
+      raise UsageError(f"flag --{name}={config[name]}: unknown {name}; choose one of "
+                       f"{', '.join(allowed)}")
+  if not config["steps"] and not config["epochs"]:
+    raise UsageError("flag --epochs=0 with --steps=0: give a positive --epochs or --steps")
   if config["learning_rate"] <= 0:
     raise UsageError(f"flag --learning_rate={config['learning_rate']}: must be > 0")
-  if config["dropout"] >= 1.0:
-    raise UsageError(f"flag --dropout={config['dropout']}: must be < 1")
+  if not 0.0 <= config["dropout"] < 1.0:
+    raise UsageError(f"flag --dropout={config['dropout']}: must be in [0, 1)")
   if config["max_train_examples"] and config["batch_size"] > config["max_train_examples"]:
     raise UsageError(f"flag --batch_size={config['batch_size']}: larger than "
                      f"--max_train_examples={config['max_train_examples']}")
 
 
-def default_workdir(config: dict) -> str:
+def check_extras(options: Options) -> None:
+  """Refuses a run whose optional packages are missing (Orbax always, matplotlib for plots)."""
+  needed = {"orbax.checkpoint": "checkpoints"}
+  if options.plots:
+    needed["matplotlib"] = "--plots"
+  for module, purpose in needed.items():
+    try:
+      importlib.import_module(module)
+    except ImportError as error:
+      raise UsageError(f"{purpose} need {module}, which cannot be imported ({error}); "
+                       "pip install 'rnn_jax[train]'" + (" or pass --plots=false"
+                                                         if module == "matplotlib" else ""))
+
+
+def select_platform(platform: str) -> None:
+  """Makes JAX use ``platform``, refusing one this machine lacks; call before any JAX work."""
+  jax.config.update("jax_platforms", platform)
+  try:
+    jax.devices()
+  except Exception as error:  # pylint: disable=broad-except  # RuntimeError, or AssertionError.
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise UsageError(f"flag --platform={platform}: not available on this machine ({reason})")
+
+
+def default_workdir(config: dict, preset: str | None = None) -> str:
+  """``runs/<preset or "default">-<first 8 hex digits of the config's SHA-256>``."""
   digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
-  return os.path.join("runs", f"{FLAGS.preset or 'default'}-{digest}")
+  return os.path.join("runs", f"{preset or 'default'}-{digest}")
 
 
 def check_workdir_config(workdir: str, config: dict) -> None:
@@ -177,46 +274,85 @@ def check_workdir_config(workdir: str, config: dict) -> None:
       raise UsageError(f"flag --workdir={workdir}: holds a run with other settings: "
                        f"{', '.join(changed)}; use another --workdir")
     return
-  os.makedirs(workdir, exist_ok=True)
-  with open(path, "w") as stream:
-    json.dump(config, stream, indent=1, sort_keys=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as stream:
+      json.dump(config, stream, indent=1, sort_keys=True)
+  except OSError as error:
+    raise UsageError(f"flag --workdir={workdir}: cannot write there "
+                     f"({error.strerror or error})") from error
 
 
-def run(config: dict, workdir: str, say) -> dict:
-  """Trains and evaluates; returns the final summary."""
-  import jax
-  import numpy as np
-  from rnn_jax import checkpoint, data, metrics, models, plots, runtime, train
+def _say(line: str) -> None:
+  print(line, flush=True)
 
+
+def run(config: Mapping, workdir: str | None = None, options: Options = Options(), *,
+        preset: str | None = None, say: Callable[[str], None] = _say) -> dict:
+  """Trains and evaluates a classifier on an MNIST-family dataset; returns the final summary.
+
+  Args:
+    config: values overriding :data:`DEFAULTS` (and the preset's); see
+      :func:`resolve_config`.
+    workdir: where checkpoints, metrics, plots and ``config.json`` go;
+      ``None``: :func:`default_workdir`. A workdir holding another config is
+      refused; one holding checkpoints of this config is resumed.
+    options: see :class:`Options`.
+    preset: a key of :data:`PRESETS`, applied under ``config``.
+    say: where progress lines go.
+
+  Returns:
+    ``{"test_accuracy", "test_loss", "test_examples", "steps", ...}``, what
+    the script prints as its last line.
+
+  Raises:
+    UsageError: refused before any training (bad values, missing extras, a
+      platform this machine lacks, a workdir with other settings, a batch
+      larger than the training set).
+    rnn_jax.training.datasets.DataError: the data cannot be found or read.
+    rnn_jax.training.loop.NonFiniteLoss, rnn_jax.training.loop.Interrupted:
+      see :func:`rnn_jax.training.loop.fit`.
+  """
   started = time.perf_counter()
-  train_images, train_labels = data.load(config["dataset"], "train", FLAGS.data_dir)
-  test_images, test_labels = data.load(config["dataset"], "test", FLAGS.data_dir)
+  config = resolve_config(config, preset)
+  check_extras(options)
+  if options.platform:
+    select_platform(options.platform)
+  from rnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel  # Orbax.
+  train_images, train_labels = datasets.load(config["dataset"], "train", options.data_dir)
+  test_images, test_labels = datasets.load(config["dataset"], "test", options.data_dir)
   if config["max_train_examples"]:
     train_images = train_images[:config["max_train_examples"]]
     train_labels = train_labels[:config["max_train_examples"]]
-  if FLAGS.max_test_examples:
-    test_images, test_labels = (test_images[:FLAGS.max_test_examples],
-                                test_labels[:FLAGS.max_test_examples])
+  if options.max_test_examples:
+    test_images, test_labels = (test_images[:options.max_test_examples],
+                                test_labels[:options.max_test_examples])
+  if config["batch_size"] > len(train_labels):
+    raise UsageError(f"flag --batch_size={config['batch_size']}: larger than the "
+                     f"{len(train_labels)} training examples")
+  workdir = workdir or default_workdir(config, preset)
+  check_workdir_config(workdir, config)
+
   view = dict(view=config["view"], permutation_seed=config["permutation_seed"])
-  train_inputs = data.as_sequences(train_images, **view)
-  test_inputs = data.as_sequences(test_images, **view)
-  num_steps = train.steps_for(len(train_labels), config["batch_size"], config["epochs"],
+  train_inputs = datasets.as_sequences(train_images, **view)
+  test_inputs = datasets.as_sequences(test_images, **view)
+  num_steps = optim.steps_for(len(train_labels), config["batch_size"], config["epochs"],
                               config["steps"])
 
-  core = models.build_core(config["cell"], config["hidden_size"], config["num_layers"],
-                           dropout=config["dropout"], remat=config["remat"])
-  model = models.classifier(core, data.NUM_CLASSES, dropout=config["dropout"],
-                            unroll=config["unroll"],
-                            backward=None if config["backward"] == "auto" else config["backward"])
-  schedule = train.make_schedule(config["learning_rate"], num_steps, config["warmup_steps"],
+  core = classification.build_core(config["cell"], config["hidden_size"], config["num_layers"],
+                                   dropout=config["dropout"], remat=config["remat"])
+  model = classification.classifier(
+      core, datasets.NUM_CLASSES, dropout=config["dropout"], unroll=config["unroll"],
+      vjp=None if config["backward"] == "auto" else config["backward"])
+  schedule = optim.make_schedule(config["learning_rate"], num_steps, config["warmup_steps"],
                                  cosine=config["schedule"] == "cosine")
-  optimizer = train.make_optimizer(config["optimizer"], schedule, decay=config["decay"],
+  optimizer = optim.make_optimizer(config["optimizer"], schedule, decay=config["decay"],
                                    momentum=config["momentum"],
                                    clip_norm=config["clip_norm"] or None)
-  state = train.create_state(model, optimizer, jax.random.key(config["seed"]),
-                             train_inputs.shape[-1])
+  state = classification.create_state(model, optimizer, jax.random.key(config["seed"]),
+                                      train_inputs.shape[-1])
   say(f"{config['cell']} x{config['num_layers']} H={config['hidden_size']} "
-      f"({models.num_params(state.params):,} parameters) on {config['dataset']} "
+      f"({loop.num_params(state.params):,} parameters) on {config['dataset']} "
       f"{config['view']} {list(train_inputs.shape[1:])}, {len(train_labels)} train / "
       f"{len(test_labels)} test examples, {num_steps} steps of batch {config['batch_size']}, "
       f"{config['optimizer']} lr {config['learning_rate']:g} ({config['schedule']}), "
@@ -226,20 +362,20 @@ def run(config: dict, workdir: str, say) -> dict:
         "libtcmalloc-minimal4) speeds up CPU training steps up to ~1.4x, picked up automatically")
 
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"),
-                                     max_to_keep=FLAGS.keep_checkpoints, log=say)
+                                     max_to_keep=options.keep_checkpoints, log=say)
   restored = store.restore_latest(state)
   resumed_from = None
   if restored is not None:
     resumed_from, state = restored
     say(f"resumed from the checkpoint at step {resumed_from}")
   log = metrics.MetricsLog(workdir)
-  eval_step = train.make_eval_step(model)
+  eval_step = classification.make_eval_step(model)
 
   use_ema = config["ema_decay"] > 0
 
   def run_eval(step, current):
-    result = train.evaluate(eval_step, current.ema_params if use_ema else current.params,
-                            test_inputs, test_labels, FLAGS.eval_batch_size)
+    result = classification.evaluate(eval_step, current.ema_params if use_ema else current.params,
+                                     test_inputs, test_labels, options.eval_batch_size)
     log.write("eval", {"step": step, "test_loss": result["loss"],
                        "test_accuracy": result["accuracy"]})
     say(f"step {step}: test accuracy {100 * result['accuracy']:.2f}% "
@@ -249,24 +385,25 @@ def run(config: dict, workdir: str, say) -> dict:
   records = []
 
   def on_log(record):
-    if int(record["step"]) > (resumed_from or 0) + FLAGS.log_every:  # not the compile interval
+    if int(record["step"]) > (resumed_from or 0) + options.log_every:  # not the compile interval
       records.append(record)
     log.write("train", record)
 
   train_started = time.perf_counter()
-  state = train.fit(state, train.make_train_step(model, optimizer, config["seed"],
-                                                 config["ema_decay"]),
-                    train_inputs, train_labels, seed=config["seed"],
-                    batch_size=config["batch_size"], num_steps=num_steps, store=store,
-                    checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
-                    on_log=on_log, on_eval=run_eval, eval_every=FLAGS.eval_every, log=say)
+  state = classification.fit_classifier(
+      state, classification.make_train_step(model, optimizer, config["seed"],
+                                            config["ema_decay"]),
+      train_inputs, train_labels, seed=config["seed"], batch_size=config["batch_size"],
+      num_steps=num_steps, store=store, checkpoint_every=options.checkpoint_every,
+      log_every=options.log_every, on_log=on_log, on_eval=run_eval,
+      eval_every=options.eval_every, log=say)
   train_seconds = time.perf_counter() - train_started
   eval_started = time.perf_counter()
   final = run_eval(num_steps, state)
   eval_seconds = time.perf_counter() - eval_started
   if use_ema:
-    without_ema = train.evaluate(eval_step, state.params, test_inputs, test_labels,
-                                 FLAGS.eval_batch_size)
+    without_ema = classification.evaluate(eval_step, state.params, test_inputs, test_labels,
+                                          options.eval_batch_size)
     say(f"without the parameter average: test accuracy {100 * without_ema['accuracy']:.2f}%, "
         f"test loss {without_ema['loss']:.4f}")
   final_params = state.ema_params if use_ema else state.params
@@ -274,9 +411,9 @@ def run(config: dict, workdir: str, say) -> dict:
   per_step = model.step_outputs(final_params, test_inputs[:5])
   say(f"per-step outputs for a batch of 5 test images: {list(per_step.shape)} "
       "(batch, steps, hidden)")
-  if FLAGS.plots:
+  if options.plots:
     plots.plot_curves(log.read(), os.path.join(workdir, "curves.png"),
-                      title=f"{FLAGS.preset or 'default'}: {config['cell']} "
+                      title=f"{preset or 'default'}: {config['cell']} "
                       f"x{config['num_layers']} H={config['hidden_size']}")
     probabilities = np.asarray(jax.nn.softmax(model.step_logits(final_params,
                                                                 test_inputs[:1])[0]))
@@ -297,8 +434,18 @@ def run(config: dict, workdir: str, say) -> dict:
       "steps_per_second": steps_per_second and round(steps_per_second, 2),
       "eval_seconds": round(eval_seconds, 2),
       "wall_seconds": round(time.perf_counter() - started, 2),
-      "preset": FLAGS.preset, "workdir": workdir, "config": config,
+      "preset": preset, "workdir": workdir, "config": config,
   }
+
+
+def parse_flags(argv):
+  """absl's parser, but a bad flag gives one line on stderr and exit status 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as error:
+    message = " ".join(str(error).split())
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
@@ -306,49 +453,35 @@ def main(argv):
     raise UsageError(f"unexpected arguments {argv[1:]}; all settings are --flags")
   started = time.perf_counter()
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  config = resolve_config()
-  validate(config)
-  workdir = FLAGS.workdir or default_workdir(config)
-  check_workdir_config(workdir, config)
-  if FLAGS.platform:
-    import jax
-    jax.config.update("jax_platforms", FLAGS.platform)
-
-  def say(line):
-    print(line, flush=True)
-
-  summary = run(config, workdir, say)
+  explicit = {name: FLAGS[name].value for name in DEFAULTS if FLAGS[name].present}
+  options = Options(**{field.name: FLAGS[field.name].value
+                       for field in dataclasses.fields(Options)})
+  summary = run(explicit, FLAGS.workdir, options, preset=FLAGS.preset)
   summary["wall_seconds"] = round(time.perf_counter() - started, 2)
   print(json.dumps(summary), flush=True)
 
 
-def entry_point():
-  from rnn_jax import runtime
-  runtime.use_fast_allocator()
-
-  def main_with_errors(argv):
-    from rnn_jax import data, train
-    try:
-      main(argv)
-    except UsageError as error:
-      print(f"error: {error}", file=sys.stderr)
-      sys.exit(2)
-    except data.DataError as error:
-      print(f"data error: {error}", file=sys.stderr)
-      sys.exit(1)
-    except train.NonFiniteLoss as error:
-      print(f"stopped: {error}", file=sys.stderr)
-      sys.exit(1)
-    except train.Interrupted as error:
-      print(f"interrupted: {error}", file=sys.stderr)
-      sys.exit(128 + error.signum)
-    except KeyboardInterrupt:  # Outside the training loop: the saved checkpoints stand.
-      print("interrupted: SIGINT received outside the training loop; the checkpoints already "
-            "saved are kept; rerun the same command to resume", file=sys.stderr)
-      sys.exit(128 + signal.SIGINT)
-
-  app.run(main_with_errors, flags_parser=parse_flags)
+def main_with_exit_codes(argv):
+  """:func:`main`, with every failure as one line on stderr and its exit status."""
+  try:
+    main(argv)
+  except UsageError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  except datasets.DataError as error:
+    print(f"data error: {error}", file=sys.stderr)
+    sys.exit(1)
+  except loop.NonFiniteLoss as error:
+    print(f"stopped: {error}", file=sys.stderr)
+    sys.exit(1)
+  except loop.Interrupted as error:
+    print(f"interrupted: {error}", file=sys.stderr)
+    sys.exit(128 + error.signum)
+  except KeyboardInterrupt:  # Outside the training loop: the saved checkpoints stand.
+    print("interrupted: SIGINT received outside the training loop; the checkpoints already "
+          "saved are kept; rerun the same command to resume", file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
 
 
 if __name__ == "__main__":
-  entry_point()
+  app.run(main_with_exit_codes, flags_parser=parse_flags)

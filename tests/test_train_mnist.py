@@ -1,8 +1,9 @@
 """Tests of ``python -m experiments.train_mnist``, run as a subprocess.
 
 Most tests point the script at a tiny synthetic MNIST written by the test
-(``rnn_jax.data.write_idx``), so they need neither the real data nor the
-network; the one real-data run is marked slow.
+(``rnn_jax.training.idx.write_idx``), so they need neither the real data nor
+the network; the one real-data run is marked slow. ``run`` is also called
+in-process, as Python code without flags would.
 """
 
 import json
@@ -14,7 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from rnn_jax import data
+from experiments import train_mnist
+from rnn_jax.training import idx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--cell=gru", "--hidden_size=8", "--batch_size=16", "--unroll=1", "--log_every=1",
@@ -55,8 +57,8 @@ def tiny_mnist(tmp_path_factory):
     images = rng.integers(0, 40, (count, 28, 28)).astype(np.uint8)
     for index, label in enumerate(labels):
       images[index, 2 * label:2 * label + 5] = 255
-    data.write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
-    data.write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    idx.write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+    idx.write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
   return str(folder)
 
 
@@ -69,6 +71,7 @@ def _summary(result):
     (["--hidden_size=-3"], "--hidden_size"),
     (["--cell=transformer"], "--cell"),
     (["--steps=0", "--epochs=0"], "--epochs"),
+    (["--platform=tpu"], "--platform=tpu: not available on this machine"),
 ])
 def test_bad_flag_prints_one_line_and_exits_nonzero(args, flag):
   result = _script(*args, "--workdir=/nonexistent/never-created")
@@ -105,8 +108,50 @@ def test_run_interrupt_resume_equals_uninterrupted(tiny_mnist, tmp_path):
 
 
 
+def test_missing_matplotlib_is_refused_before_any_work(tmp_path):
+  """With matplotlib unimportable, --plots (the default) is one line and status 2."""
+  code = ("import sys; sys.modules['matplotlib'] = None; from experiments import train_mnist as t; "
+          "t.app.run(t.main_with_exit_codes, flags_parser=t.parse_flags)")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", code, f"--workdir={tmp_path / 'run'}"], cwd=REPO,
+                          env=env, text=True, capture_output=True, timeout=120)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: --plots need matplotlib"), lines
+  assert "--plots=false" in lines[0] and not os.path.exists(tmp_path / "run")
+
+
+def test_run_from_python_needs_no_flags(tiny_mnist, tmp_path):
+  lines = []
+  options = train_mnist.Options(data_dir=tiny_mnist, log_every=1, eval_batch_size=16,
+                                plots=False)
+  config = {"hidden_size": 8, "batch_size": 16, "steps": 3, "unroll": 1}
+  summary = train_mnist.run(config, str(tmp_path), options, say=lines.append)
+  assert summary["steps"] == 3 and summary["test_examples"] == 20
+  assert summary["config"] == {**train_mnist.DEFAULTS, **config}
+  assert lines[0].startswith("gru x1 H=8 ") and any(line.startswith("step 3/3") for line in lines)
+  with pytest.raises(train_mnist.UsageError, match=r"--hidden_size=9 \(was 8\)"):
+    train_mnist.run({**config, "hidden_size": 9}, str(tmp_path), options, say=lines.append)
+  with pytest.raises(train_mnist.UsageError, match="--batch_size=100: larger than the 64"):
+    train_mnist.run({"batch_size": 100}, str(tmp_path / "big"), options)
+  assert not os.path.exists(tmp_path / "big")
+  with pytest.raises(train_mnist.UsageError, match="unknown config keys"):
+    train_mnist.run({"hidden": 8}, str(tmp_path), options)
+
+
+def test_default_workdirs_are_unchanged():
+  """The run directories of the default command and the presets (their configs' hashes)."""
+  expected = {None: "default-17e4a2c6", "lstm100": "lstm100-934830cb",
+              "lstm256x2": "lstm256x2-70ba369e", "rnn150": "rnn150-564e5393",
+              "best": "best-796f1f4a"}
+  for preset, name in expected.items():
+    config = train_mnist.resolve_config({}, preset)
+    assert train_mnist.default_workdir(config, preset) == os.path.join("runs", name)
+  rnn150 = train_mnist.resolve_config({"steps": 10}, "rnn150")
+  assert (rnn150["cell"], rnn150["optimizer"], rnn150["steps"]) == ("rnn", "rmsprop", 10)
+
+
 def test_workdir_refuses_other_settings(tmp_path):
-  from experiments import train_mnist
   config = {"cell": "gru", "hidden_size": 8}
   train_mnist.check_workdir_config(str(tmp_path), config)
   train_mnist.check_workdir_config(str(tmp_path), dict(config))  # Same settings: fine.

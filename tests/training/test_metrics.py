@@ -1,10 +1,10 @@
-"""Tests of rnn_jax.metrics: JSON lines, and TensorBoard events where tensorboard is installed."""
+"""Tests of rnn_jax.training.metrics: JSON lines, and TensorBoard events where tensorboard is installed."""
 
 import json
 
 import pytest
 
-from rnn_jax.metrics import MetricsLog
+from rnn_jax.training.metrics import MetricsLog
 
 
 def test_records_append_across_runs_as_json_lines(tmp_path):

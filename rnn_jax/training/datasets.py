@@ -1,11 +1,10 @@
-"""MNIST-family data: the IDX reader, where the files come from, sequence views, batching.
+"""MNIST-family datasets: where their files are, loading a split, images as sequences.
 
 Whole splits live in memory as NumPy arrays (MNIST is 47 MB of pixels), so
 nothing here streams: :func:`load` returns ``images uint8 [N, 28, 28]`` and
-``labels int32 [N]``, :func:`as_sequences` turns images into the float inputs of
-a recurrent network, and :func:`batch_indices` gives each epoch's shuffled
-batches from a seed, so a run is reproducible step for step and a resumed run
-sees exactly the batches an uninterrupted one would.
+``labels int32 [N]`` (read with :mod:`rnn_jax.training.idx`), and
+:func:`as_sequences` turns images into the float inputs of a recurrent network
+(the :data:`VIEWS`). Batch orders are :mod:`rnn_jax.training.batching`'s.
 
 Datasets are ``mnist`` and ``fashion_mnist``, both as the four IDX files of
 their original distribution (``train-images-idx3-ubyte``,
@@ -50,17 +49,17 @@ MNIST, a likely mix-up with a flat ``$RNN_JAX_DATA_DIR``) is a
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import shutil
 import socket
 import urllib.parse
-import zlib
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from rnn_jax.training.idx import DataError, read_idx, write_idx
 
 DATASETS = ("mnist", "fashion_mnist")
 SPLITS = ("train", "test")
@@ -68,13 +67,6 @@ VIEWS = ("rows", "pixels", "permuted_pixels")
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
 ENV_VAR = "RNN_JAX_DATA_DIR"
-
-# IDX type byte -> big-endian dtype of the payload.
-_IDX_DTYPES = {
-    0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
-}
-_GZIP_MAGIC = b"\x1f\x8b"
 
 # split -> (images file, labels file), without the optional ".gz".
 _FILE_STEMS = {
@@ -95,107 +87,9 @@ _LABEL_FINGERPRINTS = {
 _CONNECT_TIMEOUT_S = 2.0
 
 
-class DataError(Exception):
-  """The data could not be found or read; the message says what is wrong and what to do."""
-
-
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
   if value not in choices:
     raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-# ----------------------------------------------------------------------------- IDX files
-
-
-def _read_bytes(path: Path) -> bytes:
-  """The file's bytes, gunzipped when it is gzip data (decided by content, not name)."""
-  try:
-    raw = path.read_bytes()
-  except OSError as error:
-    raise DataError(f"{path}: cannot be read ({error.strerror or error})") from error
-  if raw[:2] == _GZIP_MAGIC:
-    try:
-      return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as error:
-      raise DataError(f"{path}: corrupt gzip data ({error}); download the file again") from error
-  if path.suffix == ".gz":
-    raise DataError(f"{path}: named .gz but is not gzip data (starts with {raw[:2].hex()}, "
-                    "not 1f8b); download the file again")
-  return raw
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-  """Reads an IDX file (gzip-compressed or plain) into a NumPy array.
-
-  The format: two zero bytes, a type byte (``0x08`` uint8, ``0x09`` int8,
-  ``0x0B`` int16, ``0x0C`` int32, ``0x0D`` float32, ``0x0E`` float64), the
-  number of dimensions, then each dimension as a big-endian uint32, then the
-  big-endian payload in C order.
-
-  Args:
-    path: the file; gzip data is recognised by its content.
-
-  Returns:
-    A writable array of the file's shape, in native byte order.
-
-  Raises:
-    DataError: naming the file and the problem (unreadable, corrupt gzip, bad
-      magic, unknown type byte, no dimensions, payload shorter or longer than
-      the dimensions say).
-  """
-  path = Path(path)
-  data = _read_bytes(path)
-  if len(data) < 4:
-    raise DataError(f"{path}: only {len(data)} bytes, too short for an IDX header")
-  if data[0] != 0 or data[1] != 0:
-    raise DataError(f"{path}: bad magic number 0x{data[:4].hex()} (an IDX file starts with two "
-                    "zero bytes); not an IDX file")
-  type_byte, ndim = data[2], data[3]
-  if type_byte not in _IDX_DTYPES:
-    known = ", ".join(f"0x{b:02X}" for b in _IDX_DTYPES)
-    raise DataError(f"{path}: unknown IDX type byte 0x{type_byte:02X} (known: {known})")
-  if ndim == 0:
-    raise DataError(f"{path}: IDX header declares 0 dimensions")
-  header_size = 4 + 4 * ndim
-  if len(data) < header_size:
-    raise DataError(f"{path}: truncated header: {ndim} dimensions need {header_size} bytes, "
-                    f"the file has {len(data)}")
-  shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-  dtype = _IDX_DTYPES[type_byte]
-  expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-  payload = len(data) - header_size
-  if payload != expected:
-    problem = "truncated" if payload < expected else "extra bytes after the data"
-    raise DataError(f"{path}: {problem}: dimensions {list(shape)} of {dtype.name} need "
-                    f"{expected} payload bytes, the file has {payload}")
-  array = np.frombuffer(data, dtype, offset=header_size).reshape(shape)
-  return array.astype(dtype.newbyteorder("="))  # A native-order, writable copy.
-
-
-def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-  """Writes ``array`` as an IDX file, gzip-compressed when ``path`` ends in ``.gz``.
-
-  The write is atomic (a temporary file renamed into place), so a reader never
-  sees half a file.
-
-  Args:
-    path: destination file.
-    array: any shape with at least one dimension, of a dtype IDX has
-      (uint8, int8, int16, int32, float32, float64).
-  """
-  path = Path(path)
-  array = np.asarray(array)
-  codes = {dtype.newbyteorder("="): code for code, dtype in _IDX_DTYPES.items()}
-  native = array.dtype.newbyteorder("=")
-  if native not in codes or array.ndim == 0:
-    raise ValueError(f"IDX cannot hold a {array.ndim}-d {array.dtype} array")
-  header = bytes([0, 0, codes[native], array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-  payload = header + np.ascontiguousarray(array, native.newbyteorder(">")).tobytes()
-  if path.suffix == ".gz":
-    payload = gzip.compress(payload, compresslevel=6, mtime=0)  # Level 9 is ~10x slower.
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  tmp.write_bytes(payload)
-  os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- finding files
@@ -505,89 +399,3 @@ def as_sequences(images: np.ndarray, view: str = "rows", permutation_seed: int =
   if view == "permuted_pixels":
     pixels = pixels[..., pixel_permutation(permutation_seed, height * width)]
   return pixels[..., None]
-
-
-# ----------------------------------------------------------------------------- batching
-
-
-def _seed_words(key_or_seed) -> list[int]:
-  """Non-negative integers seeding NumPy's generator, from an int seed or a JAX key."""
-  if isinstance(key_or_seed, (int, np.integer)):
-    words = [int(key_or_seed)]
-  else:
-    import jax  # pylint: disable=import-outside-toplevel
-    key = key_or_seed
-    if jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key):
-      key = jax.random.key_data(key)
-    words = [int(word) for word in np.asarray(key).ravel()]
-  if any(word < 0 for word in words):
-    raise ValueError(f"seed must be non-negative; got {key_or_seed!r}")
-  return words
-
-
-def epoch_permutation(key_or_seed, epoch: int, num_examples: int) -> np.ndarray:
-  """The order of the examples in one epoch: a permutation of ``range(num_examples)``.
-
-  Deterministic per ``(seed, epoch)`` on every machine and backend (NumPy's
-  PCG64 seeded with ``[*seed, epoch]``), and different for different epochs.
-
-  Args:
-    key_or_seed: a non-negative int, or a JAX PRNG key (typed or raw uint32).
-    epoch: the epoch number, from 0.
-    num_examples: ``N``.
-
-  Returns:
-    int64 ``[N]``.
-  """
-  if epoch < 0:
-    raise ValueError(f"epoch must be non-negative; got {epoch}")
-  return np.random.default_rng(_seed_words(key_or_seed) + [int(epoch)]).permutation(num_examples)
-
-
-def _check_batch_size(num_examples: int, batch_size: int) -> None:
-  if not 1 <= batch_size <= num_examples:
-    raise ValueError(f"batch_size must be in 1..num_examples ({num_examples}); got {batch_size}")
-
-
-def batch_indices(seed, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
-  """The training batches of one epoch: rows of :func:`epoch_permutation`.
-
-  The last ``num_examples % batch_size`` examples of the shuffled order are
-  dropped (a different few each epoch), so every step has a full batch and one
-  compiled train step. A run resumed at ``(epoch, step)`` uses
-  ``batch_indices(seed, epoch, ...)[step]``, exactly what the uninterrupted
-  run used.
-
-  Args:
-    seed: as ``key_or_seed`` of :func:`epoch_permutation`.
-    epoch: the epoch number, from 0.
-    num_examples: ``N``.
-    batch_size: ``B``, in ``1..N``.
-
-  Returns:
-    int64 ``[N // B, B]`` indices into the split.
-  """
-  _check_batch_size(num_examples, batch_size)
-  num_batches = num_examples // batch_size
-  order = epoch_permutation(seed, epoch, num_examples)
-  return order[:num_batches * batch_size].reshape(num_batches, batch_size)
-
-
-def iterate_batches(seed, num_examples: int, batch_size: int,
-                    start_step: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
-  """Endless ``(step, epoch, indices int64 [B])`` from global step ``start_step`` on.
-
-  Step ``s`` is batch ``s % (N // B)`` of epoch ``s // (N // B)`` of
-  :func:`batch_indices`, so resuming from a checkpoint's step continues the
-  very same sequence of batches.
-  """
-  _check_batch_size(num_examples, batch_size)
-  if start_step < 0:
-    raise ValueError(f"start_step must be non-negative; got {start_step}")
-  epoch, offset = divmod(start_step, num_examples // batch_size)
-  step = start_step
-  while True:
-    for indices in batch_indices(seed, epoch, num_examples, batch_size)[offset:]:
-      yield step, epoch, indices
-      step += 1
-    epoch, offset = epoch + 1, 0

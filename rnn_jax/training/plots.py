@@ -26,7 +26,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str, title: str = "") -
   """Writes loss and accuracy curves to ``path``.
 
   Args:
-    records: :class:`~rnn_jax.metrics.MetricsLog` records; ``kind == "train"``
+    records: :class:`~rnn_jax.training.metrics.MetricsLog` records; ``kind == "train"``
       ones need ``step``, ``loss``, ``accuracy``; ``kind == "eval"`` ones
       ``step``, ``test_loss``, ``test_accuracy``.
     path: the PNG file.

@@ -1,10 +1,10 @@
-"""Tests of rnn_jax.plots: the PNGs are written, with one panel per time step."""
+"""Tests of rnn_jax.training.plots: the PNGs are written, with one panel per time step."""
 
 import matplotlib.figure
 import matplotlib.image
 import numpy as np
 
-from rnn_jax import plots
+from rnn_jax.training import plots
 
 
 def test_curves_png(tmp_path):

@@ -11,6 +11,12 @@ truncated, garbled or missing) is reported, moved aside to
 ``<directory>/../corrupt_checkpoints/<step>`` (never deleted, and out of the
 manager's way so that the run can save that step again) and the previous step
 is tried.
+
+A NamedTuple state (:class:`~rnn_jax.training.loop.TrainState`) is saved as
+the dict of its fields that are not ``None``, and rebuilt from the template
+on restore. So an optional field added later (``TrainState.aux``, ``None``
+unless a task carries state between steps) leaves the checkpoints written
+before it readable.
 """
 
 from __future__ import annotations
@@ -22,6 +28,20 @@ from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+
+
+def _saved_fields(state: Any) -> Any:
+  """What is written for ``state``: a NamedTuple's non-``None`` fields as a dict, else ``state``."""
+  if isinstance(state, tuple) and hasattr(state, "_asdict"):
+    return {name: value for name, value in state._asdict().items() if value is not None}
+  return state
+
+
+def _rebuild(template: Any, saved: Any) -> Any:
+  """The restored state, in the template's type (its ``None`` fields stay ``None``)."""
+  if isinstance(template, tuple) and hasattr(template, "_asdict"):
+    return template._replace(**saved)
+  return saved
 
 
 class CheckpointStore:
@@ -51,7 +71,7 @@ class CheckpointStore:
     """Writes ``state`` as step ``step`` (overwriting nothing) and waits until it is on disk."""
     if step in self.steps():
       return
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    self._manager.save(step, args=ocp.args.StandardSave(_saved_fields(state)), force=True)
     self._manager.wait_until_finished()
 
   def restore_latest(self, template: Any) -> tuple[int, Any] | None:
@@ -62,10 +82,11 @@ class CheckpointStore:
         (concrete arrays or ``jax.ShapeDtypeStruct``\\ s).
     """
     abstract = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), template)
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), _saved_fields(template))
     for step in reversed(self.steps()):
       try:
-        state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        state = _rebuild(template,
+                         self._manager.restore(step, args=ocp.args.StandardRestore(abstract)))
       except Exception as error:  # Orbax/TensorStore raise many types on bad files.
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
         moved = self._move_aside(step)

@@ -1,0 +1,41 @@
+"""The training toolkit: a generic training loop, and MNIST read as a sequence on top of it.
+
+Needs the ``train`` extra (``pip install 'rnn_jax[train]'``: optax,
+orbax-checkpoint, absl-py, matplotlib); the core library does not import it.
+
+One module per idea:
+
+* :mod:`~rnn_jax.training.loop`: :class:`TrainState` (with an ``aux`` slot for
+  state carried from step to step), :func:`make_train_step` from a task's loss
+  function, :func:`fit` over "the batch for step i", signals, the non-finite
+  guard;
+* :mod:`~rnn_jax.training.optim`: optimizers and learning-rate schedules by name;
+* :mod:`~rnn_jax.training.checkpoint`: Orbax checkpoints of the train state;
+* :mod:`~rnn_jax.training.metrics` and :mod:`~rnn_jax.training.plots`: what a
+  run writes besides checkpoints;
+* :mod:`~rnn_jax.training.idx`, :mod:`~rnn_jax.training.datasets`,
+  :mod:`~rnn_jax.training.batching`: the IDX file format, finding and loading
+  MNIST-family data, seeded batch orders;
+* :mod:`~rnn_jax.training.classification`: the sequence classifier and its
+  task (loss, evaluation, metric formats, the registry of cells for MNIST);
+* :mod:`~rnn_jax.training.runtime`: process set-up for scripts (tcmalloc).
+
+The loop's names are re-exported here, imported on first use so that
+``import rnn_jax.training.runtime`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LOOP_NAMES = ("Interrupted", "LossFn", "NonFiniteLoss", "TrainState", "fit", "init_state",
+               "make_train_step")
+
+__all__ = list(_LOOP_NAMES)
+
+
+def __getattr__(name):
+  """The loop's names, imported from :mod:`rnn_jax.training.loop` on first use."""
+  if name in _LOOP_NAMES:
+    return getattr(importlib.import_module("rnn_jax.training.loop"), name)
+  raise AttributeError(f"module 'rnn_jax.training' has no attribute {name!r}")
