@@ -1,4 +1,4 @@
-"""Sequence classification: the model (recurrent core, last valid output, dense) and its task.
+"""Sequence classification: the model (core, its summary of the sequence, dense) and its task.
 
 A model is a :class:`Classifier`, a NamedTuple of hyperparameters plus pure
 ``init``/``apply`` functions in the style of stax::
@@ -135,7 +135,7 @@ class Classifier(NamedTuple):
 
 def classifier(core, num_classes: int, dropout: float = 0.0, *, unroll: int | None = None,
                vjp: str | None = None) -> Classifier:
-  """Core -> last valid output -> (dropout) -> dense -> logits.
+  """Core -> its summary of the sequence (rnn_jax.summary) -> (dropout) -> dense -> logits.
 
   Args:
     core: any layer accepted by ``rnn_jax.rnn``.
@@ -174,7 +174,7 @@ def classifier(core, num_classes: int, dropout: float = 0.0, *, unroll: int | No
       core_rng, last_rng = jax.random.split(dropout_rng)
     outputs, _ = rnn_jax.rnn(core, params["core"], xs, lengths=lengths, dropout_rng=core_rng,
                              unroll=unroll, vjp=vjp)
-    features = rnn_jax.last_output(outputs, lengths)
+    features = rnn_jax.summary(core, outputs, lengths)  # Bidirectional: backward half at step 0.
     if last_rng is not None and dropout > 0.0:
       features = dropout_outputs(last_rng, features, dropout, variational=False)
     return dense(params, features)

@@ -181,3 +181,16 @@ def test_evaluate_counts_the_last_partial_batch_exactly():
     assert result["count"] == 23 and result["correct"] == expected_correct
     np.testing.assert_allclose(result["accuracy"], expected_correct / 23)
     np.testing.assert_allclose(result["loss"], expected_loss, rtol=1e-5)
+
+
+def test_a_bidirectional_core_is_read_by_its_summary():
+  """The classifier reads the backward half at step 0 (it has read the whole sequence there)."""
+  core = rnn_jax.bidirectional(rnn_jax.gru(3), rnn_jax.gru(2))
+  model = classification.classifier(core, 4)
+  params = model.init(jax.random.key(0), 2)
+  xs = jax.random.normal(jax.random.key(1), (3, 5, 2))
+  lengths = jnp.array([5, 2, 4])
+  outputs, (forward_h, backward_h) = rnn_jax.rnn(core, params["core"], xs, lengths=lengths)
+  features = np.concatenate([forward_h, backward_h], axis=-1)  # GRU final carries = summaries.
+  want = features @ np.asarray(params["dense"]["w"]) + np.asarray(params["dense"]["b"])
+  np.testing.assert_allclose(model.apply(params, xs, lengths), want, rtol=1e-5, atol=1e-6)
