@@ -34,7 +34,7 @@ from typing import Any
 from flax import nnx
 import jax
 
-from rnn_jax.layer import Layer, uses_dropout
+from rnn_jax.layer import Layer, check_layer, uses_dropout
 from rnn_jax.unroll import rnn
 
 
@@ -79,10 +79,7 @@ class RNN(nnx.Module):
     Raises:
       TypeError: if ``layer`` is not an rnn_jax layer.
     """
-    if not isinstance(layer, Layer):
-      raise TypeError(
-          "rnn_jax.nnx.RNN wraps an rnn_jax layer such as rnn_jax.lstm(64) or "
-          f"rnn_jax.stack([...]), got a {type(layer).__name__}: {layer!r:.80}")
+    check_layer("layer (for a flax.nnx cell use flax.nnx.RNN)", layer)
     self.layer = layer
     self.params = nnx.Param(layer.init(rngs.params(), input_size))
     self.dropout_rngs = rngs["dropout"].fork() if uses_dropout(layer) else None
