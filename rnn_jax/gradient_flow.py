@@ -10,7 +10,10 @@ the offsets is the gradient with respect to those carries.
 Step ``t``'s entry is the gradient with respect to the carry that step ``t``
 reads (``h_{t-1}``; step 0's is the initial carry), so for a loss on the last
 output of a sequence of length ``T`` it sits ``T - 1 - t`` steps before the
-loss's step. Composite layers: a stack's entry gathers the carries of all its
+loss's step. Gated cells at initialisation can shrink the gradient below
+float32's range within a few hundred steps (it is then exactly 0): measure long
+sequences in float64 (``jax.enable_x64`` and float64 params and inputs).
+Composite layers: a stack's entry gathers the carries of all its
 layers; a bidirectional layer's gathers both halves at the same input position
 (the backward half reads that position from the other end).
 """
