@@ -27,7 +27,18 @@ bad flag value, a platform this machine lacks, a missing extra such as
 matplotlib for the plots) is one line on stderr and status 2, before any work.
 
 The last line of output is one JSON object with the final figures
-(``test_accuracy``, ``test_loss``, ``steps``, ``wall_seconds``, ...).
+(``test_accuracy``, ``test_loss``, ``steps``, ``devices``, ``wall_seconds``, ...).
+
+Data parallelism (:mod:`rnn_jax.training.distributed`): the run uses every
+device it sees (``--num_devices=N``: the first N), shards each global batch
+(``--batch_size``, which must divide by the device count) over a ``data``
+mesh axis and replicates the state. Several processes (hosts) join with
+``--coordinator_address=host:port --num_processes=P --process_id=i``, each
+loading only its rows of every batch; process 0 alone prints and writes
+metrics and plots, and Orbax writes each checkpoint once. The device count is
+not part of the config: a run checkpointed on 4 devices resumes on 2. On one
+device and one process the run is exactly the single-device one (the
+training split stays on the device).
 
 From Python, without flags, :func:`run` takes a config (:data:`DEFAULTS`
 overridden by a preset's values and then by the given ones) and
@@ -41,11 +52,8 @@ overridden by a preset's values and then by the given ones) and
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import importlib
 import json
 import os
-import signal
 import sys
 import time
 from typing import Callable, Mapping
@@ -60,7 +68,8 @@ try:
   from absl import app, flags, logging
 
   from rnn_jax.layer import VJPS
-  from rnn_jax.training import classification, datasets, loop, metrics, optim, plots, runtime
+  from rnn_jax.training import (classification, datasets, distributed, loop, metrics, optim,
+                                plots, runtime, script)
 except ImportError as missing:  # The `train` extra is not installed.
   if __name__ != "__main__":
     raise
@@ -109,6 +118,11 @@ class Options:
     plots: write ``curves.png`` and ``prediction_by_step.png`` (needs matplotlib).
     platform: the JAX platform (``"cpu"``, ``"gpu"``, ...; ``None``: JAX's
       choice); it can be set only before the process first uses JAX.
+    num_devices: the global device count to train on (0: all; on several
+      processes, each contributes the same number of its devices).
+    coordinator_address: ``host:port`` of process 0, for several processes.
+    num_processes: the processes of the run (1: this one alone).
+    process_id: this process's index, ``0..num_processes - 1``.
   """
 
   data_dir: str | None = None
@@ -120,10 +134,13 @@ class Options:
   eval_batch_size: int = 1000
   plots: bool = True
   platform: str | None = None
+  num_devices: int = 0
+  coordinator_address: str | None = None
+  num_processes: int = 1
+  process_id: int = 0
 
 
-class UsageError(Exception):
-  """A run refused before it starts (bad value, unavailable platform or extra): exit status 2."""
+UsageError = script.UsageError
 
 
 FLAGS = flags.FLAGS
@@ -193,6 +210,14 @@ flags.DEFINE_integer("max_train_examples", DEFAULTS["max_train_examples"], "Use 
 flags.DEFINE_integer("max_test_examples", _OPTIONS.max_test_examples, "Evaluate only the first "
                      "N test examples (0: all; for tests).", lower_bound=0)
 flags.DEFINE_boolean("plots", _OPTIONS.plots, "Write curves.png and prediction_by_step.png.")
+flags.DEFINE_integer("num_devices", _OPTIONS.num_devices, "Devices to shard each batch over "
+                     "(0: all; several processes: the global count).", lower_bound=0)
+flags.DEFINE_string("coordinator_address", _OPTIONS.coordinator_address, "host:port of process "
+                    "0, for a run of several processes (jax.distributed.initialize).")
+flags.DEFINE_integer("num_processes", _OPTIONS.num_processes, "Processes (hosts) of the run.",
+                     lower_bound=1)
+flags.DEFINE_integer("process_id", _OPTIONS.process_id, "This process's index in the run.",
+                     lower_bound=0)
 
 
 def resolve_config(config: Mapping = (), preset: str | None = None) -> dict:
@@ -234,57 +259,42 @@ def validate(config: dict) -> None:
 
 def check_extras(options: Options) -> None:
   """Refuses a run whose optional packages are missing (Orbax always, matplotlib for plots)."""
-  needed = {"orbax.checkpoint": "checkpoints"}
-  if options.plots:
-    needed["matplotlib"] = "--plots"
-  for module, purpose in needed.items():
-    try:
-      importlib.import_module(module)
-    except ImportError as error:
-      raise UsageError(f"{purpose} need {module}, which cannot be imported ({error}); "
-                       "pip install 'rnn_jax[train]'" + (" or pass --plots=false"
-                                                         if module == "matplotlib" else ""))
+  script.check_extras(options.plots)
 
 
-def select_platform(platform: str) -> None:
-  """Makes JAX use ``platform``, refusing one this machine lacks; call before any JAX work."""
-  jax.config.update("jax_platforms", platform)
+select_platform = script.select_platform
+check_workdir_config = script.check_workdir_config
+_say = script.say
+
+
+def data_mesh(options: Options, batch_size: int) -> jax.sharding.Mesh:
+  """Joins the other processes (if any), selects the platform, returns the data mesh.
+
+  The first JAX work of a run: ``jax.distributed.initialize`` must come before
+  anything starts JAX's backends.
+
+  Raises:
+    UsageError: bad process flags, a platform this machine lacks, more
+      devices than there are, a batch that does not divide by the device count.
+  """
   try:
-    jax.devices()
-  except Exception as error:  # pylint: disable=broad-except  # RuntimeError, or AssertionError.
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    raise UsageError(f"flag --platform={platform}: not available on this machine ({reason})")
+    distributed.initialize(options.coordinator_address, options.num_processes,
+                           options.process_id)
+  except ValueError as error:
+    raise UsageError(f"flag --{error}") from error
+  if options.platform:
+    select_platform(options.platform)
+  try:
+    mesh = distributed.make_data_mesh(options.num_devices)
+    distributed.check_batch_size(batch_size, mesh.size)
+  except ValueError as error:
+    raise UsageError(f"flag --{error}") from error
+  return mesh
 
 
 def default_workdir(config: dict, preset: str | None = None) -> str:
   """``runs/<preset or "default">-<first 8 hex digits of the config's SHA-256>``."""
-  digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
-  return os.path.join("runs", f"{preset or 'default'}-{digest}")
-
-
-def check_workdir_config(workdir: str, config: dict) -> None:
-  """Records ``config`` in ``workdir/config.json``; refuses a different one already there."""
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    with open(path) as stream:
-      saved = json.load(stream)
-    changed = [f"--{name}={config.get(name)} (was {saved.get(name)})"
-               for name in sorted(set(saved) | set(config)) if saved.get(name) != config.get(name)]
-    if changed:
-      raise UsageError(f"flag --workdir={workdir}: holds a run with other settings: "
-                       f"{', '.join(changed)}; use another --workdir")
-    return
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as stream:
-      json.dump(config, stream, indent=1, sort_keys=True)
-  except OSError as error:
-    raise UsageError(f"flag --workdir={workdir}: cannot write there "
-                     f"({error.strerror or error})") from error
-
-
-def _say(line: str) -> None:
-  print(line, flush=True)
+  return script.default_workdir(config, preset or "default")
 
 
 def run(config: Mapping, workdir: str | None = None, options: Options = Options(), *,
@@ -316,8 +326,12 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   started = time.perf_counter()
   config = resolve_config(config, preset)
   check_extras(options)
-  if options.platform:
-    select_platform(options.platform)
+  mesh = data_mesh(options, config["batch_size"])
+  # One device of one process: the single-device path, with the split kept on the device.
+  sharded = mesh if mesh.size > 1 or jax.process_count() > 1 else None
+  primary = distributed.is_primary()
+  if not primary:
+    say = lambda line: None
   from rnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel  # Orbax.
   train_images, train_labels = datasets.load(config["dataset"], "train", options.data_dir)
   test_images, test_labels = datasets.load(config["dataset"], "test", options.data_dir)
@@ -331,7 +345,8 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
     raise UsageError(f"flag --batch_size={config['batch_size']}: larger than the "
                      f"{len(train_labels)} training examples")
   workdir = workdir or default_workdir(config, preset)
-  check_workdir_config(workdir, config)
+  if primary:  # The workdir is shared; the other processes go by process 0's check.
+    check_workdir_config(workdir, config)
 
   view = dict(view=config["view"], permutation_seed=config["permutation_seed"])
   train_inputs = datasets.as_sequences(train_images, **view)
@@ -351,12 +366,16 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
                                    clip_norm=config["clip_norm"] or None)
   state = classification.create_state(model, optimizer, jax.random.key(config["seed"]),
                                       train_inputs.shape[-1])
+  if sharded is not None:
+    state = distributed.replicate(state, sharded)
   say(f"{config['cell']} x{config['num_layers']} H={config['hidden_size']} "
       f"({loop.num_params(state.params):,} parameters) on {config['dataset']} "
       f"{config['view']} {list(train_inputs.shape[1:])}, {len(train_labels)} train / "
       f"{len(test_labels)} test examples, {num_steps} steps of batch {config['batch_size']}, "
       f"{config['optimizer']} lr {config['learning_rate']:g} ({config['schedule']}), "
-      f"on {jax.devices()[0].platform}; workdir {workdir}")
+      f"on {jax.devices()[0].platform}"
+      + (f", data-parallel over {mesh.size} devices of {jax.process_count()} process(es)"
+         if sharded is not None else "") + f"; workdir {workdir}")
   if jax.devices()[0].platform == "cpu" and not runtime.fast_allocator_active():
     say("note: running with glibc malloc; installing tcmalloc (Debian: apt-get install "
         "libtcmalloc-minimal4) speeds up CPU training steps up to ~1.4x, picked up automatically")
@@ -368,15 +387,17 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   if restored is not None:
     resumed_from, state = restored
     say(f"resumed from the checkpoint at step {resumed_from}")
-  log = metrics.MetricsLog(workdir)
+  log = metrics.MetricsLog(workdir) if primary else None
+  write_metrics = log.write if primary else lambda kind, record: None
   eval_step = classification.make_eval_step(model)
 
   use_ema = config["ema_decay"] > 0
 
   def run_eval(step, current):
     result = classification.evaluate(eval_step, current.ema_params if use_ema else current.params,
-                                     test_inputs, test_labels, options.eval_batch_size)
-    log.write("eval", {"step": step, "test_loss": result["loss"],
+                                     test_inputs, test_labels, options.eval_batch_size,
+                                     mesh=sharded)
+    write_metrics("eval", {"step": step, "test_loss": result["loss"],
                        "test_accuracy": result["accuracy"]})
     say(f"step {step}: test accuracy {100 * result['accuracy']:.2f}% "
         f"({result['correct']}/{result['count']}), test loss {result['loss']:.4f}")
@@ -387,14 +408,14 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   def on_log(record):
     if int(record["step"]) > (resumed_from or 0) + options.log_every:  # not the compile interval
       records.append(record)
-    log.write("train", record)
+    write_metrics("train", record)
 
   train_started = time.perf_counter()
   state = classification.fit_classifier(
       state, classification.make_train_step(model, optimizer, config["seed"],
                                             config["ema_decay"]),
       train_inputs, train_labels, seed=config["seed"], batch_size=config["batch_size"],
-      num_steps=num_steps, store=store, checkpoint_every=options.checkpoint_every,
+      num_steps=num_steps, mesh=sharded, store=store, checkpoint_every=options.checkpoint_every,
       log_every=options.log_every, on_log=on_log, on_eval=run_eval,
       eval_every=options.eval_every, log=say)
   train_seconds = time.perf_counter() - train_started
@@ -403,15 +424,16 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   eval_seconds = time.perf_counter() - eval_started
   if use_ema:
     without_ema = classification.evaluate(eval_step, state.params, test_inputs, test_labels,
-                                          options.eval_batch_size)
+                                          options.eval_batch_size, mesh=sharded)
     say(f"without the parameter average: test accuracy {100 * without_ema['accuracy']:.2f}%, "
         f"test loss {without_ema['loss']:.4f}")
-  final_params = state.ema_params if use_ema else state.params
-
-  per_step = model.step_outputs(final_params, test_inputs[:5])
-  say(f"per-step outputs for a batch of 5 test images: {list(per_step.shape)} "
-      "(batch, steps, hidden)")
-  if options.plots:
+  # On the host (the same values): process 0 alone computes these, on its own default device.
+  final_params = jax.device_get(state.ema_params if use_ema else state.params)
+  if primary:
+    per_step = model.step_outputs(final_params, test_inputs[:5])
+    say(f"per-step outputs for a batch of 5 test images: {list(per_step.shape)} "
+        "(batch, steps, hidden)")
+  if options.plots and primary:
     plots.plot_curves(log.read(), os.path.join(workdir, "curves.png"),
                       title=f"{preset or 'default'}: {config['cell']} "
                       f"x{config['num_layers']} H={config['hidden_size']}")
@@ -419,7 +441,8 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
                                                                 test_inputs[:1])[0]))
     plots.plot_prediction_by_step(test_images[0], probabilities, int(test_labels[0]),
                                   os.path.join(workdir, "prediction_by_step.png"))
-  log.close()
+  if log is not None:
+    log.close()
   store.close()
   steps_per_second = None
   if len(records) >= 2:
@@ -433,19 +456,12 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
       "resumed_from": resumed_from, "train_seconds": round(train_seconds, 2),
       "steps_per_second": steps_per_second and round(steps_per_second, 2),
       "eval_seconds": round(eval_seconds, 2),
-      "wall_seconds": round(time.perf_counter() - started, 2),
+      "wall_seconds": round(time.perf_counter() - started, 2), "devices": mesh.size,
       "preset": preset, "workdir": workdir, "config": config,
   }
 
 
-def parse_flags(argv):
-  """absl's parser, but a bad flag gives one line on stderr and exit status 2."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as error:
-    message = " ".join(str(error).split())
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+parse_flags = script.parse_flags
 
 
 def main(argv):
@@ -458,29 +474,11 @@ def main(argv):
                        for field in dataclasses.fields(Options)})
   summary = run(explicit, FLAGS.workdir, options, preset=FLAGS.preset)
   summary["wall_seconds"] = round(time.perf_counter() - started, 2)
-  print(json.dumps(summary), flush=True)
+  if distributed.is_primary():
+    print(json.dumps(summary), flush=True)
 
 
-def main_with_exit_codes(argv):
-  """:func:`main`, with every failure as one line on stderr and its exit status."""
-  try:
-    main(argv)
-  except UsageError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
-  except datasets.DataError as error:
-    print(f"data error: {error}", file=sys.stderr)
-    sys.exit(1)
-  except loop.NonFiniteLoss as error:
-    print(f"stopped: {error}", file=sys.stderr)
-    sys.exit(1)
-  except loop.Interrupted as error:
-    print(f"interrupted: {error}", file=sys.stderr)
-    sys.exit(128 + error.signum)
-  except KeyboardInterrupt:  # Outside the training loop: the saved checkpoints stand.
-    print("interrupted: SIGINT received outside the training loop; the checkpoints already "
-          "saved are kept; rerun the same command to resume", file=sys.stderr)
-    sys.exit(128 + signal.SIGINT)
+main_with_exit_codes = script.with_exit_codes(main)
 
 
 if __name__ == "__main__":

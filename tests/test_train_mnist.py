@@ -8,7 +8,9 @@ in-process, as Python code without flags would.
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -34,8 +36,11 @@ def _shared_compilation_cache(tmp_path_factory):
   _COMPILATION_CACHE.clear()
 
 
-def _script(*args, timeout=120, **popen):
+def _script(*args, timeout=120, devices=None, **popen):
+  """The script in a subprocess; ``devices``: that many forced CPU devices."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  if devices is not None:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   if "dir" in _COMPILATION_CACHE:
     env.update(JAX_COMPILATION_CACHE_DIR=_COMPILATION_CACHE["dir"],
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
@@ -106,6 +111,67 @@ def test_run_interrupt_resume_equals_uninterrupted(tiny_mnist, tmp_path):
   assert resumed["test_loss"] == straight["test_loss"]
   assert resumed["test_accuracy"] == straight["test_accuracy"]
 
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch_size=18"], "error: flag --batch_size=18: the global batch must divide by the "
+     "device count, 4"),
+    (["--num_devices=8"], "error: flag --num_devices=8: this run has 4 devices"),
+])
+def test_batch_and_devices_that_do_not_fit_are_refused(args, message):
+  result = _script(*args, "--workdir=/nonexistent/never-created", devices=4)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(message), lines
+  assert not os.path.exists("/nonexistent/never-created")
+
+
+@pytest.fixture(scope="module")
+def run_on_four_devices(tiny_mnist, tmp_path_factory):
+  """A 12-step run on 4 devices (checkpoints at 4, 8, 12): ``(args, workdir, summary)``."""
+  args = [*TINY, f"--data_dir={tiny_mnist}", "--steps=12", "--log_every=4",
+          "--eval_batch_size=6"]
+  workdir = tmp_path_factory.mktemp("four_devices")
+  summary = _summary(_script(*args, f"--workdir={workdir}", devices=4))
+  assert summary["devices"] == 4 and summary["steps"] == 12
+  return args, workdir, summary
+
+
+@pytest.mark.slow
+def test_run_checkpointed_on_four_devices_resumes_on_two(run_on_four_devices, tmp_path):
+  args, workdir, four = run_on_four_devices
+  shutil.copytree(workdir, tmp_path / "run")
+  for step in ("8", "12"):  # As if stopped after step 4.
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / step)
+  resumed = _summary(_script(*args, f"--workdir={tmp_path / 'run'}", "--num_devices=2",
+                             devices=4))
+  assert resumed["resumed_from"] == 4 and resumed["devices"] == 2 and resumed["steps"] == 12
+  assert resumed["test_accuracy"] == four["test_accuracy"]
+  assert resumed["test_loss"] == pytest.approx(four["test_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_match_one_process_of_four(run_on_four_devices, tmp_path):
+  args, _, four = run_on_four_devices
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  processes = [_script(*args, f"--workdir={tmp_path}", f"--coordinator_address=127.0.0.1:{port}",
+                       "--num_processes=2", f"--process_id={index}", devices=2, popen=True)
+               for index in range(2)]
+  outputs = [process.communicate(timeout=180) for process in processes]
+  for process, (_, stderr) in zip(processes, outputs):
+    assert process.returncode == 0, stderr[-3000:]
+  primary, other = (stdout for stdout, _ in outputs)
+  # Only process 0 prints (gloo's C++ connection messages aside).
+  assert [line for line in other.splitlines() if not line.startswith("[Gloo]")] == []
+  summary = json.loads(primary.strip().splitlines()[-1])
+  assert summary["devices"] == 4 and summary["steps"] == 12
+  assert summary["test_accuracy"] == four["test_accuracy"]
+  assert summary["test_loss"] == pytest.approx(four["test_loss"], rel=1e-5)
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in records if r["kind"] == "train"] == [4, 8, 12]  # Written once.
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "4", "8"]
 
 
 def test_missing_matplotlib_is_refused_before_any_work(tmp_path):

@@ -6,6 +6,12 @@ a checkpoint is complete on disk when :meth:`CheckpointStore.save` returns.
 Orbax writes each step into a temporary directory and renames it into place,
 so a crash mid-save never leaves a half-written step that looks finished.
 
+On several processes (``jax.distributed``), every process calls the same
+methods in the same order; Orbax writes each array once (replicated ones by
+one process) and process 0 finalises the step directory. Restoring puts the
+arrays where the template's shardings say, so a run saved on 4 devices
+resumes on 2.
+
 Restoring walks the steps newest first: a step that fails to restore (files
 truncated, garbled or missing) is reported, moved aside to
 ``<directory>/../corrupt_checkpoints/<step>`` (never deleted, and out of the
@@ -79,10 +85,15 @@ class CheckpointStore:
 
     Args:
       template: a pytree with the structure, shapes and dtypes of the state
-        (concrete arrays or ``jax.ShapeDtypeStruct``\\ s).
+        (concrete arrays or ``jax.ShapeDtypeStruct``\\ s). Its leaves'
+        shardings, where they have one, are where the restored arrays go: a
+        state replicated over a mesh of 2 devices restores onto those 2,
+        whatever mesh the checkpoint was written from.
     """
     abstract = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), _saved_fields(template))
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                          sharding=getattr(leaf, "sharding", None)),
+        _saved_fields(template))
     for step in reversed(self.steps()):
       try:
         state = _rebuild(template,
@@ -98,9 +109,11 @@ class CheckpointStore:
 
   def _move_aside(self, step: int) -> str:
     aside = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints")
-    os.makedirs(aside, exist_ok=True)
     target = os.path.join(aside, f"{step}-{int(time.time())}")
-    shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_index() == 0:  # The other processes wait below; the files are shared.
+      os.makedirs(aside, exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    ocp.multihost.sync_global_processes(f"checkpoint_move_aside_{step}")
     self._manager.reload()
     return target
 

@@ -24,9 +24,12 @@ core at any nesting depth).
 
 The task, for :mod:`rnn_jax.training.loop`: :func:`loss_function` (softmax
 cross-entropy, batch accuracy as a metric), :class:`IndexedBatch` batches
-(the training set stays on the device and a step gathers its rows, so only
-``B`` indices cross from the host per step), :data:`METRIC_FORMATS`, evaluation
-over a whole split (:func:`make_eval_step`, :func:`evaluate`), and
+(on one device: the training set stays on the device and a step gathers its
+rows, so only ``B`` indices cross from the host per step) or :class:`Batch`
+batches (data-parallel: each process gathers on the host the rows its devices
+hold and the batch is sharded over the ``data`` mesh axis, see
+:mod:`rnn_jax.training.distributed`), :data:`METRIC_FORMATS`, evaluation over
+a whole split (:func:`make_eval_step`, :func:`evaluate`), and
 :func:`fit_classifier`, which wires them into :func:`~rnn_jax.training.loop.fit`.
 
 Rematerialisation (``remat=True`` in :func:`build_core`, ``rnn_jax.remat``)
@@ -53,7 +56,7 @@ import optax
 
 import rnn_jax
 from rnn_jax.compose import dropout_outputs
-from rnn_jax.training import loop
+from rnn_jax.training import distributed, loop
 from rnn_jax.training.batching import BatchOrder
 
 # The IRNN of Le, Jaitly & Hinton (2015): relu, identity recurrence, input
@@ -217,8 +220,27 @@ class IndexedBatch(NamedTuple):
   indices: Any
 
 
+class Batch(NamedTuple):
+  """A training batch as its rows, e.g. a global batch sharded over the ``data`` mesh axis.
+
+  Attributes:
+    inputs: ``[B, T, F]``.
+    labels: ``[B]`` int labels.
+  """
+
+  inputs: jax.Array
+  labels: jax.Array
+
+
+def batch_rows(batch: IndexedBatch | Batch) -> tuple[jax.Array, jax.Array]:
+  """``(inputs [B, T, F], labels [B])`` of either kind of batch."""
+  if isinstance(batch, IndexedBatch):
+    return batch.inputs[batch.indices], batch.labels[batch.indices]
+  return batch.inputs, batch.labels
+
+
 def loss_function(model: Classifier) -> loop.LossFn:
-  """The training loss of ``model`` on an :class:`IndexedBatch`.
+  """The training loss of ``model`` on an :class:`IndexedBatch` or a :class:`Batch`.
 
   Returns:
     A :data:`~rnn_jax.training.loop.LossFn`,
@@ -228,8 +250,8 @@ def loss_function(model: Classifier) -> loop.LossFn:
   """
   dropout = uses_dropout(model)
 
-  def batch_loss(params, batch: IndexedBatch, rng, aux):
-    inputs, labels = batch.inputs[batch.indices], batch.labels[batch.indices]
+  def batch_loss(params, batch: IndexedBatch | Batch, rng, aux):
+    inputs, labels = batch_rows(batch)
     logits = model.apply(params, inputs, dropout_rng=rng if dropout else None)
     loss = cross_entropy(logits, labels)
     return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}, aux
@@ -255,19 +277,29 @@ def make_train_step(model: Classifier, optimizer: optax.GradientTransformation, 
 
 
 def fit_classifier(state: loop.TrainState, train_step, inputs, labels, *, seed: int,
-                   batch_size: int, num_steps: int, **fit_options) -> loop.TrainState:
-  """:func:`~rnn_jax.training.loop.fit` on a training split kept on the device.
+                   batch_size: int, num_steps: int, mesh: jax.sharding.Mesh | None = None,
+                   **fit_options) -> loop.TrainState:
+  """:func:`~rnn_jax.training.loop.fit` on a training split, one device or data-parallel.
 
   Args:
-    state: as for ``fit`` (donated).
+    state: as for ``fit`` (donated); with a ``mesh``, replicated on it
+      (:func:`rnn_jax.training.distributed.replicate`).
     train_step: from :func:`make_train_step`.
-    inputs: ``[N, T, F]`` training inputs (put on the device once here).
+    inputs: ``[N, T, F]`` training inputs (host arrays).
     labels: ``[N]`` int labels.
     seed: the data-order seed: step ``s`` reads the rows
       ``batching.BatchOrder(seed, N, B)(s)``; each epoch has ``N // B`` steps
       (the remainder is dropped, a different remainder each epoch).
-    batch_size: ``B``.
+    batch_size: ``B``, the global batch.
     num_steps: the total number of steps of the run.
+    mesh: ``None``: the split is put on the default device once and each step
+      gathers its rows there (:class:`IndexedBatch`; only ``B`` indices cross
+      from the host per step). A mesh from
+      :func:`~rnn_jax.training.distributed.make_data_mesh`: each step's
+      :class:`Batch` is sharded over its ``data`` axis and each process gathers
+      on the host only the rows its devices hold
+      (:func:`~rnn_jax.training.distributed.global_batch`). Same rows, same
+      order, either way.
     **fit_options: the other arguments of ``fit`` (``store``,
       ``checkpoint_every``, ``log_every``, ``on_log``, ``on_eval``, ...).
 
@@ -275,10 +307,20 @@ def fit_classifier(state: loop.TrainState, train_step, inputs, labels, *, seed: 
     The final state; raises what ``fit`` raises.
   """
   order = BatchOrder(seed, len(labels), batch_size)
-  inputs, labels = jax.device_put(inputs), jax.device_put(labels)
-  return loop.fit(state, train_step, lambda step: IndexedBatch(inputs, labels, order(step)),
-                  num_steps=num_steps, steps_per_epoch=order.steps_per_epoch,
-                  metric_formats=METRIC_FORMATS, **fit_options)
+  if mesh is None:
+    inputs, labels = jax.device_put(inputs), jax.device_put(labels)
+    batch_for_step = lambda step: IndexedBatch(inputs, labels, order(step))
+  else:
+    inputs, labels = np.asarray(inputs), np.asarray(labels)
+
+    def batch_for_step(step):
+      indices = order(step)
+      return distributed.global_batch(
+          mesh, batch_size, lambda rows: Batch(inputs[indices[rows]], labels[indices[rows]]))
+
+  return loop.fit(state, train_step, batch_for_step, num_steps=num_steps,
+                  steps_per_epoch=order.steps_per_epoch, metric_formats=METRIC_FORMATS,
+                  **fit_options)
 
 
 def make_eval_step(model: Classifier):
@@ -294,12 +336,23 @@ def make_eval_step(model: Classifier):
 
 
 def evaluate(eval_step, params, inputs: np.ndarray, labels: np.ndarray,
-             batch_size: int = 1000) -> dict[str, float]:
+             batch_size: int = 1000, mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
   """Loss and accuracy over all of ``inputs [N, T, F]`` / ``labels [N]``.
 
   Every batch has ``batch_size`` rows: the last one is padded with copies of
   example 0 and masked out, so there is one compile and each example counts
   exactly once. Sums stay on the device until the end.
+
+  Args:
+    eval_step: from :func:`make_eval_step`.
+    params: the parameters (replicated on ``mesh`` when there is one).
+    inputs: ``[N, T, F]`` host arrays.
+    labels: ``[N]``.
+    batch_size: rows per evaluation batch; with a ``mesh``, rounded up to a
+      multiple of its device count.
+    mesh: ``None``: one device. A data mesh: each batch is sharded over its
+      ``data`` axis, each process loading only its own rows, and the sums are
+      over the whole (global) batch.
 
   Returns:
     ``{"loss": mean loss, "accuracy": correct / N, "correct": int, "count": N}``.
@@ -307,12 +360,19 @@ def evaluate(eval_step, params, inputs: np.ndarray, labels: np.ndarray,
   count = len(labels)
   if count == 0:
     raise ValueError("evaluate: no examples")
+  if mesh is not None:
+    batch_size = -(-batch_size // mesh.size) * mesh.size
   loss_sum, correct = jnp.zeros(()), jnp.zeros((), jnp.int32)
   for start in range(0, count, batch_size):
     index = np.arange(start, start + batch_size)
     mask = index < count
     index = np.where(mask, index, 0)
-    batch_loss, batch_correct = eval_step(params, inputs[index], labels[index], mask)
+    if mesh is None:
+      batch = inputs[index], labels[index], mask
+    else:
+      batch = distributed.global_batch(
+          mesh, batch_size, lambda rows: (inputs[index[rows]], labels[index[rows]], mask[rows]))
+    batch_loss, batch_correct = eval_step(params, *batch)
     loss_sum, correct = loss_sum + batch_loss, correct + batch_correct
   loss_sum, correct = jax.device_get((loss_sum, correct))
   return {"loss": float(loss_sum) / count, "accuracy": int(correct) / count,

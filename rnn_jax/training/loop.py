@@ -206,6 +206,7 @@ def fit(state: TrainState, train_step, batch_for_step: Callable[[int], Any], *, 
         steps_per_epoch: int | None = None, metric_formats: Mapping[str, str] | None = None,
         on_log: Callable[[dict], None] | None = None,
         on_eval: Callable[[int, TrainState], None] | None = None, eval_every: int = 0,
+        throughput: tuple[int, str] | None = None,
         log: Callable[[str], None] = print) -> TrainState:
   """Runs ``train_step`` from ``state.step`` up to ``num_steps``.
 
@@ -230,6 +231,9 @@ def fit(state: TrainState, train_step, batch_for_step: Callable[[int], Any], *, 
     on_eval: called as ``on_eval(step, state)`` every ``eval_every`` steps
       (not at ``num_steps``: evaluating the final state is the caller's).
     eval_every: 0 for never.
+    throughput: ``(items per step, item name)``, e.g. ``(2048, "chars")``:
+      the progress line shows ``<rate> chars/s`` instead of steps/s, and the
+      records get ``"chars_per_second"``.
     log: where progress lines go.
 
   Returns:
@@ -263,8 +267,11 @@ def fit(state: TrainState, train_step, batch_for_step: Callable[[int], Any], *, 
     formats = metric_formats or {name: f"{name} {{:.4g}}" for name in metric_names}
     shown = "  ".join(template.format(record[name]) for name, template in formats.items())
     epoch = f"  epoch {step / steps_per_epoch:.2f}" if steps_per_epoch else ""
-    return (f"step {step}/{num_steps}{epoch}  {shown}  {record['steps_per_second']:.1f} "
-            f"steps/s  ETA {format_duration(record['eta_seconds'])}")
+    rate = f"{record['steps_per_second']:.1f} steps/s"
+    if throughput is not None:
+      rate = f"{record[f'{throughput[1]}_per_second']:,.0f} {throughput[1]}/s"
+    return (f"step {step}/{num_steps}{epoch}  {shown}  {rate}  "
+            f"ETA {format_duration(record['eta_seconds'])}")
 
   with _SignalCatcher() as signals:
     while step < num_steps:
@@ -281,6 +288,7 @@ def fit(state: TrainState, train_step, batch_for_step: Callable[[int], Any], *, 
             "step": step,
             **{name: float(np.mean([m[name] for m in fetched])) for name in metric_names},
             "steps_per_second": rate,
+            **({f"{throughput[1]}_per_second": rate * throughput[0]} if throughput else {}),
             "eta_seconds": (num_steps - step) / rate,
             "wall_seconds": now - start_time,
         }

@@ -1,0 +1,124 @@
+"""What the training scripts share: refusals, the workdir's config, flag parsing, exit statuses.
+
+``experiments/train_mnist.py`` and ``experiments/train_char_lm.py`` behave the
+same way through these:
+
+* every refusal (a bad flag value, a platform this machine lacks, a missing
+  extra, a workdir holding another config) is a :class:`UsageError`: one
+  line on stderr and exit status 2, before any work;
+* a run's directory remembers its config (``config.json``) and a rerun with
+  another one is refused instead of silently resuming;
+* :func:`with_exit_codes` maps failures to one line on stderr and an exit
+  status: data errors and a non-finite loss 1, SIGINT/SIGTERM ``128 + signum``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import signal
+import sys
+from typing import Callable
+
+from rnn_jax.training.idx import DataError
+
+
+class UsageError(Exception):
+  """A run refused before it starts (bad value, unavailable platform or extra): exit status 2."""
+
+
+def say(line: str) -> None:
+  """Prints a progress line, flushed (the scripts' default ``say``)."""
+  print(line, flush=True)
+
+
+def check_extras(plots: bool) -> None:
+  """Refuses a run whose optional packages are missing (Orbax always, matplotlib for plots)."""
+  needed = {"orbax.checkpoint": "checkpoints"}
+  if plots:
+    needed["matplotlib"] = "--plots"
+  for module, purpose in needed.items():
+    try:
+      importlib.import_module(module)
+    except ImportError as error:
+      raise UsageError(f"{purpose} need {module}, which cannot be imported ({error}); "
+                       "pip install 'rnn_jax[train]'" + (" or pass --plots=false"
+                                                         if module == "matplotlib" else ""))
+
+
+def select_platform(platform: str) -> None:
+  """Makes JAX use ``platform``, refusing one this machine lacks; call before any JAX work."""
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_platforms", platform)
+  try:
+    jax.devices()
+  except Exception as error:  # pylint: disable=broad-except  # RuntimeError, or AssertionError.
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise UsageError(f"flag --platform={platform}: not available on this machine ({reason})")
+
+
+def default_workdir(config: dict, name: str) -> str:
+  """``runs/<name>-<first 8 hex digits of the config's SHA-256>``."""
+  digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+  return os.path.join("runs", f"{name}-{digest}")
+
+
+def check_workdir_config(workdir: str, config: dict) -> None:
+  """Records ``config`` in ``workdir/config.json``; refuses a different one already there."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as stream:
+      saved = json.load(stream)
+    changed = [f"--{name}={config.get(name)} (was {saved.get(name)})"
+               for name in sorted(set(saved) | set(config)) if saved.get(name) != config.get(name)]
+    if changed:
+      raise UsageError(f"flag --workdir={workdir}: holds a run with other settings: "
+                       f"{', '.join(changed)}; use another --workdir")
+    return
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as stream:
+      json.dump(config, stream, indent=1, sort_keys=True)
+  except OSError as error:
+    raise UsageError(f"flag --workdir={workdir}: cannot write there "
+                     f"({error.strerror or error})") from error
+
+
+def parse_flags(argv):
+  """absl's parser of the global ``FLAGS``, but a bad flag gives one line on stderr and status 2."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    message = " ".join(str(error).split())
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def with_exit_codes(main: Callable[[list], None]) -> Callable[[list], None]:
+  """``main`` with every failure as one line on stderr and its exit status (see the module doc)."""
+  from rnn_jax.training import loop  # pylint: disable=import-outside-toplevel
+
+  def main_with_exit_codes(argv):
+    try:
+      main(argv)
+    except UsageError as error:
+      print(f"error: {error}", file=sys.stderr)
+      sys.exit(2)
+    except DataError as error:
+      print(f"data error: {error}", file=sys.stderr)
+      sys.exit(1)
+    except loop.NonFiniteLoss as error:
+      print(f"stopped: {error}", file=sys.stderr)
+      sys.exit(1)
+    except loop.Interrupted as error:
+      print(f"interrupted: {error}", file=sys.stderr)
+      sys.exit(128 + error.signum)
+    except KeyboardInterrupt:  # Outside the training loop: the saved checkpoints stand.
+      print("interrupted: SIGINT received outside the training loop; the checkpoints already "
+            "saved are kept; rerun the same command to resume", file=sys.stderr)
+      sys.exit(128 + signal.SIGINT)
+
+  return main_with_exit_codes
