@@ -1,4 +1,4 @@
-"""The training toolkit: a generic training loop, and MNIST read as a sequence on top of it.
+"""The training toolkit: a generic training loop, and the tasks built on it (MNIST, char LM).
 
 Needs the ``train`` extra (``pip install 'rnn_jax[train]'``: optax,
 orbax-checkpoint, absl-py, matplotlib); the core library does not import it.
@@ -18,7 +18,14 @@ One module per idea:
   MNIST-family data, seeded batch orders;
 * :mod:`~rnn_jax.training.classification`: the sequence classifier and its
   task (loss, evaluation, metric formats, the registry of cells for MNIST);
-* :mod:`~rnn_jax.training.runtime`: process set-up for scripts (tcmalloc).
+* :mod:`~rnn_jax.training.text` and :mod:`~rnn_jax.training.language_model`:
+  text data, the character language model (truncated BPTT through ``aux``) and
+  sampling;
+* :mod:`~rnn_jax.training.distributed`: data-parallel runs over a ``data``
+  mesh axis, on one host or several;
+* :mod:`~rnn_jax.training.script` and :mod:`~rnn_jax.training.runtime`: what
+  the training scripts share (refusals, exit statuses, workdirs) and process
+  set-up (tcmalloc).
 
 The loop's names are re-exported here, imported on first use so that
 ``import rnn_jax.training.runtime`` stays light.
