@@ -243,6 +243,7 @@ class Remat(Layer):
 
   @property
   def name(self) -> str:
+    """``remat_<the wrapped layer's name>``, the named scope of its run."""
     return f"remat_{self.layer.name}"
 
   @property
@@ -267,10 +268,12 @@ class Remat(Layer):
     return self.layer.input_size(params)
 
   def project(self, params, x):
+    """The identity: the input half is recomputed inside :meth:`recur`."""
     del params
     return x
 
   def recur(self, params, carry, x):
+    """The wrapped layer's whole ``step`` under ``jax.checkpoint``."""
     return jax.checkpoint(self.layer.step)(params, carry, x)
 
   def step(self, params, carry, x):

@@ -117,19 +117,33 @@ class Layer:
     return f"{self.FACTORY or type(self).__name__}({', '.join(parts)})"
 
   def init(self, key: jax.Array, input_size: int) -> Any:
+    """Fresh parameters for inputs of size ``input_size``: a plain pytree of arrays."""
     raise NotImplementedError
 
   def initial_carry(self, batch_shape=(), dtype=None) -> Any:
+    """The carry before the first step: zeros with leaves ``[*batch_shape, ...]``
+    (an int ``batch_shape`` is one batch axis)."""
     raise NotImplementedError
 
   def input_size(self, params: Any) -> int:
+    """``I``, the input size ``params`` were built for."""
     raise NotImplementedError
 
   def run(self, params: Any, xs: jax.Array, carry: Any, lengths: jax.Array | None,
           options: RunOptions, rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
+    """The whole sequence, time-major: ``xs [T, ..., I]`` from ``carry`` ->
+    ``(outputs [T, ..., O], final carry)``.
+
+    No argument checks (:func:`rnn_jax.rnn` checks, then calls this);
+    ``lengths`` is ``[...]`` or ``None``, ``rng`` the dropout key or ``None``.
+    """
     raise NotImplementedError
 
   def step(self, params: Any, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+    """One time step, for generation: ``(params, carry, x_t [..., I]) -> (carry, y_t [..., O])``.
+
+    Raises ``TypeError`` for a layer that cannot be stepped (a bidirectional one).
+    """
     raise TypeError(f"{type(self).__name__} cannot be stepped one time step at a time")
 
   def summarize(self, outputs: jax.Array, lengths: jax.Array | None, reverse: bool) -> jax.Array:

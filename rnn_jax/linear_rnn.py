@@ -84,6 +84,7 @@ class LinearRNN(Layer):
     return dataclasses.replace(self, parallel=bool(parallel))
 
   def readout(self, params, h, skip):
+    """``y_t`` from the state ``h_t`` and the skip term of ``project``: ``h_t`` itself here."""
     del params, skip
     return h
 
@@ -283,6 +284,7 @@ class MinGRU(GatedLinearRNN):
   CHRONO_SIGNS: ClassVar[tuple] = (-1.0,)
 
   def project(self, params, x):
+    """``(a_t, b_t, None)`` of ``h_t = a_t * h_{t-1} + b_t`` from ``x_t [..., I]`` alone."""
     k_z, k_h = jnp.split(affine_input(params, x, "b"), 2, axis=-1)
     return jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * CANDIDATES[self.candidate](k_h), None
 
@@ -298,6 +300,7 @@ class MinLSTM(GatedLinearRNN):
   CHRONO_SIGNS: ClassVar[tuple] = (1.0, -1.0)
 
   def project(self, params, x):
+    """``(a_t, b_t, None)`` of ``h_t = a_t * h_{t-1} + b_t`` from ``x_t [..., I]`` alone."""
     k_f, k_i, k_h = jnp.split(affine_input(params, x, "b"), 3, axis=-1)
     log_ratio = jax.nn.softplus(-k_i) - jax.nn.softplus(-k_f)  # log f - log i
     return (jax.nn.sigmoid(log_ratio),
@@ -440,6 +443,8 @@ class LRU(LinearRNN):
     return params
 
   def project(self, params, x):
+    """``(lambda, gamma * (x_t B), skip term)``: ``a_t`` (the same at every step), ``b_t``
+    and ``x_t D`` (or ``None``) from ``x_t [..., I]``."""
     x = x.astype(jnp.promote_types(x.dtype, params["B_re"].dtype))
     gamma = jnp.exp(params["gamma_log"])
     b = jax.lax.complex(x @ params["B_re"] * gamma, x @ params["B_im"] * gamma)
@@ -449,6 +454,7 @@ class LRU(LinearRNN):
     return jnp.broadcast_to(lam, b.shape), b, skip_x
 
   def readout(self, params, h, skip_x):
+    """``y_t = Re(h_t C)`` plus the skip term."""
     y = jnp.real(h) @ params["C_re"] - jnp.imag(h) @ params["C_im"]
     return y if skip_x is None else y + skip_x
 

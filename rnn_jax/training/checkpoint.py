@@ -118,4 +118,5 @@ class CheckpointStore:
     return target
 
   def close(self) -> None:
+    """Waits for pending saves and closes the Orbax checkpoint manager."""
     self._manager.close()

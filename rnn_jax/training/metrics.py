@@ -63,5 +63,6 @@ class MetricsLog:
       return [json.loads(line) for line in stream if line.strip()]
 
   def close(self) -> None:
+    """Closes the TensorBoard event writer, if any."""
     if self._events is not None:
       self._events.close()
