@@ -204,7 +204,9 @@ def to_torch_state(cell, carry):
   Returns:
     ``h_n [L*D, ..., H]`` with index ``layer * D + direction`` (direction 1
     is the backward one), or ``(h_n, c_n)`` when the carries are
-    ``LSTMState``s. For a single-step torch cell, drop the leading axis of size 1.
+    ``LSTMState``s: JAX arrays in torch's layout, not torch tensors
+    (``torch.from_numpy(np.asarray(h_n))`` makes one). For a single-step torch
+    cell, drop the leading axis of size 1.
 
   Raises:
     ValueError: for a structure torch cannot hold, or LSTM and non-LSTM layers mixed.
