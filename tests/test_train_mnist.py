@@ -14,11 +14,12 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from experiments import train_mnist
-from rnn_jax.training import idx
+from rnn_jax.training import classification, datasets, idx, optim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--cell=gru", "--hidden_size=8", "--batch_size=16", "--unroll=1", "--log_every=1",
@@ -77,6 +78,7 @@ def _summary(result):
     (["--cell=transformer"], "--cell"),
     (["--steps=0", "--epochs=0"], "--epochs"),
     (["--platform=tpu"], "--platform=tpu: not available on this machine"),
+    (["--validation_examples=-1"], "--validation_examples"),
 ])
 def test_bad_flag_prints_one_line_and_exits_nonzero(args, flag):
   result = _script(*args, "--workdir=/nonexistent/never-created")
@@ -209,12 +211,124 @@ def test_default_workdirs_are_unchanged():
   """The run directories of the default command and the presets (their configs' hashes)."""
   expected = {None: "default-17e4a2c6", "lstm100": "lstm100-934830cb",
               "lstm256x2": "lstm256x2-70ba369e", "rnn150": "rnn150-564e5393",
-              "best": "best-796f1f4a"}
+              "rnn50": "rnn50-ad5613ca", "best": "best-796f1f4a"}
   for preset, name in expected.items():
     config = train_mnist.resolve_config({}, preset)
     assert train_mnist.default_workdir(config, preset) == os.path.join("runs", name)
   rnn150 = train_mnist.resolve_config({"steps": 10}, "rnn150")
   assert (rnn150["cell"], rnn150["optimizer"], rnn150["steps"]) == ("rnn", "rmsprop", 10)
+  # A validation split trains something else: another workdir.
+  held_out = train_mnist.resolve_config({"validation_examples": 5000})
+  assert train_mnist.default_workdir(held_out) != os.path.join("runs", expected[None])
+
+
+def test_rnn50_preset_is_the_tutorials_configuration():
+  """Tanh RNN of 50, batch 100, 2,500 steps of plain gradient descent on all 60,000 images;
+  our learning rate, cosine decay and clipping (see the module doc)."""
+  config = train_mnist.resolve_config({}, "rnn50")
+  expected = {"cell": "rnn", "hidden_size": 50, "num_layers": 1, "view": "rows",
+              "batch_size": 100, "steps": 2500, "optimizer": "sgd", "momentum": 0.0,
+              "learning_rate": 0.3, "schedule": "cosine", "warmup_steps": 0, "clip_norm": 1.0,
+              "dropout": 0.0, "ema_decay": 0.0, "validation_examples": 0,
+              "max_train_examples": 0}
+  assert {name: config[name] for name in expected} == expected
+  optimizer = optim.make_optimizer(config["optimizer"], config["learning_rate"],
+                                   momentum=config["momentum"], clip_norm=config["clip_norm"])
+  assert jax.tree.leaves(optimizer.init({"w": np.zeros(3, np.float32)})) == []  # No momentum.
+
+
+def test_hold_out_splits_off_the_last_examples():
+  images, labels = np.arange(10)[:, None, None] * np.ones((1, 2, 2)), np.arange(10)
+  (train_images, train_labels), (validation_images, validation_labels) = (
+      train_mnist.hold_out(images, labels, 3))
+  assert train_labels.tolist() == list(range(7)) and validation_labels.tolist() == [7, 8, 9]
+  np.testing.assert_array_equal(train_images[:, 0, 0], train_labels)
+  np.testing.assert_array_equal(validation_images[:, 0, 0], validation_labels)
+  (all_images, _), (none, _) = train_mnist.hold_out(images, labels, 0)
+  assert len(all_images) == 10 and len(none) == 0
+  for bad in (10, 11, -1):
+    with pytest.raises(train_mnist.UsageError, match=f"--validation_examples={bad}: must be in"):
+      train_mnist.hold_out(images, labels, bad)
+
+
+def _tiny_file(tiny_mnist, split):
+  """The tiny data set's split as ``as_sequences`` gives it: ``(inputs, labels)``."""
+  images, labels = datasets.load("mnist", split, tiny_mnist)
+  return datasets.as_sequences(images), labels
+
+
+def test_validation_split_is_the_training_files_end_and_the_test_set_is_untouched(
+    tiny_mnist, tmp_path, monkeypatch):
+  """48 examples train, the last 16 validate after each epoch (3 steps), the test set at the end."""
+  seen = {"fit": [], "evaluate": []}
+  fit, evaluate = classification.fit_classifier, classification.evaluate
+
+  def fit_spy(state, train_step, inputs, labels, **kwargs):
+    seen["fit"].append((np.array(inputs), np.array(labels)))
+    return fit(state, train_step, inputs, labels, **kwargs)
+
+  def evaluate_spy(eval_step, params, inputs, labels, *args, **kwargs):
+    seen["evaluate"].append((np.array(inputs), np.array(labels)))
+    return evaluate(eval_step, params, inputs, labels, *args, **kwargs)
+
+  monkeypatch.setattr(classification, "fit_classifier", fit_spy)
+  monkeypatch.setattr(classification, "evaluate", evaluate_spy)
+  lines = []
+  config = {"hidden_size": 8, "batch_size": 16, "steps": 7, "unroll": 1,
+            "validation_examples": 16}
+  summary = train_mnist.run(config, str(tmp_path), train_mnist.Options(
+      data_dir=tiny_mnist, log_every=1, eval_batch_size=16, plots=False), say=lines.append)
+
+  train_inputs, train_labels = _tiny_file(tiny_mnist, "train")
+  test_inputs, test_labels = _tiny_file(tiny_mnist, "test")
+  [(trained_inputs, trained_labels)] = seen["fit"]
+  np.testing.assert_array_equal(trained_inputs, train_inputs[:48])
+  np.testing.assert_array_equal(trained_labels, train_labels[:48])
+  *validations, (tested_inputs, tested_labels) = seen["evaluate"]
+  assert len(validations) == 3  # Steps 3, 6 (epoch ends) and 7 (the end).
+  for inputs, labels in validations:
+    np.testing.assert_array_equal(inputs, train_inputs[48:])
+    np.testing.assert_array_equal(labels, train_labels[48:])
+  np.testing.assert_array_equal(tested_inputs, test_inputs)
+  np.testing.assert_array_equal(tested_labels, test_labels)
+  # No training example is a validation example (the tiny images are all distinct).
+  flat = lambda inputs: {row.tobytes() for row in inputs}
+  assert not flat(trained_inputs) & flat(validations[0][0])
+
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  validation_records = [r for r in records if r["kind"] == "validation"]
+  assert [r["step"] for r in validation_records] == [3, 6, 7]
+  assert [r["step"] for r in records if r["kind"] == "eval"] == [7]  # The test set: once.
+  assert validation_records[-1]["validation_accuracy"] == summary["validation_accuracy"]
+  assert validation_records[-1]["validation_loss"] == summary["validation_loss"]
+  assert summary["validation_examples"] == 16 and summary["test_examples"] == 20
+  assert "48 train / 16 validation" in lines[0]
+  assert any(line.startswith("step 3: validation accuracy ") for line in lines)
+
+
+@pytest.mark.parametrize("count", ["64", "100"])
+def test_validation_split_as_large_as_the_training_file_is_refused(tiny_mnist, tmp_path, count):
+  result = _script(*TINY, f"--data_dir={tiny_mnist}", f"--validation_examples={count}",
+                   f"--workdir={tmp_path / 'run'}")
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert lines == [f"error: flag --validation_examples={count}: must be in 0..63 (the training "
+                   "file has 64 examples)"], lines
+  assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_validation_on_four_devices_matches_one_device(tiny_mnist, tmp_path):
+  args = [*TINY, f"--data_dir={tiny_mnist}", "--steps=8", "--log_every=4", "--eval_every=4",
+          "--eval_batch_size=6", "--validation_examples=16"]
+  one = _summary(_script(*args, f"--workdir={tmp_path / 'one'}", "--num_devices=1", devices=4))
+  four = _summary(_script(*args, f"--workdir={tmp_path / 'four'}", devices=4))
+  assert (one["devices"], four["devices"]) == (1, 4)
+  assert four["validation_examples"] == 16 and four["test_examples"] == 20
+  assert four["validation_accuracy"] == one["validation_accuracy"]
+  assert four["validation_loss"] == pytest.approx(one["validation_loss"], rel=1e-5)
+  records = [json.loads(line) for line in open(tmp_path / "four" / "metrics.jsonl")]
+  assert [r["step"] for r in records if r["kind"] == "validation"] == [4, 8]
 
 
 def test_workdir_refuses_other_settings(tmp_path):

@@ -1,7 +1,8 @@
 """Optimizers and learning-rate schedules by name, and the length of a run.
 
 * :func:`make_optimizer`: Adam, RMSProp (the TF1 tutorials' variant) or SGD
-  with momentum from Optax, optionally after ``clip_by_global_norm``;
+  (with momentum, or plain gradient descent at momentum 0) from Optax,
+  optionally after ``clip_by_global_norm``;
 * :func:`make_schedule`: a constant rate, or linear warmup then cosine decay;
 * :func:`steps_for`: a run's number of steps from epochs or steps.
 
@@ -38,10 +39,12 @@ def make_optimizer(name: str, learning_rate: float | optax.Schedule, *, decay: f
   Args:
     name: ``"adam"``; ``"rmsprop"``, TF1's ``RMSPropOptimizer`` (mean square
       initialised to 1, ``eps=1e-10`` inside the square root, no momentum);
-      or ``"sgd"`` with (heavy-ball) momentum.
+      or ``"sgd"``: with (heavy-ball) momentum, or at ``momentum=0`` plain
+      gradient descent, ``w -= learning_rate * g`` (``optax.sgd`` without a
+      momentum trace: no optimizer state at all).
     learning_rate: a float or an Optax schedule.
     decay: RMSProp's decay of the mean square (the tutorials' 0.9).
-    momentum: SGD momentum.
+    momentum: SGD momentum; 0 for none.
     clip_norm: if set, gradients are first clipped to this global norm.
   """
   if name == "adam":
@@ -49,7 +52,8 @@ def make_optimizer(name: str, learning_rate: float | optax.Schedule, *, decay: f
   elif name == "rmsprop":
     optimizer = optax.rmsprop(learning_rate, decay=decay, eps=1e-10, initial_scale=1.0)
   elif name == "sgd":
-    optimizer = optax.sgd(learning_rate, momentum=momentum)
+    # optax.sgd(momentum=0.0) would keep a trace g + 0 * m in its state; None has none.
+    optimizer = optax.sgd(learning_rate, momentum=momentum or None)
   else:
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
   if clip_norm:

@@ -1,5 +1,7 @@
-"""Tests of rnn_jax.training.optim: TF1's RMSProp, SGD with momentum and clipping, schedules."""
+"""Tests of rnn_jax.training.optim: TF1's RMSProp, SGD with and without momentum, clipping,
+schedules."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -36,6 +38,20 @@ def test_sgd_momentum_and_clipping():
   np.testing.assert_allclose(params["w"], w, rtol=1e-6)
   with pytest.raises(ValueError, match="optimizer"):
     optim.make_optimizer("adagrad", 0.1)
+
+
+def test_sgd_without_momentum_is_plain_gradient_descent():
+  """momentum=0: w -= lr * g at every step, and no momentum trace in the optimizer state."""
+  optimizer = optim.make_optimizer("sgd", 0.5, momentum=0.0)
+  params = {"w": jnp.array([1.0, -2.0])}
+  state = optimizer.init(params)
+  assert jax.tree.leaves(state) == []
+  w = np.array([1.0, -2.0])
+  for grad in ([3.0, 4.0], [-0.5, 0.25]):
+    updates, state = optimizer.update({"w": jnp.array(grad)}, state, params)
+    params = optax.apply_updates(params, updates)
+    w = w - 0.5 * np.array(grad)
+  np.testing.assert_array_equal(params["w"], w.astype(np.float32))
 
 
 def test_every_listed_optimizer_is_built():
