@@ -1,7 +1,7 @@
 """PNG figures of a training run (matplotlib, Agg backend, imported lazily).
 
 * :func:`plot_curves`: training loss and accuracy against the step, with the
-  test-set evaluations as markers.
+  validation and test-set evaluations as markers.
 * :func:`plot_prediction_by_step`: the seed tutorials' picture of how a
   prediction forms: for one input sequence, the softmax over the classes after
   each time step, one small bar chart per step, next to the image.
@@ -22,30 +22,43 @@ def _pyplot():
   return plt
 
 
+def accuracy_limits(percentages: Sequence[float]) -> tuple[float, float]:
+  """The accuracy axis of :func:`plot_curves`: from the lowest value (rounded down to a
+  multiple of 5 %) to 100.5 %, so short runs stay on the plot and long ones keep detail."""
+  if not percentages:
+    return 80.0, 100.5
+  return max(0.0, 5.0 * ((min(percentages) - 0.5) // 5.0)), 100.5
+
+
 def plot_curves(records: Sequence[dict[str, Any]], path: str, title: str = "") -> None:
   """Writes loss and accuracy curves to ``path``.
 
   Args:
     records: :class:`~rnn_jax.training.metrics.MetricsLog` records; ``kind == "train"``
-      ones need ``step``, ``loss``, ``accuracy``; ``kind == "eval"`` ones
-      ``step``, ``test_loss``, ``test_accuracy``.
+      ones need ``step``, ``loss``, ``accuracy``; ``kind == "validation"`` ones
+      ``step``, ``validation_loss``, ``validation_accuracy``; ``kind == "eval"``
+      ones (the test set) ``step``, ``test_loss``, ``test_accuracy``.
     path: the PNG file.
     title: figure title.
   """
   plt = _pyplot()
   train = [r for r in records if r.get("kind") == "train"]
-  evals = [r for r in records if r.get("kind") == "eval"]
   figure, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  plotted = []
   if train:
     steps = [r["step"] for r in train]
+    plotted += [100 * r["accuracy"] for r in train]
     ax_loss.plot(steps, [r["loss"] for r in train], label="train (batch mean)")
     ax_acc.plot(steps, [100 * r["accuracy"] for r in train], label="train (batch mean)")
-  if evals:
-    steps = [r["step"] for r in evals]
-    ax_loss.plot(steps, [r["test_loss"] for r in evals], "o-", label="test")
-    ax_acc.plot(steps, [100 * r["test_accuracy"] for r in evals], "o-", label="test")
+  for kind, split in (("validation", "validation"), ("eval", "test")):
+    evals = [r for r in records if r.get("kind") == kind]
+    if evals:
+      steps = [r["step"] for r in evals]
+      plotted += [100 * r[f"{split}_accuracy"] for r in evals]
+      ax_loss.plot(steps, [r[f"{split}_loss"] for r in evals], "o-", label=split)
+      ax_acc.plot(steps, [100 * r[f"{split}_accuracy"] for r in evals], "o-", label=split)
   ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log")
-  ax_acc.set(xlabel="step", ylabel="accuracy (%)", ylim=(80, 100.5))
+  ax_acc.set(xlabel="step", ylabel="accuracy (%)", ylim=accuracy_limits(plotted))
   for axis in (ax_loss, ax_acc):
     axis.grid(alpha=0.3)
     axis.legend()
