@@ -47,7 +47,7 @@ try:
   from absl import app, flags, logging
 
   from rnn_jax import hopfield
-  from rnn_jax.training import datasets
+  from rnn_jax.training import datasets, script
 except ImportError as missing:  # The `train` extra is not installed.
   if __name__ != "__main__":
     raise
@@ -109,10 +109,6 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", DEFAULTS["seed"], "Seed of the patterns, queries and update orders.")
 
 
-class UsageError(Exception):
-  """A run refused before it starts: exit status 2."""
-
-
 # ----------------------------------------------------------------------------- settings
 
 
@@ -120,8 +116,9 @@ def _parse_list(name: str, values, kind):
   try:
     return [kind(value) for value in values]
   except ValueError:
-    raise UsageError(f"flag --{name}={','.join(map(str, values))}: expected a comma-separated "
-                     f"list of {kind.__name__}s") from None
+    shown = ",".join(map(str, values))
+    raise script.UsageError(f"flag --{name}={shown}: expected a comma-separated list of "
+                            f"{kind.__name__}s") from None
 
 
 def settings_from_flags() -> dict:
@@ -137,12 +134,12 @@ def validate(settings: dict) -> dict:
   """Checks the settings; returns them with sorted, de-duplicated sizes.
 
   Raises:
-    UsageError: a value out of range, naming its flag.
+    script.UsageError: a value out of range, naming its flag.
   """
   def refuse(name, problem):
     value = settings[name]
     shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-    raise UsageError(f"flag --{name}={shown}: {problem}")
+    raise script.UsageError(f"flag --{name}={shown}: {problem}")
 
   settings = dict(settings)
   for name, choices in (("datasets", DATASETS), ("rules", tuple(RULES))):
@@ -484,35 +481,14 @@ def plot_digits(digits: dict, settings: dict, path: str) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
-def parse_flags(argv):
-  """absl's parser, but a bad flag gives one line on stderr and exit status 2."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as error:
-    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv):
   if len(argv) > 1:
-    raise UsageError(f"unexpected arguments {argv[1:]}; all settings are --flags")
+    raise script.UsageError(f"unexpected arguments {argv[1:]}; all settings are --flags")
   logging.set_verbosity(logging.WARNING)  # JAX logs its backend search at INFO.
   summary = run(settings_from_flags(), FLAGS.workdir, FLAGS.data_dir)
   print(json.dumps(summary), flush=True)
 
 
-def main_with_exit_codes(argv):
-  """:func:`main`, with a refusal as one line on stderr and status 2, missing data status 1."""
-  try:
-    main(argv)
-  except UsageError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
-  except datasets.DataError as error:
-    print(f"data error: {' '.join(str(error).split())}", file=sys.stderr)
-    sys.exit(1)
-
-
 if __name__ == "__main__":
   define_flags()
-  app.run(main_with_exit_codes, flags_parser=parse_flags)
+  app.run(script.with_exit_codes(main), flags_parser=script.parse_flags)

@@ -18,6 +18,8 @@ import sys
 
 import pytest
 
+from rnn_jax.training import script
+
 from experiments import hopfield_capacity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +77,7 @@ def test_tiny_run_writes_its_results_and_figures(tmp_path):
     ({"num_queries": 0}, "flag --num_queries=0: must be >= 1"),
 ])
 def test_validate_names_the_bad_flag(changes, message):
-  with pytest.raises(hopfield_capacity.UsageError, match=re.escape(message)):
+  with pytest.raises(script.UsageError, match=re.escape(message)):
     hopfield_capacity.validate({**hopfield_capacity.DEFAULTS, **changes})
 
 

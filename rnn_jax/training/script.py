@@ -107,8 +107,8 @@ def with_exit_codes(main: Callable[[list], None]) -> Callable[[list], None]:
     except UsageError as error:
       print(f"error: {error}", file=sys.stderr)
       sys.exit(2)
-    except DataError as error:
-      print(f"data error: {error}", file=sys.stderr)
+    except DataError as error:  # One line, even for the list of places tried.
+      print(f"data error: {' '.join(str(error).split())}", file=sys.stderr)
       sys.exit(1)
     except loop.NonFiniteLoss as error:
       print(f"stopped: {error}", file=sys.stderr)
