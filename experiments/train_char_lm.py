@@ -1,0 +1,377 @@
+r"""Trains a character-level language model with truncated BPTT over stateful streams.
+
+    python -m experiments.train_char_lm                     # Tiny Shakespeare, the README's model
+    python -m experiments.train_char_lm --text_file=my.txt --cell=gru --hidden_size=256
+    python -m experiments.train_char_lm --tbptt=false       # random windows from a zero state
+
+The text (``--text_file``, or Tiny Shakespeare found as
+:func:`rnn_jax.training.text.find_text_file` says) is split 90/5/5 by
+character offset as tensorflow-datasets splits it; the vocabulary is the
+training split's characters plus ``<unk>``. The model is embedding -> the
+recurrent core (``--cell`` x ``--num_layers``) -> dense; ``--dropout`` drops
+the embeddings, the core's outputs and, in a stack, between layers.
+
+Training (``--tbptt``, the default): the training text is cut into
+``--batch_size`` contiguous streams and step ``i`` trains on window ``i`` of
+``--window`` characters of each, starting from the carry the previous window
+ended with (gradients stop at the window boundary); the carry is part of the
+checkpointed state. ``--tbptt=false``: random windows, each from a zero state.
+Adam with linear warmup and cosine decay, gradients clipped to ``--clip_norm``.
+
+Everything a run writes goes to ``--workdir`` (default ``runs/char_lm-<hash
+of the config>``): Orbax checkpoints, ``config.json``, ``vocabulary.json``,
+``metrics.jsonl``, TensorBoard events (if installed), ``curves.png`` (train
+and validation loss) and ``sample.txt`` (a sample of ``--sample_length``
+characters). Rerunning the same command resumes from the newest readable
+checkpoint and ends bitwise equal to an uninterrupted run; SIGINT/SIGTERM save
+and exit with status 128 + the signal number; a NaN/inf loss stops the run
+(status 1) keeping the last good checkpoint; a data error is status 1; a
+refusal (bad flag value, missing extra, workdir of another run) is one line
+and status 2 before any work. The last line of output is one JSON object
+(``val_loss``, ``test_loss`` in nats/char, ``val_bpc``, ``test_bpc``,
+``steps``, ``wall_seconds``, ``chars_per_second``, ...).
+
+Sample from a trained run with ``python -m experiments.generate --workdir=DIR``.
+From Python: ``train_char_lm.run({"steps": 100}, "runs/x", train_char_lm.Options())``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Callable, Mapping
+
+if __name__ == "__main__":
+  from rnn_jax.training import runtime
+  runtime.use_fast_allocator()  # Re-executes with tcmalloc before JAX allocates anything.
+
+try:
+  import jax
+  import numpy as np
+  from absl import app, flags, logging
+
+  from rnn_jax.layer import VJPS
+  from rnn_jax.training import (classification, language_model, loop, metrics, optim, runtime,
+                                script, text)
+except ImportError as missing:  # The `train` extra is not installed.
+  if __name__ != "__main__":
+    raise
+  print(f"error: the training toolkit needs {missing.name}, which is not installed; "
+        "pip install 'rnn_jax[train]'", file=sys.stderr)
+  sys.exit(2)
+
+UsageError = script.UsageError
+
+DEFAULTS = {
+    "text_file": None, "cell": "lstm", "hidden_size": 512, "num_layers": 1, "embed_size": 64,
+    "dropout": 0.1, "batch_size": 32, "window": 64, "steps": 4000, "learning_rate": 3e-3,
+    "warmup_steps": 100, "clip_norm": 1.0, "tbptt": True, "seed": 0, "unroll": None,
+    "backward": "auto",
+}
+"""The default run's config (the README's Tiny Shakespeare model). A workdir remembers its
+config; a rerun with another one is refused instead of silently resuming."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How a run is carried out and reported; unlike the config, a rerun may change them.
+
+  Attributes:
+    log_every: steps between progress lines.
+    checkpoint_every: steps between checkpoints.
+    keep_checkpoints: checkpoints kept.
+    eval_every: steps between validation evaluations (0: only at the end).
+    eval_streams: streams a split is cut into for evaluation.
+    eval_window: characters per evaluation window.
+    sample_length: characters of the final sample (0: none).
+    sample_temperature: its temperature.
+    plots: write ``curves.png`` (needs matplotlib).
+    platform: the JAX platform (``None``: JAX's choice).
+  """
+
+  log_every: int = 100
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3
+  eval_every: int = 1000
+  eval_streams: int = 32
+  eval_window: int = 256
+  sample_length: int = 300
+  sample_temperature: float = 0.8
+  plots: bool = True
+  platform: str | None = None
+
+
+def define_flags() -> None:
+  """The script's absl flags (defined only when it runs as a script, so importing it is free)."""
+  opts = Options()
+  flags.DEFINE_string("text_file", None, "UTF-8 text to train on (default: Tiny Shakespeare).")
+  flags.DEFINE_enum("cell", DEFAULTS["cell"], sorted(classification.CELLS), "Recurrent cell.")
+  flags.DEFINE_integer("hidden_size", DEFAULTS["hidden_size"], "Units per layer.", lower_bound=1)
+  flags.DEFINE_integer("num_layers", DEFAULTS["num_layers"], "Stacked layers.", lower_bound=1)
+  flags.DEFINE_integer("embed_size", DEFAULTS["embed_size"], "Embedding width.", lower_bound=1)
+  flags.DEFINE_float("dropout", DEFAULTS["dropout"], "Drop rate of the embeddings, between "
+                     "layers and of the core's outputs, in training.", lower_bound=0.0,
+                     upper_bound=0.99)
+  flags.DEFINE_integer("batch_size", DEFAULTS["batch_size"], "Streams (windows per step).",
+                       lower_bound=1)
+  flags.DEFINE_integer("window", DEFAULTS["window"], "Characters per window (the truncation "
+                       "length K of BPTT).", lower_bound=1)
+  flags.DEFINE_integer("steps", DEFAULTS["steps"], "Training steps.", lower_bound=1)
+  flags.DEFINE_float("learning_rate", DEFAULTS["learning_rate"], "Peak Adam learning rate "
+                     "(warmup, then cosine decay to 0).", lower_bound=0.0)
+  flags.DEFINE_integer("warmup_steps", DEFAULTS["warmup_steps"], "Linear warmup steps.",
+                       lower_bound=0)
+  flags.DEFINE_float("clip_norm", DEFAULTS["clip_norm"], "Clip gradients to this global norm; "
+                     "0 disables.", lower_bound=0.0)
+  flags.DEFINE_boolean("tbptt", DEFAULTS["tbptt"], "Truncated BPTT over stateful streams; "
+                       "false: random windows from a zero state.")
+  flags.DEFINE_integer("seed", DEFAULTS["seed"], "Seed of the initialisation, data and dropout.",
+                       lower_bound=0)
+  flags.DEFINE_integer("unroll", DEFAULTS["unroll"], "Time steps per scan iteration (default: "
+                       "the cell's tuned value).", lower_bound=1)
+  flags.DEFINE_enum("backward", DEFAULTS["backward"], ["auto", *VJPS], "Gradient of the scan "
+                    "(rnn_jax.rnn's vjp=); auto: the cell's tuned choice.")
+  flags.DEFINE_string("workdir", None, "Run directory (default runs/char_lm-<config hash>).")
+  flags.DEFINE_enum("platform", opts.platform, ["cpu", "gpu", "cuda", "rocm", "tpu"],
+                    "JAX platform (default: JAX's choice).")
+  for field in dataclasses.fields(Options):
+    if field.name in ("platform",):
+      continue
+    define = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer,
+              float: flags.DEFINE_float}[type(field.default)]
+    define(field.name, field.default, f"Options.{field.name} (see the module doc).")
+
+
+def resolve_config(config: Mapping = ()) -> dict:
+  """:data:`DEFAULTS` overridden by ``config``, checked; :class:`UsageError` naming the flag."""
+  unknown = sorted(set(dict(config)) - set(DEFAULTS))
+  if unknown:
+    raise UsageError(f"unknown config keys {unknown}; the keys are those of DEFAULTS")
+  resolved = {**DEFAULTS, **dict(config)}
+  if resolved["cell"] not in classification.CELLS:
+    raise UsageError(f"flag --cell={resolved['cell']}: unknown cell; choose one of "
+                     f"{', '.join(sorted(classification.CELLS))}")
+  if resolved["backward"] not in ("auto", *VJPS):
+    raise UsageError(f"flag --backward={resolved['backward']}: choose auto or one of {VJPS}")
+  for name in ("hidden_size", "num_layers", "embed_size", "batch_size", "window", "steps"):
+    if not isinstance(resolved[name], int) or resolved[name] < 1:
+      raise UsageError(f"flag --{name}={resolved[name]}: must be a positive integer")
+  if resolved["learning_rate"] <= 0:
+    raise UsageError(f"flag --learning_rate={resolved['learning_rate']}: must be > 0")
+  if not 0.0 <= resolved["dropout"] < 1.0:
+    raise UsageError(f"flag --dropout={resolved['dropout']}: must be in [0, 1)")
+  if resolved["text_file"] is not None:
+    resolved["text_file"] = os.path.abspath(resolved["text_file"])
+  return resolved
+
+
+def build_model(config: Mapping, vocab_size: int) -> language_model.CharLM:
+  """The run's model for ``vocab_size`` ids (training and :mod:`experiments.generate`)."""
+  core = classification.build_core(config["cell"], config["hidden_size"], config["num_layers"],
+                                   dropout=config["dropout"])
+  return language_model.CharLM(core, vocab_size, config["embed_size"], config["dropout"],
+                               unroll=config["unroll"],
+                               vjp=None if config["backward"] == "auto" else config["backward"])
+
+
+def build_optimizer(config: Mapping):
+  """Adam, warmup then cosine decay over ``steps``, clipped to ``clip_norm``."""
+  schedule = optim.make_schedule(config["learning_rate"], config["steps"],
+                                 config["warmup_steps"], cosine=True)
+  return optim.make_optimizer("adam", schedule, clip_norm=config["clip_norm"] or None)
+
+
+def initial_state(config: Mapping, model: language_model.CharLM, optimizer) -> loop.TrainState:
+  """The state of step 0 (also the template a checkpoint is restored into)."""
+  return language_model.create_state(model, optimizer, jax.random.key(config["seed"]),
+                                     config["batch_size"], tbptt=config["tbptt"])
+
+
+def check_vocabulary(workdir: str, vocabulary: text.Vocabulary) -> None:
+  """Saves the vocabulary in ``workdir``, or refuses one there that differs (another text)."""
+  path = os.path.join(workdir, "vocabulary.json")
+  if os.path.exists(path):
+    saved = text.Vocabulary.load(path)
+    if saved != vocabulary:
+      raise UsageError(f"flag --workdir={workdir}: its vocabulary.json ({len(saved.chars)} "
+                       f"characters) is not this text's ({len(vocabulary.chars)}); the text "
+                       "changed: use another --workdir")
+    return
+  vocabulary.save(path)
+
+
+def plot_loss_curves(records, path: str, title: str) -> None:
+  """Training loss (interval means) and validation loss against the step, in nats/char."""
+  from rnn_jax.training.plots import pyplot  # pylint: disable=import-outside-toplevel
+  plt = pyplot()
+  train = [r for r in records if r.get("kind") == "train"]
+  evals = [r for r in records if r.get("kind") == "eval"]
+  figure, axis = plt.subplots(figsize=(7, 4))
+  axis.plot([r["step"] for r in train], [r["loss"] for r in train], label="train (interval mean)")
+  axis.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
+  axis.set(xlabel="step", ylabel="cross-entropy (nats/char)", title=title)
+  if train:
+    axis.set_ylim(min([r["loss"] for r in train] + [r["val_loss"] for r in evals]) - 0.05,
+                  min(max(r["loss"] for r in train), 3.0))
+  axis.grid(alpha=0.3)
+  axis.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=80)
+  plt.close(figure)
+
+
+def run(config: Mapping, workdir: str | None = None, options: Options = Options(), *,
+        say: Callable[[str], None] = script.say) -> dict:
+  """Trains and evaluates a character LM; returns the summary the script prints last.
+
+  Raises:
+    UsageError: refused before any training.
+    rnn_jax.training.text.DataError: the text cannot be found or read.
+    rnn_jax.training.loop.NonFiniteLoss, rnn_jax.training.loop.Interrupted:
+      see :func:`rnn_jax.training.loop.fit`.
+  """
+  started = time.perf_counter()
+  config = resolve_config(config)
+  script.check_extras(options.plots)
+  if options.platform:
+    script.select_platform(options.platform)
+  from rnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel  # Orbax.
+  path, vocabulary, splits = text.load_splits(config["text_file"])
+  try:
+    batches = (text.StreamWindows(splits["train"], config["batch_size"], config["window"])
+               if config["tbptt"] else
+               text.RandomWindows(splits["train"], config["batch_size"], config["window"],
+                                  config["seed"]))
+  except ValueError as error:
+    raise UsageError(str(error)) from error
+  workdir = workdir or script.default_workdir(config, "char_lm")
+  script.check_workdir_config(workdir, config)
+  check_vocabulary(workdir, vocabulary)
+
+  model = build_model(config, vocabulary.size)
+  optimizer = build_optimizer(config)
+  state = initial_state(config, model, optimizer)
+  chars_per_step = config["batch_size"] * config["window"]
+  say(f"{config['cell']} x{config['num_layers']} H={config['hidden_size']} "
+      f"E={config['embed_size']} ({loop.num_params(state.params):,} parameters), vocabulary "
+      f"{len(vocabulary.chars)} + <unk>; {path}: {len(splits['train']):,} train / "
+      f"{len(splits['validation']):,} validation / {len(splits['test']):,} test characters; "
+      f"{'TBPTT over ' if config['tbptt'] else 'random windows, '}{config['batch_size']} "
+      f"{'streams' if config['tbptt'] else 'per batch'} x {config['window']} characters, "
+      f"{config['steps']} steps ({config['steps'] * chars_per_step / len(splits['train']):.1f} "
+      f"passes), on {jax.devices()[0].platform}; workdir {workdir}")
+  if jax.devices()[0].platform == "cpu" and not runtime.fast_allocator_active():
+    say("note: running with glibc malloc; installing tcmalloc (Debian: apt-get install "
+        "libtcmalloc-minimal4) speeds up CPU training, picked up automatically")
+
+  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"),
+                                     max_to_keep=options.keep_checkpoints, log=say)
+  restored = store.restore_latest(state)
+  resumed_from = None
+  if restored is not None:
+    resumed_from, state = restored
+    say(f"resumed from the checkpoint at step {resumed_from}")
+  log = metrics.MetricsLog(workdir)
+
+  def evaluate(params, split):
+    return language_model.evaluate(model, params, splits[split], options.eval_streams,
+                                   options.eval_window)
+
+  def run_eval(step, current):
+    result = evaluate(current.params, "validation")
+    log.write("eval", {"step": step, "val_loss": result["loss"], "val_bpc": result["bpc"]})
+    say(f"step {step}: validation loss {result['loss']:.4f} nats/char, "
+        f"{result['bpc']:.4f} bits/char")
+    return result
+
+  records = []
+
+  def on_log(record):
+    if int(record["step"]) > (resumed_from or 0) + options.log_every:  # not the compile interval
+      records.append(record)
+    log.write("train", record)
+
+  train_started = time.perf_counter()
+  train_step = loop.make_train_step(
+      language_model.loss_function(model, config["window"], config["tbptt"]), optimizer,
+      seed=config["seed"])
+  state = loop.fit(state, train_step, batches, num_steps=config["steps"], store=store,
+                   checkpoint_every=options.checkpoint_every, log_every=options.log_every,
+                   steps_per_epoch=batches.windows_per_pass,
+                   metric_formats=language_model.METRIC_FORMATS, on_log=on_log,
+                   on_eval=run_eval, eval_every=options.eval_every,
+                   throughput=(chars_per_step, "chars"), log=say)
+  train_seconds = time.perf_counter() - train_started
+  eval_started = time.perf_counter()
+  validation = run_eval(config["steps"], state)
+  test = evaluate(state.params, "test")
+  say(f"test loss {test['loss']:.4f} nats/char, {test['bpc']:.4f} bits/char "
+      f"({test['count']:,} characters)")
+  eval_seconds = time.perf_counter() - eval_started
+
+  sample = None
+  if options.sample_length:
+    prompt = sample_prompt(vocabulary, path)
+    tokens = language_model.generate(
+        model, state.params, vocabulary.encode(prompt, strict=True),
+        jax.random.key(config["seed"]), length=options.sample_length,
+        temperature=options.sample_temperature, exclude=vocabulary.unknown_id)
+    sample = prompt + vocabulary.decode(np.asarray(tokens))
+    with open(os.path.join(workdir, "sample.txt"), "w", encoding="utf-8") as stream:
+      stream.write(sample)
+    say(f"sample (temperature {options.sample_temperature:g}, {options.sample_length} "
+        f"characters after the prompt):\n{sample}")
+  if options.plots:
+    plot_loss_curves(log.read(), os.path.join(workdir, "curves.png"),
+                     f"{config['cell']} x{config['num_layers']} H={config['hidden_size']}, "
+                     f"{'TBPTT' if config['tbptt'] else 'random windows'}")
+  log.close()
+  store.close()
+  chars_per_second = None
+  if len(records) >= 2:
+    chars_per_second = ((records[-1]["step"] - records[0]["step"]) * chars_per_step
+                        / (records[-1]["wall_seconds"] - records[0]["wall_seconds"]))
+  return {
+      "val_loss": validation["loss"], "val_bpc": validation["bpc"],
+      "test_loss": test["loss"], "test_bpc": test["bpc"],
+      "val_chars": validation["count"], "test_chars": test["count"],
+      "steps": int(state.step), "parameters": loop.num_params(state.params),
+      "resumed_from": resumed_from, "train_seconds": round(train_seconds, 2),
+      "eval_seconds": round(eval_seconds, 2),
+      "chars_per_second": chars_per_second and round(chars_per_second),
+      "wall_seconds": round(time.perf_counter() - started, 2),
+      "load_average": [round(value, 2) for value in os.getloadavg()],
+      "allocator": runtime.allocator_name(), "workdir": workdir, "config": config,
+  }
+
+
+def sample_prompt(vocabulary: text.Vocabulary, path: str) -> str:
+  """The final sample's prompt: the first line of the text (at most 40 characters)."""
+  with open(path, encoding="utf-8") as stream:
+    first_line = stream.readline(40).rstrip("\n")
+  return first_line or vocabulary.chars[0]
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UsageError(f"unexpected arguments {argv[1:]}; all settings are --flags")
+  started = time.perf_counter()
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  explicit = {name: flags.FLAGS[name].value for name in DEFAULTS if flags.FLAGS[name].present}
+  options = Options(**{field.name: flags.FLAGS[field.name].value
+                       for field in dataclasses.fields(Options)})
+  summary = run(explicit, flags.FLAGS.workdir, options)
+  summary["wall_seconds"] = round(time.perf_counter() - started, 2)
+  print(json.dumps(summary), flush=True)
+
+
+main_with_exit_codes = script.with_exit_codes(main)
+parse_flags = script.parse_flags
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main_with_exit_codes, flags_parser=parse_flags)

@@ -1,0 +1,279 @@
+"""Character-level language model: embedding -> any recurrent layer -> dense, its task and sampling.
+
+    model = CharLM(build_core("lstm", 512), vocab_size=66, embed_size=64)
+    params = model.init(jax.random.key(0))
+    logits, carry = model.apply(params, ids)            # ids [B, T] -> logits [B, T, V]
+
+The core is any steppable layer of the library (a cell, a linear recurrence,
+a ``stack``, a ``remat`` of either; :func:`~rnn_jax.training.classification.build_core`
+builds one by name). Dropout (inverted, rate ``dropout``) is applied in
+training to the embeddings and to the core's outputs before the dense layer;
+a stacked core also drops between its layers (``stack(dropout=...)``). The
+recurrent connections are never dropped.
+
+The task, for :mod:`rnn_jax.training.loop`:
+
+* :func:`loss_function`: mean next-character cross-entropy over a
+  :class:`~rnn_jax.training.text.TextBatch` window, with ``bpc`` (bits per
+  character) as a metric. With ``tbptt=True`` the state's ``aux`` is the
+  recurrent carry: a window starts from the carry the previous one ended with
+  behind ``jax.lax.stop_gradient`` (so the state flows along each stream while
+  gradients span ``K`` steps), or from zeros where the batch says ``reset``;
+  the window's final carry becomes the new ``aux``, and is checkpointed with
+  the rest of the state. With ``tbptt=False`` every window starts from zeros
+  and ``aux`` stays ``None``.
+* :func:`evaluate`: the loss over a whole split, each character predicted
+  exactly once, the carry passed from window to window.
+* :func:`generate`: primes the carry with one ``rnn`` call over the prompt,
+  then samples inside one compiled ``jax.lax.scan`` over ``core.step``
+  (:func:`sample_next`: temperature, top-k, top-p; temperature 0 is greedy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import rnn_jax
+from rnn_jax.compose import dropout_outputs
+from rnn_jax.training import loop
+from rnn_jax.training.text import TextBatch
+
+METRIC_FORMATS = {"loss": "loss {:.4f}", "bpc": "{:.3f} bits/char"}
+"""The training metrics of :func:`loss_function` and how progress lines show them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CharLM:
+  """Embedding -> ``core`` -> dense over the vocabulary (hashable: a static ``jit`` argument).
+
+  Attributes:
+    core: the recurrent layer (anything with ``step``, for generation).
+    vocab_size: ``V``, the number of token ids.
+    embed_size: ``E``, the embedding width (the core's input size).
+    dropout: drop rate on the embeddings and the core's outputs in training.
+    unroll: ``rnn_jax.rnn(unroll=...)``; ``None``: the core's tuned value.
+    vjp: ``rnn_jax.rnn(vjp=...)``; ``None``: the core's tuned choice.
+  """
+
+  core: rnn_jax.Layer
+  vocab_size: int
+  embed_size: int
+  dropout: float = 0.0
+  unroll: int | None = None
+  vjp: str | None = None
+
+  def __post_init__(self):
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+  def init(self, key: jax.Array) -> dict:
+    """``{"embed": [V, E] ~ N(0, 1), "core": ..., "dense": {"w": [O, V] Glorot, "b": [V] zeros}}``."""
+    embed_key, core_key, dense_key = jax.random.split(key, 3)
+    return {
+        "embed": jax.random.normal(embed_key, (self.vocab_size, self.embed_size)),
+        "core": self.core.init(core_key, self.embed_size),
+        "dense": {"w": jax.nn.initializers.glorot_uniform()(
+                      dense_key, (self.core.output_size, self.vocab_size)),
+                  "b": jnp.zeros((self.vocab_size,))},
+    }
+
+  def initial_carry(self, batch_size: int) -> Any:
+    """The core's zero carry for ``batch_size`` streams."""
+    return self.core.initial_carry((batch_size,))
+
+  def uses_dropout(self) -> bool:
+    """Whether a dropout key changes the training outputs (this model's or the core's dropout)."""
+    return self.dropout > 0.0 or rnn_jax.uses_dropout(self.core)
+
+  def _dense(self, params, features):
+    return features @ params["dense"]["w"] + params["dense"]["b"]
+
+  def apply(self, params, ids: jax.Array, carry: Any = None,
+            dropout_rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
+    """``ids int [B, T]`` -> ``(logits [B, T, V], final carry)``, from ``carry`` (zeros if ``None``)."""
+    embed_rng = core_rng = output_rng = None
+    if dropout_rng is not None:
+      embed_rng, core_rng, output_rng = jax.random.split(dropout_rng, 3)
+    inputs = params["embed"][ids]
+    if embed_rng is not None and self.dropout > 0.0:
+      inputs = dropout_outputs(embed_rng, inputs, self.dropout, variational=False)
+    outputs, carry = rnn_jax.rnn(self.core, params["core"], inputs, initial_carry=carry,
+                                 dropout_rng=core_rng, unroll=self.unroll, vjp=self.vjp)
+    if output_rng is not None and self.dropout > 0.0:
+      outputs = dropout_outputs(output_rng, outputs, self.dropout, variational=False)
+    return self._dense(params, outputs), carry
+
+  def step(self, params, carry: Any, ids: jax.Array) -> tuple[Any, jax.Array]:
+    """One character per stream: ``ids int [B]`` -> ``(carry, logits [B, V])``; no dropout."""
+    carry, outputs = self.core.step(params["core"], carry, params["embed"][ids])
+    return carry, self._dense(params, outputs)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-token softmax cross-entropy in nats: ``logits [..., V]``, ``targets int [...]`` -> ``[...]``."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+
+
+def loss_function(model: CharLM, window: int, tbptt: bool = True) -> loop.LossFn:
+  """The training loss on a :class:`~rnn_jax.training.text.TextBatch` of windows of ``window``.
+
+  Returns:
+    ``loss(params, batch, rng, aux) -> (mean cross-entropy, {"bpc"}, aux)``;
+    see the module doc for ``aux`` (the carry) under ``tbptt``.
+  """
+  dropout = model.uses_dropout()
+
+  def window_loss(params, batch: TextBatch, rng, carry):
+    inputs, targets = batch.windows(window)
+    if tbptt:
+      carry = jax.tree.map(lambda leaf: jnp.where(batch.reset, jnp.zeros_like(leaf),
+                                                  jax.lax.stop_gradient(leaf)), carry)
+    logits, final_carry = model.apply(params, inputs, carry if tbptt else None,
+                                      dropout_rng=rng if dropout else None)
+    loss = jnp.mean(cross_entropy(logits, targets))
+    return loss, {"bpc": loss / math.log(2.0)}, final_carry if tbptt else carry
+
+  return window_loss
+
+
+def create_state(model: CharLM, optimizer: optax.GradientTransformation, key: jax.Array,
+                 batch_size: int, tbptt: bool = True) -> loop.TrainState:
+  """A fresh train state; with ``tbptt`` its ``aux`` is the zero carry of ``batch_size`` streams."""
+  # One buffer per leaf: an LSTM's zero (h, c) may share one, and the train step donates aux.
+  carry = jax.tree.map(jnp.copy, model.initial_carry(batch_size)) if tbptt else None
+  return loop.init_state(model.init(key), optimizer, aux=carry)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluation_streams(ids: np.ndarray, num_streams: int, window: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Cuts a split into streams so that each of its ``N - 1`` targets is predicted exactly once.
+
+  Target position ``p`` (``1 .. N-1``) is read from position ``p - 1``;
+  stream ``b`` holds input positions ``b S .. (b + 1) S - 1`` with
+  ``S = ceil((N - 1) / num_streams)`` rounded up to a multiple of ``window``;
+  positions past the end are padding.
+
+  Returns:
+    ``(inputs, targets, mask)``, each ``[num_windows, num_streams, window]``
+    (``mask`` bool: a real target).
+  """
+  count = len(ids) - 1
+  if count < 1:
+    raise ValueError("evaluation needs at least 2 characters")
+  length = -(-count // num_streams)
+  length = -(-length // window) * window
+  positions = np.arange(num_streams)[:, None] * length + np.arange(length)
+  mask = positions < count
+  last = len(ids) - 1
+  inputs = ids[np.minimum(positions, last)]
+  targets = ids[np.minimum(positions + 1, last)]
+  cut = lambda array: array.reshape(num_streams, -1, window).swapaxes(0, 1)
+  return cut(inputs.astype(np.int32)), cut(targets.astype(np.int32)), cut(mask)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _split_loss(model: CharLM, params, inputs, targets, mask):
+  """Summed cross-entropy over windows ``[W, B, K]``, the carry passed from window to window."""
+
+  def one_window(carry, window):
+    window_inputs, window_targets, window_mask = window
+    logits, carry = model.apply(params, window_inputs, carry)
+    losses = cross_entropy(logits, window_targets)
+    return carry, jnp.sum(jnp.where(window_mask, losses, 0.0))
+
+  _, sums = jax.lax.scan(one_window, model.initial_carry(inputs.shape[1]),
+                         (inputs, targets, mask))
+  return jnp.sum(sums)
+
+
+def evaluate(model: CharLM, params, ids: np.ndarray, num_streams: int = 32,
+             window: int = 256) -> dict[str, float]:
+  """The loss over a whole split (see :func:`evaluation_streams`), carry across windows.
+
+  Returns:
+    ``{"loss": nats/char, "bpc": bits/char, "count": N - 1}``.
+  """
+  inputs, targets, mask = evaluation_streams(np.asarray(ids), num_streams, window)
+  total = float(_split_loss(model, params, inputs, targets, mask))
+  count = int(mask.sum())
+  return {"loss": total / count, "bpc": total / count / math.log(2.0), "count": count}
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def sample_next(key: jax.Array, logits: jax.Array, temperature, top_k=0, top_p=1.0) -> jax.Array:
+  """One token per row of ``logits [..., V]``.
+
+  Args:
+    key: PRNG key.
+    logits: unnormalised log-probabilities (``-inf`` never drawn).
+    temperature: divides the logits; ``0`` (or less) picks the argmax.
+    top_k: draw only among the ``k`` largest logits (``0``: no limit).
+    top_p: draw only from the smallest set of most likely tokens whose
+      probability (after temperature and top-k) reaches ``top_p`` (``1``: no limit).
+
+  Returns:
+    ``int32 [...]``. All arguments may be traced.
+  """
+  greedy = jnp.argmax(logits, axis=-1)
+  scaled = logits / jnp.maximum(temperature, 1e-6)
+  order = jnp.argsort(-scaled, axis=-1)
+  ranked = jnp.take_along_axis(scaled, order, axis=-1)
+  rank = jnp.arange(logits.shape[-1])
+  keep = (top_k <= 0) | (rank < top_k)
+  ranked = jnp.where(keep, ranked, -jnp.inf)
+  probabilities = jax.nn.softmax(ranked, axis=-1)
+  before = jnp.cumsum(probabilities, axis=-1) - probabilities  # Mass of the likelier tokens.
+  keep = (top_p >= 1.0) | (before < top_p)
+  ranked = jnp.where(keep, ranked, -jnp.inf)
+  choice = jax.random.categorical(key, ranked, axis=-1)
+  sampled = jnp.take_along_axis(order, choice[..., None], axis=-1)[..., 0]
+  return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "length", "exclude"))
+def generate(model: CharLM, params, prompt: jax.Array, key: jax.Array, *, length: int,
+             temperature=1.0, top_k=0, top_p=1.0, exclude: int | None = None) -> jax.Array:
+  """``length`` tokens continuing ``prompt``, in one compiled program.
+
+  The prompt is read by one ``rnn`` call; each new token is drawn by
+  :func:`sample_next` and fed back through ``model.step`` inside one
+  ``jax.lax.scan`` (no host round-trip per token, the prefix never re-read).
+
+  Args:
+    model: the model.
+    params: its parameters.
+    prompt: ``int32 [P]``, ``P >= 1``.
+    key: PRNG key; equal keys give equal samples.
+    length: tokens to generate.
+    temperature, top_k, top_p: see :func:`sample_next`.
+    exclude: a token id never drawn (the vocabulary's ``<unk>``).
+
+  Returns:
+    ``int32 [length]``.
+  """
+  logits, carry = model.apply(params, prompt[None], model.initial_carry(1))
+  logits = logits[:, -1]
+
+  def one_token(state, step_key):
+    carry, logits = state
+    if exclude is not None:
+      logits = logits.at[..., exclude].set(-jnp.inf)
+    token = sample_next(step_key, logits, temperature, top_k, top_p)
+    carry, logits = model.step(params, carry, token)
+    return (carry, logits), token[0]
+
+  _, tokens = jax.lax.scan(one_token, (carry, logits), jax.random.split(key, length))
+  return tokens

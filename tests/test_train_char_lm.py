@@ -1,0 +1,185 @@
+"""Tests of ``python -m experiments.train_char_lm`` and ``python -m experiments.generate``.
+
+Training runs are in-process calls of ``train_char_lm.run`` on a tiny text
+written by the test (an interruption is a real SIGTERM caught by the loop);
+the command lines (flags, exit statuses, what goes to stdout) run as
+subprocesses. The one real-data run is marked slow.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import generate, train_char_lm
+from rnn_jax.training import loop, text
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = {"cell": "gru", "hidden_size": 16, "embed_size": 8, "batch_size": 4, "window": 16,
+          "steps": 16, "warmup_steps": 2, "learning_rate": 1e-2, "dropout": 0.1}
+OPTIONS = train_char_lm.Options(log_every=4, checkpoint_every=4, eval_every=8, eval_streams=4,
+                                eval_window=32, sample_length=20)
+
+
+def _command(module, *args, timeout=120):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=REPO,
+                        env=env, text=True, capture_output=True, timeout=timeout)
+
+
+def _one_line(result, status):
+  assert result.returncode == status, result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+  return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_text(tmp_path_factory):
+  words = ["to", "be", "or", "not", "the", "question", "whether", "tis", "nobler", "mind"]
+  rng = np.random.default_rng(0)
+  path = tmp_path_factory.mktemp("text") / "tiny.txt"
+  path.write_text(" ".join(rng.choice(words, 600)) + "\n", encoding="utf-8")
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_text, tmp_path_factory):
+  """``(workdir, summary, lines)`` of one uninterrupted tiny run."""
+  workdir, lines = str(tmp_path_factory.mktemp("run") / "a"), []
+  summary = train_char_lm.run({**CONFIG, "text_file": tiny_text}, workdir, OPTIONS,
+                              say=lines.append)
+  return workdir, summary, lines
+
+
+def test_run_writes_everything_and_reports_json_figures(trained):
+  workdir, summary, lines = trained
+  assert summary["steps"] == 16 and summary["resumed_from"] is None
+  assert summary["val_bpc"] == pytest.approx(summary["val_loss"] / np.log(2))
+  vocabulary = text.Vocabulary.load(os.path.join(workdir, "vocabulary.json"))
+  assert summary["val_loss"] < np.log(vocabulary.size) - 0.25  # Below uniform.
+  assert summary["chars_per_second"] > 0 and summary["val_chars"] > 100
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "curves.png",
+                                         "metrics.jsonl", "sample.txt", "vocabulary.json"]
+  progress = [line for line in lines if line.startswith("step 8/16")]
+  assert progress and " bits/char " in progress[0] and " chars/s  ETA " in progress[0]
+  assert any(line.startswith("step 8: validation loss ") for line in lines)
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in records if r["kind"] == "eval"] == [8, 16]
+  with open(os.path.join(workdir, "sample.txt"), encoding="utf-8") as stream:
+    sample = stream.read()
+  prompt = open(summary["config"]["text_file"], encoding="utf-8").readline(40).rstrip("\n")
+  assert sample.startswith(prompt) and len(sample) == len(prompt) + OPTIONS.sample_length
+
+
+def test_interrupted_run_resumes_to_the_same_figures(trained, tiny_text, tmp_path):
+  _, straight, _ = trained
+  workdir = str(tmp_path / "b")
+
+  def sigterm_at_step_8(line):
+    if line.startswith("step 8/16"):
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  options = dataclasses.replace(OPTIONS, sample_length=0, plots=False)  # Not compared here.
+  with pytest.raises(loop.Interrupted, match="SIGTERM received: stopped at step 8/16"):
+    train_char_lm.run({**CONFIG, "text_file": tiny_text}, workdir, options,
+                      say=sigterm_at_step_8)
+  resumed = train_char_lm.run({**CONFIG, "text_file": tiny_text}, workdir, options,
+                              say=lambda line: None)
+  assert resumed["resumed_from"] == 8 and resumed["steps"] == 16
+  for name in ("val_loss", "test_loss"):
+    assert resumed[name] == straight[name]
+  with pytest.raises(train_char_lm.UsageError, match=r"--hidden_size=17 \(was 16\)"):
+    train_char_lm.run({**CONFIG, "text_file": tiny_text, "hidden_size": 17}, workdir, options)
+
+
+def test_vocabulary_and_params_round_trip_through_the_checkpoint(trained, tiny_text):
+  workdir, _, _ = trained
+  model, params, vocabulary, step = generate.load_run(workdir)
+  assert step == 16
+  train_split = text.split_text(open(tiny_text, encoding="utf-8").read())["train"]
+  assert vocabulary == text.Vocabulary.from_text(train_split)
+  assert model.vocab_size == vocabulary.size == len(set(train_split)) + 1
+  first = generate.sample(workdir, "to be", 30, temperature=0.0)
+  assert first == generate.sample(workdir, "to be", 30, temperature=0.0)
+  assert first.startswith("to be") and len(first) == 35
+  seeded = [generate.sample(workdir, "to", 30, temperature=1.0, top_p=0.9, seed=seed)
+            for seed in (1, 1, 2)]
+  assert seeded[0] == seeded[1] != seeded[2]
+  with pytest.raises(generate.UsageError, match="--prompt is empty"):
+    generate.sample(workdir, "", 10)
+  with pytest.raises(generate.UsageError, match=r"--top_p=0.0: must be in \(0, 1\]"):
+    generate.sample(workdir, "to", 10, top_p=0.0)
+
+
+def test_generate_command_prints_only_the_text(trained):
+  workdir, _, _ = trained
+  result = _command("generate", f"--workdir={workdir}", "--prompt=not ", "--length=25",
+                    "--temperature=0.5", "--top_k=3", "--seed=4")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("not ") and len(result.stdout) == len("not ") + 25 + 1
+  assert "Traceback" not in result.stderr
+
+
+def test_generate_refuses_bad_input_in_one_line(trained):
+  workdir, _, _ = trained
+  line = _one_line(_command("generate", f"--workdir={workdir}", "--length=-5"), 2)
+  assert line == "error: --length=-5: must be >= 0"
+  # The same exit path (UsageError -> one line, status 2) for a prompt the model cannot read:
+  with pytest.raises(generate.UsageError) as error:
+    generate.sample(workdir, "to bé?", 10)
+  assert str(error.value) == "--prompt: characters not in the model's vocabulary: 'é' '?'"
+
+
+def test_generate_refuses_missing_and_foreign_workdirs(tmp_path):
+  line = _one_line(_command("generate", f"--workdir={tmp_path / 'none'}"), 1)
+  assert line == f"data error: --workdir={tmp_path / 'none'}: no such directory"
+  (tmp_path / "config.json").write_text(json.dumps({"cell": "gru", "view": "rows"}))
+  with pytest.raises(text.DataError, match="not a run of experiments.train_char_lm"):
+    generate.load_run(str(tmp_path))
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--cell=transformer"], "--cell"),
+    (["--window=0"], "--window"),
+])
+def test_bad_flag_prints_one_line_and_exits_2(args, flag):
+  line = _one_line(_command("train_char_lm", *args, "--workdir=/nonexistent/never"), 2)
+  assert flag in line
+  assert not os.path.exists("/nonexistent/never")
+
+
+def test_missing_text_file_is_one_clear_error(tmp_path):
+  line = _one_line(_command("train_char_lm", f"--text_file={tmp_path / 'no.txt'}",
+                            f"--workdir={tmp_path / 'run'}"), 1)
+  assert line == f"data error: --text_file={tmp_path / 'no.txt'}: no such file"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/work/shared/data/tinyshakespeare/input.txt")
+                    and not os.path.exists(os.path.join(REPO, "..", "shared", "data",
+                                                        "tinyshakespeare", "input.txt")),
+                    reason="no offline Tiny Shakespeare")
+def test_short_real_run_learns_tiny_shakespeare(tmp_path):
+  config = {"hidden_size": 64, "embed_size": 16, "batch_size": 16, "window": 32, "steps": 150,
+            "dropout": 0.0, "warmup_steps": 10, "learning_rate": 1e-2}
+  options = train_char_lm.Options(log_every=50, eval_every=0, sample_length=0, plots=False)
+  summary = train_char_lm.run(config, str(tmp_path), options, say=lambda line: None)
+  assert summary["val_chars"] == 55769 and summary["test_chars"] == 55769
+  assert summary["val_loss"] < 3.0, summary  # Uniform over 66 ids: 4.19 nats/char.
+
+
+def test_torch_comparison_times_both_training_steps():
+  pytest.importorskip("torch")
+  from experiments import bench_char_lm  # pylint: disable=import-outside-toplevel
+  config = train_char_lm.resolve_config({"hidden_size": 8, "embed_size": 4, "batch_size": 2,
+                                         "window": 4})
+  result = bench_char_lm.compare(config, rounds=1, warmup=1)
+  assert result["rnn_jax"]["median_ms"] > 0 and result["torch"]["median_ms"] > 0
+  assert result["torch_over_rnn_jax"] == pytest.approx(
+      result["torch"]["median_ms"] / result["rnn_jax"]["median_ms"], rel=0.02)
