@@ -495,7 +495,7 @@ def _summary(results: dict, settings: dict) -> dict:
 
 def plot_carry_gradient_norms(view: str, view_results: dict, settings: dict, path: str) -> None:
   """Carry gradient norm against the distance from the loss, at init and after training."""
-  plt = plots._pyplot()  # pylint: disable=protected-access  # The toolkit's Agg pyplot.
+  plt = plots.pyplot()
   figure, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
   length = view_results["sequence_length"]
   distance = np.arange(length)
@@ -531,7 +531,7 @@ def plot_carry_gradient_norms(view: str, view_results: dict, settings: dict, pat
 
 def plot_global_grad_norm(views: dict, settings: dict, path: str) -> None:
   """The tanh RNN's raw global gradient norm and training loss per step, clipped vs unclipped."""
-  plt = plots._pyplot()  # pylint: disable=protected-access  # The toolkit's Agg pyplot.
+  plt = plots.pyplot()
   figure, axes = plt.subplots(2, len(views), figsize=(6 * len(views), 6.4), squeeze=False)
   for column, (view, view_results) in enumerate(views.items()):
     for name, color in (("unclipped", "C3"), ("clipped", "C0")):

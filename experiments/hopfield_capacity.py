@@ -47,7 +47,7 @@ try:
   from absl import app, flags, logging
 
   from rnn_jax import hopfield
-  from rnn_jax.training import datasets, script
+  from rnn_jax.training import datasets, plots, script
 except ImportError as missing:  # The `train` extra is not installed.
   if __name__ != "__main__":
     raise
@@ -389,20 +389,13 @@ def format_table(results: dict, settings: dict) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
-def _pyplot():
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
-
-
 _COLORS = {"hebbian": "tab:blue", "storkey": "tab:orange", "pseudoinverse": "tab:green"}
 _LABELS = {"hebbian": "Hebbian", "storkey": "Storkey", "pseudoinverse": "pseudo-inverse"}
 
 
 def plot_capacity(results: dict, path: str) -> None:
   """Recalled fraction and overlap against K/N per data set and rule, and the modern retrieval."""
-  plt = _pyplot()
+  plt = plots.pyplot()
   settings, estimates = results["config"], results["estimates"]
   names = list(settings["datasets"])
   figure, axes = plt.subplots(2, len(names) + 1, figsize=(4.6 * (len(names) + 1), 7.2),
@@ -456,7 +449,7 @@ def plot_capacity(results: dict, path: str) -> None:
 
 def plot_digits(digits: dict, settings: dict, path: str) -> None:
   """Rows: stored digits, corrupted queries, each rule's recall, the modern retrieval."""
-  plt = _pyplot()
+  plt = plots.pyplot()
   rows = [("stored", "stored"), ("corrupted", f"{settings['corruption']:.0%} flipped")]
   rows += [(rule, f"{_LABELS[rule]}, K={settings['digits_patterns']}")
            for rule in settings["rules"]]

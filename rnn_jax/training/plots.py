@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (files only, no display)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -41,7 +42,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str, title: str = "") -
     path: the PNG file.
     title: figure title.
   """
-  plt = _pyplot()
+  plt = pyplot()
   train = [r for r in records if r.get("kind") == "train"]
   figure, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
   plotted = []
@@ -81,7 +82,7 @@ def plot_prediction_by_step(image: np.ndarray, probabilities: np.ndarray, label:
     max_panels: for longer sequences (pixel views, T = 784), only this many
       evenly spaced steps are drawn, the last step always among them.
   """
-  plt = _pyplot()
+  plt = pyplot()
   total_steps, num_classes = probabilities.shape
   shown = np.arange(total_steps)
   if total_steps > max_panels:
