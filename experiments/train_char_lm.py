@@ -29,7 +29,21 @@ and exit with status 128 + the signal number; a NaN/inf loss stops the run
 refusal (bad flag value, missing extra, workdir of another run) is one line
 and status 2 before any work. The last line of output is one JSON object
 (``val_loss``, ``test_loss`` in nats/char, ``val_bpc``, ``test_bpc``,
-``steps``, ``wall_seconds``, ``chars_per_second``, ...).
+``steps``, ``devices``, ``wall_seconds``, ``chars_per_second``, ...).
+
+Data parallelism (:mod:`rnn_jax.training.distributed`), as in
+``experiments/train_mnist.py``: the run uses every device it sees
+(``--num_devices=N``: the first N), shards the ``--batch_size`` streams of
+each step (and their carry) over a ``data`` mesh axis and replicates the
+parameters and optimizer state; the batch must divide by the device count.
+Evaluation shards its streams, padded with masked-out ones to a multiple of
+the device count, so every character counts once and the figures are one
+device's up to float rounding. Several processes join with
+``--coordinator_address=host:port --num_processes=P --process_id=i``, each
+loading only its share of every batch; only process 0 prints, writes metrics,
+plots, the sample and the JSON line. The device count is not part of the
+config: a run checkpointed on 4 devices resumes on 2. On one device the run
+is the single-device one, bitwise.
 
 Sample from a trained run with ``python -m experiments.generate --workdir=DIR``.
 From Python: ``train_char_lm.run({"steps": 100}, "runs/x", train_char_lm.Options())``.
@@ -54,8 +68,8 @@ try:
   from absl import app, flags, logging
 
   from rnn_jax.layer import VJPS
-  from rnn_jax.training import (classification, language_model, loop, metrics, optim, runtime,
-                                script, text)
+  from rnn_jax.training import (classification, distributed, language_model, loop, metrics,
+                                optim, runtime, script, text)
 except ImportError as missing:  # The `train` extra is not installed.
   if __name__ != "__main__":
     raise
@@ -90,6 +104,11 @@ class Options:
     sample_temperature: its temperature.
     plots: write ``curves.png`` (needs matplotlib).
     platform: the JAX platform (``None``: JAX's choice).
+    num_devices: the global device count to train on (0: all; on several
+      processes, each contributes the same number of its devices).
+    coordinator_address: ``host:port`` of process 0, for several processes.
+    num_processes: the processes of the run (1: this one alone).
+    process_id: this process's index, ``0..num_processes - 1``.
   """
 
   log_every: int = 100
@@ -102,6 +121,10 @@ class Options:
   sample_temperature: float = 0.8
   plots: bool = True
   platform: str | None = None
+  num_devices: int = 0
+  coordinator_address: str | None = None
+  num_processes: int = 1
+  process_id: int = 0
 
 
 def define_flags() -> None:
@@ -137,8 +160,17 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Run directory (default runs/char_lm-<config hash>).")
   flags.DEFINE_enum("platform", opts.platform, ["cpu", "gpu", "cuda", "rocm", "tpu"],
                     "JAX platform (default: JAX's choice).")
+  flags.DEFINE_integer("num_devices", opts.num_devices, "Devices to shard each batch over "
+                       "(0: all; several processes: the global count).", lower_bound=0)
+  flags.DEFINE_string("coordinator_address", opts.coordinator_address, "host:port of process "
+                      "0, for a run of several processes (jax.distributed.initialize).")
+  flags.DEFINE_integer("num_processes", opts.num_processes, "Processes (hosts) of the run.",
+                       lower_bound=1)
+  flags.DEFINE_integer("process_id", opts.process_id, "This process's index in the run.",
+                       lower_bound=0)
   for field in dataclasses.fields(Options):
-    if field.name in ("platform",):
+    if field.name in ("platform", "num_devices", "coordinator_address", "num_processes",
+                      "process_id"):
       continue
     define = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer,
               float: flags.DEFINE_float}[type(field.default)]
@@ -236,8 +268,12 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   started = time.perf_counter()
   config = resolve_config(config)
   script.check_extras(options.plots)
-  if options.platform:
-    script.select_platform(options.platform)
+  mesh = script.data_mesh(options, config["batch_size"])
+  # One device of one process: the single-device path, with the text kept on the device.
+  sharded = mesh if mesh.size > 1 or jax.process_count() > 1 else None
+  primary = distributed.is_primary()
+  if not primary:
+    say = lambda line: None
   from rnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel  # Orbax.
   path, vocabulary, splits = text.load_splits(config["text_file"])
   try:
@@ -248,12 +284,20 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   except ValueError as error:
     raise UsageError(str(error)) from error
   workdir = workdir or script.default_workdir(config, "char_lm")
-  script.check_workdir_config(workdir, config)
-  check_vocabulary(workdir, vocabulary)
+  if primary:  # The workdir is shared; the other processes go by process 0's check.
+    script.check_workdir_config(workdir, config)
+    check_vocabulary(workdir, vocabulary)
 
   model = build_model(config, vocabulary.size)
   optimizer = build_optimizer(config)
   state = initial_state(config, model, optimizer)
+  if sharded is not None:
+    # Parameters and optimizer state on every device; the carry of stream b on row b.
+    host_aux = jax.device_get(state.aux)
+    state = distributed.replicate(state._replace(aux=None), sharded)._replace(
+        aux=None if host_aux is None else distributed.global_batch(
+            sharded, config["batch_size"],
+            lambda rows: jax.tree.map(lambda leaf: np.asarray(leaf)[rows], host_aux)))
   chars_per_step = config["batch_size"] * config["window"]
   say(f"{config['cell']} x{config['num_layers']} H={config['hidden_size']} "
       f"E={config['embed_size']} ({loop.num_params(state.params):,} parameters), vocabulary "
@@ -262,7 +306,9 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
       f"{'TBPTT over ' if config['tbptt'] else 'random windows, '}{config['batch_size']} "
       f"{'streams' if config['tbptt'] else 'per batch'} x {config['window']} characters, "
       f"{config['steps']} steps ({config['steps'] * chars_per_step / len(splits['train']):.1f} "
-      f"passes), on {jax.devices()[0].platform}; workdir {workdir}")
+      f"passes), on {jax.devices()[0].platform}"
+      + (f", data-parallel over {mesh.size} devices of {jax.process_count()} process(es)"
+         if sharded is not None else "") + f"; workdir {workdir}")
   if jax.devices()[0].platform == "cpu" and not runtime.fast_allocator_active():
     say("note: running with glibc malloc; installing tcmalloc (Debian: apt-get install "
         "libtcmalloc-minimal4) speeds up CPU training, picked up automatically")
@@ -274,15 +320,16 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   if restored is not None:
     resumed_from, state = restored
     say(f"resumed from the checkpoint at step {resumed_from}")
-  log = metrics.MetricsLog(workdir)
+  log = metrics.MetricsLog(workdir) if primary else None
+  write_metrics = log.write if primary else lambda kind, record: None
 
   def evaluate(params, split):
     return language_model.evaluate(model, params, splits[split], options.eval_streams,
-                                   options.eval_window)
+                                   options.eval_window, mesh=sharded)
 
   def run_eval(step, current):
     result = evaluate(current.params, "validation")
-    log.write("eval", {"step": step, "val_loss": result["loss"], "val_bpc": result["bpc"]})
+    write_metrics("eval", {"step": step, "val_loss": result["loss"], "val_bpc": result["bpc"]})
     say(f"step {step}: validation loss {result['loss']:.4f} nats/char, "
         f"{result['bpc']:.4f} bits/char")
     return result
@@ -292,13 +339,25 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   def on_log(record):
     if int(record["step"]) > (resumed_from or 0) + options.log_every:  # not the compile interval
       records.append(record)
-    log.write("train", record)
+    write_metrics("train", record)
 
   train_started = time.perf_counter()
   train_step = loop.make_train_step(
       language_model.loss_function(model, config["window"], config["tbptt"]), optimizer,
       seed=config["seed"])
-  state = loop.fit(state, train_step, batches, num_steps=config["steps"], store=store,
+  if sharded is None:
+    batch_for_step = batches
+  else:
+    def batch_for_step(step):
+      # Each process loads only its rows' windows; the batch depends on (seed, step) alone.
+      tokens, rows, starts = distributed.global_batch(
+          sharded, config["batch_size"],
+          lambda rows: (batches.window_tokens(step, rows), rows.astype(np.int32),
+                        np.zeros(len(rows), np.int32)))
+      return text.TextBatch(tokens, rows, starts,
+                            distributed.replicate(np.bool_(batches.reset(step)), sharded))
+
+  state = loop.fit(state, train_step, batch_for_step, num_steps=config["steps"], store=store,
                    checkpoint_every=options.checkpoint_every, log_every=options.log_every,
                    steps_per_epoch=batches.windows_per_pass,
                    metric_formats=language_model.METRIC_FORMATS, on_log=on_log,
@@ -313,10 +372,13 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   eval_seconds = time.perf_counter() - eval_started
 
   sample = None
-  if options.sample_length:
+  if options.sample_length and primary:
+    params = state.params
+    if sharded is not None:  # A host copy: generation runs on this process's device alone.
+      params = jax.tree.map(lambda leaf: np.asarray(leaf.addressable_data(0)), params)
     prompt = sample_prompt(vocabulary, path)
     tokens = language_model.generate(
-        model, state.params, vocabulary.encode(prompt, strict=True),
+        model, params, vocabulary.encode(prompt, strict=True),
         jax.random.key(config["seed"]), length=options.sample_length,
         temperature=options.sample_temperature, exclude=vocabulary.unknown_id)
     sample = prompt + vocabulary.decode(np.asarray(tokens))
@@ -324,11 +386,12 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
       stream.write(sample)
     say(f"sample (temperature {options.sample_temperature:g}, {options.sample_length} "
         f"characters after the prompt):\n{sample}")
-  if options.plots:
+  if options.plots and primary:
     plot_loss_curves(log.read(), os.path.join(workdir, "curves.png"),
                      f"{config['cell']} x{config['num_layers']} H={config['hidden_size']}, "
                      f"{'TBPTT' if config['tbptt'] else 'random windows'}")
-  log.close()
+  if log is not None:
+    log.close()
   store.close()
   chars_per_second = None
   if len(records) >= 2:
@@ -342,7 +405,7 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
       "resumed_from": resumed_from, "train_seconds": round(train_seconds, 2),
       "eval_seconds": round(eval_seconds, 2),
       "chars_per_second": chars_per_second and round(chars_per_second),
-      "wall_seconds": round(time.perf_counter() - started, 2),
+      "wall_seconds": round(time.perf_counter() - started, 2), "devices": mesh.size,
       "load_average": [round(value, 2) for value in os.getloadavg()],
       "allocator": runtime.allocator_name(), "workdir": workdir, "config": config,
   }
@@ -365,7 +428,8 @@ def main(argv):
                        for field in dataclasses.fields(Options)})
   summary = run(explicit, flags.FLAGS.workdir, options)
   summary["wall_seconds"] = round(time.perf_counter() - started, 2)
-  print(json.dumps(summary), flush=True)
+  if distributed.is_primary():
+    print(json.dumps(summary), flush=True)
 
 
 main_with_exit_codes = script.with_exit_codes(main)

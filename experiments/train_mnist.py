@@ -300,29 +300,8 @@ check_workdir_config = script.check_workdir_config
 _say = script.say
 
 
-def data_mesh(options: Options, batch_size: int) -> jax.sharding.Mesh:
-  """Joins the other processes (if any), selects the platform, returns the data mesh.
-
-  The first JAX work of a run: ``jax.distributed.initialize`` must come before
-  anything starts JAX's backends.
-
-  Raises:
-    UsageError: bad process flags, a platform this machine lacks, more
-      devices than there are, a batch that does not divide by the device count.
-  """
-  try:
-    distributed.initialize(options.coordinator_address, options.num_processes,
-                           options.process_id)
-  except ValueError as error:
-    raise UsageError(f"flag --{error}") from error
-  if options.platform:
-    select_platform(options.platform)
-  try:
-    mesh = distributed.make_data_mesh(options.num_devices)
-    distributed.check_batch_size(batch_size, mesh.size)
-  except ValueError as error:
-    raise UsageError(f"flag --{error}") from error
-  return mesh
+data_mesh = script.data_mesh
+"""See :func:`rnn_jax.training.script.data_mesh`."""
 
 
 def run_identity(config: Mapping) -> dict:

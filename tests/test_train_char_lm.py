@@ -26,8 +26,11 @@ OPTIONS = train_char_lm.Options(log_every=4, checkpoint_every=4, eval_every=8, e
                                 eval_window=32, sample_length=20)
 
 
-def _command(module, *args, timeout=120):
+def _command(module, *args, timeout=120, devices=None):
+  """The module as a subprocess; ``devices``: that many forced CPU devices."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  if devices is not None:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=REPO,
                         env=env, text=True, capture_output=True, timeout=timeout)
 
@@ -152,6 +155,40 @@ def test_bad_flag_prints_one_line_and_exits_2(args, flag):
   line = _one_line(_command("train_char_lm", *args, "--workdir=/nonexistent/never"), 2)
   assert flag in line
   assert not os.path.exists("/nonexistent/never")
+
+
+def test_batch_that_does_not_divide_by_the_devices_is_refused(tiny_text):
+  line = _one_line(_command("train_char_lm", f"--text_file={tiny_text}", "--batch_size=6",
+                            "--workdir=/nonexistent/never", devices=4), 2)
+  assert line.startswith("error: flag --batch_size=6: the global batch must divide by the "
+                         "device count, 4"), line
+  assert not os.path.exists("/nonexistent/never")
+
+
+@pytest.mark.slow
+def test_four_devices_match_one_and_the_checkpoint_resumes_on_two(tiny_text, tmp_path):
+  # 3 evaluation streams: padded to 4 on four devices, masked out; the cut stays one device's.
+  args = [f"--text_file={tiny_text}", "--cell=gru", "--hidden_size=16", "--embed_size=8",
+          "--batch_size=4", "--window=16", "--steps=8", "--warmup_steps=2",
+          "--learning_rate=1e-2", "--dropout=0.1", "--log_every=4", "--checkpoint_every=4",
+          "--eval_every=0", "--eval_streams=3", "--eval_window=32", "--sample_length=5",
+          "--plots=false"]
+
+  def summary(workdir, *extra):
+    result = _command("train_char_lm", *args, f"--workdir={workdir}", *extra, devices=4)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+  one = summary(tmp_path / "one", "--num_devices=1")
+  four = summary(tmp_path / "four")
+  assert (one["devices"], four["devices"]) == (1, 4)
+  assert four["val_chars"] == one["val_chars"] and four["test_chars"] == one["test_chars"]
+  for key in ("val_loss", "test_loss"):
+    assert four[key] == pytest.approx(one[key], abs=1e-5)
+  two = summary(tmp_path / "four", "--num_devices=2")
+  assert two["devices"] == 2 and two["resumed_from"] == 8
+  for key in ("val_loss", "test_loss"):
+    assert two[key] == pytest.approx(four[key], abs=1e-5)
 
 
 def test_missing_text_file_is_one_clear_error(tmp_path):

@@ -197,15 +197,45 @@ def _split_loss(model: CharLM, params, inputs, targets, mask):
   return jnp.sum(sums)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _split_loss_streams_first(model: CharLM, params, inputs, targets, mask):
+  """:func:`_split_loss` of ``[B, W, K]`` arrays (the streams, sharded over devices, first)."""
+  swap = lambda array: jnp.swapaxes(array, 0, 1)
+  return _split_loss(model, params, swap(inputs), swap(targets), swap(mask))
+
+
 def evaluate(model: CharLM, params, ids: np.ndarray, num_streams: int = 32,
-             window: int = 256) -> dict[str, float]:
+             window: int = 256, mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
   """The loss over a whole split (see :func:`evaluation_streams`), carry across windows.
+
+  Args:
+    model: the model.
+    params: its parameters (replicated on ``mesh`` when there is one).
+    ids: the split's token ids.
+    num_streams: streams the split is cut into.
+    window: characters per window.
+    mesh: ``None``: one device. A data mesh
+      (:func:`~rnn_jax.training.distributed.make_data_mesh`): the streams are
+      sharded over its ``data`` axis, padded with masked-out streams up to a
+      multiple of its device count (the cut, so the figures, are those of one
+      device), each process loading only its own streams.
 
   Returns:
     ``{"loss": nats/char, "bpc": bits/char, "count": N - 1}``.
   """
   inputs, targets, mask = evaluation_streams(np.asarray(ids), num_streams, window)
-  total = float(_split_loss(model, params, inputs, targets, mask))
+  if mesh is None:
+    total = float(_split_loss(model, params, inputs, targets, mask))
+  else:
+    from rnn_jax.training import distributed  # pylint: disable=import-outside-toplevel
+    padded = -(-num_streams // mesh.size) * mesh.size
+    pad = lambda array: np.pad(array.swapaxes(0, 1),
+                               ((0, padded - num_streams), (0, 0), (0, 0)))
+    streams = tuple(pad(array) for array in (inputs, targets, mask))
+    batch = distributed.global_batch(mesh, padded,
+                                     lambda rows: tuple(array[rows] for array in streams))
+    total_array = _split_loss_streams_first(model, params, *batch)
+    total = float(np.asarray(total_array.addressable_data(0)))
   count = int(mask.sum())
   return {"loss": total / count, "bpc": total / count / math.log(2.0), "count": count}
 

@@ -122,3 +122,37 @@ def with_exit_codes(main: Callable[[list], None]) -> Callable[[list], None]:
       sys.exit(128 + signal.SIGINT)
 
   return main_with_exit_codes
+
+
+def data_mesh(options, batch_size: int):
+  """Joins the other processes (if any), selects the platform, returns the data mesh.
+
+  The first JAX work of a run: ``jax.distributed.initialize`` must come before
+  anything starts JAX's backends.
+
+  Args:
+    options: a script's options, with ``coordinator_address``,
+      ``num_processes``, ``process_id``, ``platform`` and ``num_devices``.
+    batch_size: the global batch, which must divide by the device count.
+
+  Returns:
+    The one-axis ``data`` mesh of :func:`rnn_jax.training.distributed.make_data_mesh`.
+
+  Raises:
+    UsageError: bad process flags, a platform this machine lacks, more
+      devices than there are, a batch that does not divide by the device count.
+  """
+  from rnn_jax.training import distributed  # pylint: disable=import-outside-toplevel
+  try:
+    distributed.initialize(options.coordinator_address, options.num_processes,
+                           options.process_id)
+  except ValueError as error:
+    raise UsageError(f"flag --{error}") from error
+  if options.platform:
+    select_platform(options.platform)
+  try:
+    mesh = distributed.make_data_mesh(options.num_devices)
+    distributed.check_batch_size(batch_size, mesh.size)
+  except ValueError as error:
+    raise UsageError(f"flag --{error}") from error
+  return mesh

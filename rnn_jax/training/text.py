@@ -301,13 +301,27 @@ class StreamWindows:
                        "smaller --batch_size or --window")
     used = self.windows_per_pass * window
     streams = np.stack([ids[b * length:b * length + used + 1] for b in range(batch_size)])
-    self.tokens = jax.device_put(streams.astype(np.int32))
+    self._streams = streams.astype(np.int32)
+    self.tokens = jax.device_put(self._streams)
     self._rows = np.arange(batch_size, dtype=np.int32)
 
   def __call__(self, step: int) -> TextBatch:
     position = step % self.windows_per_pass
     starts = np.full(len(self._rows), position * self.window, np.int32)
     return TextBatch(self.tokens, self._rows, starts, np.bool_(position == 0))
+
+  def window_tokens(self, step: int, rows: np.ndarray) -> np.ndarray:
+    """``int32 [len(rows), K + 1]`` on the host: windows ``rows`` of step ``step``'s batch.
+
+    What ``TextBatch.windows`` reads for those rows (inputs and targets), for a
+    batch sharded over devices where each process loads only its own rows.
+    """
+    start = (step % self.windows_per_pass) * self.window
+    return self._streams[np.asarray(rows), start:start + self.window + 1]
+
+  def reset(self, step: int) -> bool:
+    """Whether step ``step``'s windows start from a zero carry (window 0 of the streams)."""
+    return step % self.windows_per_pass == 0
 
 
 class RandomWindows:
@@ -326,11 +340,23 @@ class RandomWindows:
                        f"{window} + 1; use a smaller --window")
     self.window, self.batch_size, self.seed = window, batch_size, seed
     self.num_starts = len(ids) - window
-    self.tokens = jax.device_put(np.asarray(ids, np.int32)[None])
+    self._ids = np.asarray(ids, np.int32)
+    self.tokens = jax.device_put(self._ids[None])
     self._rows = np.zeros(batch_size, np.int32)
     self.windows_per_pass = max(1, self.num_starts // (batch_size * window))
 
-  def __call__(self, step: int) -> TextBatch:
+  def _starts(self, step: int) -> np.ndarray:
     rng = np.random.default_rng([self.seed, step])
-    starts = rng.integers(0, self.num_starts, self.batch_size).astype(np.int32)
-    return TextBatch(self.tokens, self._rows, starts, np.bool_(True))
+    return rng.integers(0, self.num_starts, self.batch_size).astype(np.int32)
+
+  def __call__(self, step: int) -> TextBatch:
+    return TextBatch(self.tokens, self._rows, self._starts(step), np.bool_(True))
+
+  def window_tokens(self, step: int, rows: np.ndarray) -> np.ndarray:
+    """``int32 [len(rows), K + 1]`` on the host: windows ``rows`` of step ``step``'s batch."""
+    starts = self._starts(step)[np.asarray(rows)]
+    return self._ids[starts[:, None] + np.arange(self.window + 1)]
+
+  def reset(self, step: int) -> bool:  # pylint: disable=unused-argument
+    """Always: every window starts from a zero carry."""
+    return True
