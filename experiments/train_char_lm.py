@@ -29,7 +29,8 @@ and exit with status 128 + the signal number; a NaN/inf loss stops the run
 refusal (bad flag value, missing extra, workdir of another run) is one line
 and status 2 before any work. The last line of output is one JSON object
 (``val_loss``, ``test_loss`` in nats/char, ``val_bpc``, ``test_bpc``,
-``steps``, ``devices``, ``wall_seconds``, ``chars_per_second``, ...).
+``steps``, ``devices``, ``wall_seconds``, ``chars_per_second``, ...); the rates are always numbers
+(see :func:`rnn_jax.training.script.steps_per_second`).
 
 Data parallelism (:mod:`rnn_jax.training.distributed`), as in
 ``experiments/train_mnist.py``: the run uses every device it sees
@@ -393,10 +394,8 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   if log is not None:
     log.close()
   store.close()
-  chars_per_second = None
-  if len(records) >= 2:
-    chars_per_second = ((records[-1]["step"] - records[0]["step"]) * chars_per_step
-                        / (records[-1]["wall_seconds"] - records[0]["wall_seconds"]))
+  chars_per_second = chars_per_step * script.steps_per_second(
+      records, int(state.step) - (resumed_from or 0), train_seconds)
   return {
       "val_loss": validation["loss"], "val_bpc": validation["bpc"],
       "test_loss": test["loss"], "test_bpc": test["bpc"],
@@ -404,7 +403,7 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
       "steps": int(state.step), "parameters": loop.num_params(state.params),
       "resumed_from": resumed_from, "train_seconds": round(train_seconds, 2),
       "eval_seconds": round(eval_seconds, 2),
-      "chars_per_second": chars_per_second and round(chars_per_second),
+      "chars_per_second": round(chars_per_second),
       "wall_seconds": round(time.perf_counter() - started, 2), "devices": mesh.size,
       "load_average": [round(value, 2) for value in os.getloadavg()],
       "allocator": runtime.allocator_name(), "workdir": workdir, "config": config,

@@ -501,10 +501,8 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   if log is not None:
     log.close()
   store.close()
-  steps_per_second = None
-  if len(records) >= 2:
-    steps_per_second = ((records[-1]["step"] - records[0]["step"])
-                        / (records[-1]["wall_seconds"] - records[0]["wall_seconds"]))
+  steps_per_second = script.steps_per_second(records, int(state.step) - (resumed_from or 0),
+                                             train_seconds)
   return {
       "test_accuracy": final["accuracy"], "test_loss": final["loss"],
       "test_examples": final["count"],
@@ -515,7 +513,7 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
       "parameter_average": use_ema,
       "test_accuracy_final_params": (without_ema if use_ema else final)["accuracy"],
       "resumed_from": resumed_from, "train_seconds": round(train_seconds, 2),
-      "steps_per_second": steps_per_second and round(steps_per_second, 2),
+      "steps_per_second": round(steps_per_second, 2),
       "eval_seconds": round(eval_seconds, 2),
       "wall_seconds": round(time.perf_counter() - started, 2), "devices": mesh.size,
       "preset": preset, "workdir": workdir, "config": config,

@@ -156,3 +156,13 @@ def data_mesh(options, batch_size: int):
   except ValueError as error:
     raise UsageError(f"flag --{error}") from error
   return mesh
+
+
+def steps_per_second(records: list[dict], steps_done: int, train_seconds: float) -> float:
+  """The training rate a run reports: steps/s between its first and last progress records
+  (after the first interval, which holds the compilation), or, for a run too short for two
+  records, ``steps_done / train_seconds`` (compilation included)."""
+  if len(records) >= 2:
+    return ((records[-1]["step"] - records[0]["step"])
+            / (records[-1]["wall_seconds"] - records[0]["wall_seconds"]))
+  return steps_done / max(train_seconds, 1e-9)
