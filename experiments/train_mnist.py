@@ -375,8 +375,10 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   if not primary:
     say = lambda line: None
   from rnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel  # Orbax.
-  train_images, train_labels = datasets.load(config["dataset"], "train", options.data_dir)
-  test_images, test_labels = datasets.load(config["dataset"], "test", options.data_dir)
+  data_dir = datasets.find_data_dir(config["dataset"], options.data_dir)
+  say(f"{config['dataset']} data from {data_dir}")
+  train_images, train_labels = datasets.load(config["dataset"], "train", data_dir)
+  test_images, test_labels = datasets.load(config["dataset"], "test", data_dir)
   (train_images, train_labels), (validation_images, validation_labels) = hold_out(
       train_images, train_labels, config["validation_examples"])
   if config["max_train_examples"]:

@@ -200,7 +200,8 @@ def test_run_from_python_needs_no_flags(tiny_mnist, tmp_path):
   summary = train_mnist.run(config, str(tmp_path), options, say=lines.append)
   assert summary["steps"] == 3 and summary["test_examples"] == 20
   assert summary["config"] == {**train_mnist.DEFAULTS, **config}
-  assert lines[0].startswith("gru x1 H=8 ") and any(line.startswith("step 3/3") for line in lines)
+  assert lines[0] == f"mnist data from {tiny_mnist}"  # Where the data was found, first.
+  assert lines[1].startswith("gru x1 H=8 ") and any(line.startswith("step 3/3") for line in lines)
   with pytest.raises(train_mnist.UsageError, match=r"--hidden_size=9 \(was 8\)"):
     train_mnist.run({**config, "hidden_size": 9}, str(tmp_path), options, say=lines.append)
   with pytest.raises(train_mnist.UsageError, match="--batch_size=100: larger than the 64"):
@@ -305,7 +306,7 @@ def test_validation_split_is_the_training_files_end_and_the_test_set_is_untouche
   assert validation_records[-1]["validation_accuracy"] == summary["validation_accuracy"]
   assert validation_records[-1]["validation_loss"] == summary["validation_loss"]
   assert summary["validation_examples"] == 16 and summary["test_examples"] == 20
-  assert "48 train / 16 validation" in lines[0]
+  assert "48 train / 16 validation" in lines[1]
   assert any(line.startswith("step 3: validation accuracy ") for line in lines)
 
 
