@@ -69,8 +69,8 @@ try:
   from absl import app, flags, logging
 
   from rnn_jax.layer import VJPS
-  from rnn_jax.training import (classification, distributed, language_model, loop, metrics,
-                                optim, runtime, script, text)
+  from rnn_jax.training import (classification, distributed, language_model, loop, optim,
+                                runtime, script, text)
 except ImportError as missing:  # The `train` extra is not installed.
   if __name__ != "__main__":
     raise
@@ -275,7 +275,6 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   primary = distributed.is_primary()
   if not primary:
     say = lambda line: None
-  from rnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel  # Orbax.
   path, vocabulary, splits = text.load_splits(config["text_file"])
   try:
     batches = (text.StreamWindows(splits["train"], config["batch_size"], config["window"])
@@ -310,19 +309,9 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
       f"passes), on {jax.devices()[0].platform}"
       + (f", data-parallel over {mesh.size} devices of {jax.process_count()} process(es)"
          if sharded is not None else "") + f"; workdir {workdir}")
-  if jax.devices()[0].platform == "cpu" and not runtime.fast_allocator_active():
-    say("note: running with glibc malloc; installing tcmalloc (Debian: apt-get install "
-        "libtcmalloc-minimal4) speeds up CPU training, picked up automatically")
 
-  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"),
-                                     max_to_keep=options.keep_checkpoints, log=say)
-  restored = store.restore_latest(state)
-  resumed_from = None
-  if restored is not None:
-    resumed_from, state = restored
-    say(f"resumed from the checkpoint at step {resumed_from}")
-  log = metrics.MetricsLog(workdir) if primary else None
-  write_metrics = log.write if primary else lambda kind, record: None
+  store, state, resumed_from, log, write_metrics = script.open_run(
+      workdir, state, keep_checkpoints=options.keep_checkpoints, primary=primary, say=say)
 
   def evaluate(params, split):
     return language_model.evaluate(model, params, splits[split], options.eval_streams,

@@ -81,8 +81,8 @@ try:
   from absl import app, flags, logging
 
   from rnn_jax.layer import VJPS
-  from rnn_jax.training import (classification, datasets, distributed, loop, metrics, optim,
-                                plots, runtime, script)
+  from rnn_jax.training import (classification, datasets, distributed, loop, optim, plots,
+                                script)
 except ImportError as missing:  # The `train` extra is not installed.
   if __name__ != "__main__":
     raise
@@ -374,7 +374,6 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   primary = distributed.is_primary()
   if not primary:
     say = lambda line: None
-  from rnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel  # Orbax.
   data_dir = datasets.find_data_dir(config["dataset"], options.data_dir)
   say(f"{config['dataset']} data from {data_dir}")
   train_images, train_labels = datasets.load(config["dataset"], "train", data_dir)
@@ -427,19 +426,9 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
       f"({config['schedule']}), on {jax.devices()[0].platform}"
       + (f", data-parallel over {mesh.size} devices of {jax.process_count()} process(es)"
          if sharded is not None else "") + f"; workdir {workdir}")
-  if jax.devices()[0].platform == "cpu" and not runtime.fast_allocator_active():
-    say("note: running with glibc malloc; installing tcmalloc (Debian: apt-get install "
-        "libtcmalloc-minimal4) speeds up CPU training steps up to ~1.4x, picked up automatically")
 
-  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"),
-                                     max_to_keep=options.keep_checkpoints, log=say)
-  restored = store.restore_latest(state)
-  resumed_from = None
-  if restored is not None:
-    resumed_from, state = restored
-    say(f"resumed from the checkpoint at step {resumed_from}")
-  log = metrics.MetricsLog(workdir) if primary else None
-  write_metrics = log.write if primary else lambda kind, record: None
+  store, state, resumed_from, log, write_metrics = script.open_run(
+      workdir, state, keep_checkpoints=options.keep_checkpoints, primary=primary, say=say)
   eval_step = classification.make_eval_step(model)
 
   use_ema = config["ema_decay"] > 0

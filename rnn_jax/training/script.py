@@ -20,7 +20,7 @@ import json
 import os
 import signal
 import sys
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 from rnn_jax.training.idx import DataError
 
@@ -166,3 +166,38 @@ def steps_per_second(records: list[dict], steps_done: int, train_seconds: float)
     return ((records[-1]["step"] - records[0]["step"])
             / (records[-1]["wall_seconds"] - records[0]["wall_seconds"]))
   return steps_done / max(train_seconds, 1e-9)
+
+
+class RunFiles(NamedTuple):
+  """What :func:`open_run` gives a script: its checkpoints, the state to start from, its metrics."""
+
+  store: Any
+  state: Any
+  resumed_from: int | None
+  log: Any
+  write_metrics: Callable[[str, dict], None]
+
+
+def open_run(workdir: str, state, *, keep_checkpoints: int, primary: bool,
+             say: Callable[[str], None]) -> RunFiles:
+  """Opens a run's checkpoints and metrics, and resumes from the newest readable checkpoint.
+
+  Also says, on the CPU, when tcmalloc is not preloaded. ``state`` is the fresh state (its
+  shardings are the restore's target); non-primary processes get no metrics log and a
+  ``write_metrics`` that does nothing.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from rnn_jax.training import checkpoint, metrics, runtime  # pylint: disable=import-outside-toplevel
+  if jax.devices()[0].platform == "cpu" and not runtime.fast_allocator_active():
+    say("note: running with glibc malloc; installing tcmalloc (Debian: apt-get install "
+        "libtcmalloc-minimal4) speeds up CPU training steps up to ~1.4x, picked up automatically")
+  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"),
+                                     max_to_keep=keep_checkpoints, log=say)
+  restored = store.restore_latest(state)
+  resumed_from = None
+  if restored is not None:
+    resumed_from, state = restored
+    say(f"resumed from the checkpoint at step {resumed_from}")
+  log = metrics.MetricsLog(workdir) if primary else None
+  write_metrics = log.write if primary else lambda kind, record: None
+  return RunFiles(store, state, resumed_from, log, write_metrics)
