@@ -91,7 +91,7 @@ config; a rerun with another one is refused instead of silently resuming."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
+class Options(script.DeviceOptions):
   """How a run is carried out and reported; unlike the config, a rerun may change them.
 
   Attributes:
@@ -121,16 +121,10 @@ class Options:
   sample_length: int = 300
   sample_temperature: float = 0.8
   plots: bool = True
-  platform: str | None = None
-  num_devices: int = 0
-  coordinator_address: str | None = None
-  num_processes: int = 1
-  process_id: int = 0
 
 
 def define_flags() -> None:
   """The script's absl flags (defined only when it runs as a script, so importing it is free)."""
-  opts = Options()
   flags.DEFINE_string("text_file", None, "UTF-8 text to train on (default: Tiny Shakespeare).")
   flags.DEFINE_enum("cell", DEFAULTS["cell"], sorted(classification.CELLS), "Recurrent cell.")
   flags.DEFINE_integer("hidden_size", DEFAULTS["hidden_size"], "Units per layer.", lower_bound=1)
@@ -159,19 +153,9 @@ def define_flags() -> None:
   flags.DEFINE_enum("backward", DEFAULTS["backward"], ["auto", *VJPS], "Gradient of the scan "
                     "(rnn_jax.rnn's vjp=); auto: the cell's tuned choice.")
   flags.DEFINE_string("workdir", None, "Run directory (default runs/char_lm-<config hash>).")
-  flags.DEFINE_enum("platform", opts.platform, ["cpu", "gpu", "cuda", "rocm", "tpu"],
-                    "JAX platform (default: JAX's choice).")
-  flags.DEFINE_integer("num_devices", opts.num_devices, "Devices to shard each batch over "
-                       "(0: all; several processes: the global count).", lower_bound=0)
-  flags.DEFINE_string("coordinator_address", opts.coordinator_address, "host:port of process "
-                      "0, for a run of several processes (jax.distributed.initialize).")
-  flags.DEFINE_integer("num_processes", opts.num_processes, "Processes (hosts) of the run.",
-                       lower_bound=1)
-  flags.DEFINE_integer("process_id", opts.process_id, "This process's index in the run.",
-                       lower_bound=0)
+  script.define_device_flags()
   for field in dataclasses.fields(Options):
-    if field.name in ("platform", "num_devices", "coordinator_address", "num_processes",
-                      "process_id"):
+    if field.name in {f.name for f in dataclasses.fields(script.DeviceOptions)}:
       continue
     define = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer,
               float: flags.DEFINE_float}[type(field.default)]

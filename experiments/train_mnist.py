@@ -129,7 +129,7 @@ _RECORD_KINDS = {"test": "eval", "validation": "validation"}
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
+class Options(script.DeviceOptions):
   """How a run is carried out and reported; unlike the config, a rerun may change them.
 
   Attributes:
@@ -144,13 +144,8 @@ class Options:
       of the test set (0: none; the test set is always evaluated at the end).
     eval_batch_size: evaluation batch size.
     plots: write ``curves.png`` and ``prediction_by_step.png`` (needs matplotlib).
-    platform: the JAX platform (``"cpu"``, ``"gpu"``, ...; ``None``: JAX's
-      choice); it can be set only before the process first uses JAX.
-    num_devices: the global device count to train on (0: all; on several
-      processes, each contributes the same number of its devices).
-    coordinator_address: ``host:port`` of process 0, for several processes.
-    num_processes: the processes of the run (1: this one alone).
-    process_id: this process's index, ``0..num_processes - 1``.
+    platform, num_devices, coordinator_address, num_processes, process_id:
+      where the run computes (:class:`rnn_jax.training.script.DeviceOptions`).
   """
 
   data_dir: str | None = None
@@ -161,11 +156,6 @@ class Options:
   eval_every: int = 0
   eval_batch_size: int = 1000
   plots: bool = True
-  platform: str | None = None
-  num_devices: int = 0
-  coordinator_address: str | None = None
-  num_processes: int = 1
-  process_id: int = 0
 
 
 UsageError = script.UsageError
@@ -212,8 +202,6 @@ flags.DEFINE_integer("seed", DEFAULTS["seed"], "Seed of the initialisation, data
 flags.DEFINE_string("workdir", None, "Run directory (default runs/<preset>-<config hash>).")
 flags.DEFINE_string("data_dir", _OPTIONS.data_dir, "Folder with the IDX files (default: "
                     "searched).")
-flags.DEFINE_enum("platform", _OPTIONS.platform, ["cpu", "gpu", "cuda", "rocm", "tpu"],
-                  "JAX platform (default: JAX's choice).")
 flags.DEFINE_integer("unroll", DEFAULTS["unroll"], "Time steps per scan iteration (default: the "
                      "value measured fastest for the cell on this backend, its TUNED_UNROLL).",
                      lower_bound=1)
@@ -243,14 +231,7 @@ flags.DEFINE_integer("validation_examples", DEFAULTS["validation_examples"], "Ho
 flags.DEFINE_integer("max_test_examples", _OPTIONS.max_test_examples, "Evaluate only the first "
                      "N test examples (0: all; for tests).", lower_bound=0)
 flags.DEFINE_boolean("plots", _OPTIONS.plots, "Write curves.png and prediction_by_step.png.")
-flags.DEFINE_integer("num_devices", _OPTIONS.num_devices, "Devices to shard each batch over "
-                     "(0: all; several processes: the global count).", lower_bound=0)
-flags.DEFINE_string("coordinator_address", _OPTIONS.coordinator_address, "host:port of process "
-                    "0, for a run of several processes (jax.distributed.initialize).")
-flags.DEFINE_integer("num_processes", _OPTIONS.num_processes, "Processes (hosts) of the run.",
-                     lower_bound=1)
-flags.DEFINE_integer("process_id", _OPTIONS.process_id, "This process's index in the run.",
-                     lower_bound=0)
+script.define_device_flags()
 
 
 def resolve_config(config: Mapping = (), preset: str | None = None) -> dict:
