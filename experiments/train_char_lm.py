@@ -30,7 +30,7 @@ refusal (bad flag value, missing extra, workdir of another run) is one line
 and status 2 before any work. The last line of output is one JSON object
 (``val_loss``, ``test_loss`` in nats/char, ``val_bpc``, ``test_bpc``,
 ``steps``, ``devices``, ``wall_seconds``, ``chars_per_second``, ...); the rates are always numbers
-(see :func:`rnn_jax.training.script.steps_per_second`).
+(see :class:`rnn_jax.training.script.TrainingRate`).
 
 Data parallelism (:mod:`rnn_jax.training.distributed`), as in
 ``experiments/train_mnist.py``: the run uses every device it sees
@@ -308,12 +308,7 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
         f"{result['bpc']:.4f} bits/char")
     return result
 
-  records = []
-
-  def on_log(record):
-    if int(record["step"]) > (resumed_from or 0) + options.log_every:  # not the compile interval
-      records.append(record)
-    write_metrics("train", record)
+  rate = script.TrainingRate(write_metrics, resumed_from or 0, options.log_every)
 
   train_started = time.perf_counter()
   train_step = loop.make_train_step(
@@ -334,7 +329,7 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   state = loop.fit(state, train_step, batch_for_step, num_steps=config["steps"], store=store,
                    checkpoint_every=options.checkpoint_every, log_every=options.log_every,
                    steps_per_epoch=batches.windows_per_pass,
-                   metric_formats=language_model.METRIC_FORMATS, on_log=on_log,
+                   metric_formats=language_model.METRIC_FORMATS, on_log=rate.on_log,
                    on_eval=run_eval, eval_every=options.eval_every,
                    throughput=(chars_per_step, "chars"), log=say)
   train_seconds = time.perf_counter() - train_started
@@ -367,8 +362,8 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   if log is not None:
     log.close()
   store.close()
-  chars_per_second = chars_per_step * script.steps_per_second(
-      records, int(state.step) - (resumed_from or 0), train_seconds)
+  chars_per_second = chars_per_step * rate.steps_per_second(
+      int(state.step) - (resumed_from or 0), train_seconds)
   return {
       "val_loss": validation["loss"], "val_bpc": validation["bpc"],
       "test_loss": test["loss"], "test_bpc": test["bpc"],

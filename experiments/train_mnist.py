@@ -430,12 +430,7 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   if watched == "validation" and not eval_every:
     eval_every = len(train_labels) // config["batch_size"]  # An epoch (BatchOrder's).
 
-  records = []
-
-  def on_log(record):
-    if int(record["step"]) > (resumed_from or 0) + options.log_every:  # not the compile interval
-      records.append(record)
-    write_metrics("train", record)
+  rate = script.TrainingRate(write_metrics, resumed_from or 0, options.log_every)
 
   train_started = time.perf_counter()
   state = classification.fit_classifier(
@@ -443,7 +438,7 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
                                             config["ema_decay"]),
       train_inputs, train_labels, seed=config["seed"], batch_size=config["batch_size"],
       num_steps=num_steps, mesh=sharded, store=store, checkpoint_every=options.checkpoint_every,
-      log_every=options.log_every, on_log=on_log,
+      log_every=options.log_every, on_log=rate.on_log,
       on_eval=lambda step, current: run_eval(watched, step, current), eval_every=eval_every,
       log=say)
   train_seconds = time.perf_counter() - train_started
@@ -473,8 +468,7 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   if log is not None:
     log.close()
   store.close()
-  steps_per_second = script.steps_per_second(records, int(state.step) - (resumed_from or 0),
-                                             train_seconds)
+  steps_per_second = rate.steps_per_second(int(state.step) - (resumed_from or 0), train_seconds)
   return {
       "test_accuracy": final["accuracy"], "test_loss": final["loss"],
       "test_examples": final["count"],

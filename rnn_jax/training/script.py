@@ -159,14 +159,31 @@ def data_mesh(options, batch_size: int):
   return mesh
 
 
-def steps_per_second(records: list[dict], steps_done: int, train_seconds: float) -> float:
-  """The training rate a run reports: steps/s between its first and last progress records
-  (after the first interval, which holds the compilation), or, for a run too short for two
-  records, ``steps_done / train_seconds`` (compilation included)."""
-  if len(records) >= 2:
-    return ((records[-1]["step"] - records[0]["step"])
-            / (records[-1]["wall_seconds"] - records[0]["wall_seconds"]))
-  return steps_done / max(train_seconds, 1e-9)
+class TrainingRate:
+  """Writes each progress record of :func:`~rnn_jax.training.loop.fit` and measures the run's rate.
+
+  Records after the first interval (which holds the compilation) count towards the rate;
+  pass :meth:`on_log` as ``fit``'s ``on_log``.
+  """
+
+  def __init__(self, write_metrics: Callable[[str, dict], None], first_step: int, log_every: int):
+    self._write = write_metrics
+    self._first_counted = first_step + log_every
+    self.records: list[dict] = []
+
+  def on_log(self, record: dict) -> None:
+    """Writes ``record`` as a ``"train"`` metrics record and keeps it for the rate."""
+    if int(record["step"]) > self._first_counted:
+      self.records.append(record)
+    self._write("train", record)
+
+  def steps_per_second(self, steps_done: int, train_seconds: float) -> float:
+    """Steps/s between the first and last counted records, or, for a run too short for two,
+    ``steps_done / train_seconds`` (compilation included)."""
+    if len(self.records) >= 2:
+      first, last = self.records[0], self.records[-1]
+      return (last["step"] - first["step"]) / (last["wall_seconds"] - first["wall_seconds"])
+    return steps_done / max(train_seconds, 1e-9)
 
 
 class RunFiles(NamedTuple):
