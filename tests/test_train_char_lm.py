@@ -198,9 +198,8 @@ def test_missing_text_file_is_one_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists("/work/shared/data/tinyshakespeare/input.txt")
-                    and not os.path.exists(os.path.join(REPO, "..", "shared", "data",
-                                                        "tinyshakespeare", "input.txt")),
+@pytest.mark.skipif(not os.path.exists(os.path.join(REPO, "..", "shared", "data",
+                                                    "tinyshakespeare", "input.txt")),
                     reason="no offline Tiny Shakespeare")
 def test_short_real_run_learns_tiny_shakespeare(tmp_path):
   config = {"hidden_size": 64, "embed_size": 16, "batch_size": 16, "window": 32, "steps": 150,

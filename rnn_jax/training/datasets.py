@@ -125,7 +125,7 @@ def _tfds_data_dir() -> Path:
 
 def _shared_dirs(dataset: str) -> list[Path]:
   """``../shared/data/<dataset>`` beside the source tree and beside the working directory."""
-  repo_root = Path(__file__).resolve().parent.parent
+  repo_root = Path(__file__).resolve().parents[2]  # rnn_jax/training/datasets.py -> the checkout
   dirs = []
   for base in (repo_root, Path.cwd()):
     candidate = base.parent / "shared" / "data" / dataset

@@ -267,6 +267,12 @@ def test_views_bad_input():
     datasets.as_sequences(np.zeros((1, 28, 28), np.float32))
 
 
+def test_shared_copy_is_looked_for_beside_the_checkout_first(tmp_path, monkeypatch):
+  """``../shared/data`` next to the repository, whatever the working directory; then beside the cwd."""
+  monkeypatch.chdir(tmp_path)
+  assert datasets._shared_dirs("mnist") == [SHARED_MNIST, tmp_path.parent / "shared" / "data" / "mnist"]
+
+
 # ----------------------------------------------------------------------------- real data
 
 

@@ -1,13 +1,15 @@
 """Tests of rnn_jax.training.text: finding and splitting the text, the vocabulary, the batches."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rnn_jax.training import datasets, text
 
-SHAKESPEARE = "/work/shared/data/tinyshakespeare/input.txt"
+# ../shared/data beside the repository, wherever the repository is checked out.
+SHAKESPEARE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
 @pytest.fixture
