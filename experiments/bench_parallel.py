@@ -11,10 +11,12 @@ with respect to the parameters and the inputs) of:
 
 * minGRU, minLSTM and the LRU (:mod:`rnn_jax.linear_rnn`) in their parallel
   mode (``jax.lax.associative_scan``) and their sequential mode (the core's
-  ``jax.lax.scan``), the latter also with ``hoist=True`` (all steps'
-  coefficients computed before the scan);
-* rnn_jax's LSTM (:func:`experiments.benchmarking.build_rnn_jax`, plain
-  autodiff and the fused custom backward).
+  ``jax.lax.scan``), the latter with ``hoist=False`` and ``hoist=True`` (all
+  steps' coefficients computed before the scan), and with no options at all
+  ("default": the mode and hoisting in the layer's ``TUNED_PARALLEL`` and
+  ``TUNED_HOIST`` for the backend, which this table is how we choose);
+* rnn_jax's LSTM scan (:func:`experiments.benchmarking.build_rnn_jax`, plain
+  autodiff and the fused custom backward), the reference of the ratios.
 
 All at batch 16, hidden (and LRU state) 128, input size 1 (pixel MNIST's
 shape), float32, time-major, zero initial state. It prints median ms and the
@@ -40,7 +42,7 @@ from experiments.bench_rnn import describe_machine  # pylint: disable=wrong-impo
 LAYERS = ("mingru", "minlstm", "lru")
 
 
-def linear_layer(name: str, hidden: int, parallel: bool):
+def linear_layer(name: str, hidden: int, parallel: bool | None):
   """The layer benchmarked for ``name``; the LRU has a dense skip (input 1 != output H)."""
   layer = {"mingru": lambda: rnn_jax.mingru(hidden, parallel=parallel),
            "minlstm": lambda: rnn_jax.minlstm(hidden, parallel=parallel),
@@ -49,17 +51,22 @@ def linear_layer(name: str, hidden: int, parallel: bool):
 
 
 def cases_for(shape) -> dict:
-  """``case name -> (forward, forward_backward, args)`` for one shape."""
+  """``case name -> (forward, forward_backward, args)`` for one shape.
+
+  "default" is what ``rnn`` runs with no options (``parallel=None``,
+  ``hoist=None``: the layer's tuned mode for the backend); the LSTM is the
+  scan (``kernel="scan"``) with plain autodiff and with the fused backward.
+  """
   hidden = shape[3]
   cases = {}
   for name in LAYERS:
+    cases[f"{name} default"] = benchmarking.build_rnn(linear_layer(name, hidden, None), shape)
     cases[f"{name} parallel"] = benchmarking.build_rnn(linear_layer(name, hidden, True), shape)
-    cases[f"{name} sequential"] = benchmarking.build_rnn(linear_layer(name, hidden, False),
-                                                         shape)
-    cases[f"{name} sequential hoist"] = benchmarking.build_rnn(
-        linear_layer(name, hidden, False), shape, hoist=True)
-  cases["lstm"] = benchmarking.build_rnn_jax("lstm", shape)
-  cases["lstm fused-bwd"] = benchmarking.build_rnn_jax("lstm", shape, vjp="fused")
+    for hoist in (False, True):
+      cases[f"{name} sequential" + " hoist" * hoist] = benchmarking.build_rnn(
+          linear_layer(name, hidden, False), shape, hoist=hoist)
+  cases["lstm"] = benchmarking.build_rnn_jax("lstm", shape, kernel="scan", vjp="autodiff")
+  cases["lstm fused-bwd"] = benchmarking.build_rnn_jax("lstm", shape, kernel="scan", vjp="fused")
   return cases
 
 

@@ -11,6 +11,9 @@ parameters and inputs) of:
 
 * rnn_jax's ``rnn`` with its defaults, and a sweep of ``unroll``, ``hoist``
   and ``vjp`` ("autodiff" or "fused");
+* for LSTM and GRU on CPU, when the ``rnn_jax_onednn`` extension is installed
+  (``pip install ./rnn_jax_onednn``), oneDNN's RNN primitives
+  (``kernel="onednn"``, the "onednn" variant);
 * Flax Linen ``nn.RNN`` over SimpleCell / OptimizedLSTMCell / GRUCell;
 * PyTorch ``nn.RNN/LSTM/GRU`` when torch is installed, with as many threads as
   JAX has cores;
@@ -18,7 +21,10 @@ parameters and inputs) of:
 
 It prints medians in ms, ratios to each alternative and the fraction of a
 measured matmul peak, plus the MNIST-rows training step against PyTorch, and
-writes ``results.json`` and ``results.png`` to ``--out``. Every timing is
+writes ``results.json`` and ``results.png`` to ``--out``. By default it runs
+twice, in one process per allocator (glibc's malloc, which a user's own
+program gets, and tcmalloc preloaded, which our scripts use; ``--allocator``),
+and prints both tables together, each row naming its allocator. Every timing is
 float32, time-major ``[T, B, I]`` inputs, zero initial carries. Recorded runs,
 their commands and figures: ``experiments/results/README.md``.
 """
@@ -29,13 +35,24 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
 from rnn_jax.training import runtime
 
-if __name__ == "__main__":
-  runtime.use_fast_allocator()
+ALLOCATORS = ("both", "tcmalloc", "glibc")
+
+
+def _requested_allocator(argv) -> str:
+  """The ``--allocator`` value in ``argv`` (read before JAX is imported)."""
+  parser = argparse.ArgumentParser(add_help=False)
+  parser.add_argument("--allocator", choices=ALLOCATORS, default="both")
+  return parser.parse_known_args(argv)[0].allocator
+
+
+if __name__ == "__main__" and _requested_allocator(sys.argv[1:]) == "tcmalloc":
+  runtime.use_fast_allocator()  # Re-executes this script with tcmalloc preloaded.
 
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
@@ -66,6 +83,10 @@ def parse_args(argv=None):
   parser.add_argument("--no-sweep", action="store_true", help="time only rnn_jax's defaults")
   parser.add_argument("--out", default="experiments/results/bench")
   parser.add_argument("--label", default="", help="a name for the machine, printed and saved")
+  parser.add_argument("--allocator", choices=ALLOCATORS, default="both",
+                      help="malloc of the timed process: glibc's (what a user's own program "
+                      "gets), tcmalloc preloaded (what our scripts use), or both, one "
+                      "process each, results in <out>/glibc and <out>/tcmalloc")
   return parser.parse_args(argv)
 
 
@@ -100,23 +121,37 @@ def describe_machine(label: str) -> dict:
   return info
 
 
-def rnn_jax_variants(mode: str, unrolls, sweep: bool) -> dict:
+def onednn_runs(cell_name: str) -> bool:
+  """Whether ``kernel="onednn"`` can run this benchmark cell here."""
+  from rnn_jax import onednn  # pylint: disable=import-outside-toplevel
+  return cell_name in ("lstm", "gru") and jax.default_backend() == "cpu" and onednn.available()
+
+
+def rnn_jax_variants(mode: str, unrolls, sweep: bool, cell_name: str | None = None) -> dict:
   """``variant name -> build_rnn_jax keyword arguments`` for one mode.
 
-  "default" is ``rnn``'s defaults (``unroll=None``, ``vjp=None``: chosen per
-  backend and layer, see ``rnn_jax.layer.Layer.TUNED_UNROLL`` and
-  ``TUNED_VJP``); the others name their options ("u2 hoist" is
-  ``unroll=2, hoist=True`` with autodiff; "u2 fused" ``vjp="fused"``).
+  "default" is ``rnn``'s defaults (``kernel=None``, ``unroll=None``,
+  ``vjp=None``, ``hoist=None``: chosen per backend and layer, see the
+  ``TUNED_*`` attributes in ``rnn_jax.layer.Layer`` and ``rnn_jax.Cell``).
+  Where the oneDNN extension can run ``cell_name`` (LSTM, GRU on CPU),
+  "onednn" is ``kernel="onednn"``: the measurement that decides the cells'
+  ``TUNED_KERNEL``. The sweep's variants name their options, all on the scan
+  ("u2 hoist" is ``unroll=2, hoist=True`` with autodiff; "u2 fused"
+  ``vjp="fused"``).
   """
   variants = {"default": {}}
+  if onednn_runs(cell_name):
+    variants["onednn"] = {"kernel": "onednn"}
   if not sweep:
     return variants
   for unroll in unrolls:
-    variants[f"u{unroll}"] = {"unroll": unroll, "hoist": False, "vjp": "autodiff"}
-    variants[f"u{unroll} hoist"] = {"unroll": unroll, "hoist": True, "vjp": "autodiff"}
+    variants[f"u{unroll}"] = {"unroll": unroll, "hoist": False, "vjp": "autodiff",
+                              "kernel": "scan"}
+    variants[f"u{unroll} hoist"] = {"unroll": unroll, "hoist": True, "vjp": "autodiff",
+                                    "kernel": "scan"}
     if mode == "fwd+bwd":
       # The fused backward always hoists in its differentiated forward.
-      variants[f"u{unroll} fused"] = {"unroll": unroll, "vjp": "fused"}
+      variants[f"u{unroll} fused"] = {"unroll": unroll, "vjp": "fused", "kernel": "scan"}
   return variants
 
 
@@ -124,7 +159,8 @@ def time_group(cell_name, shape, mode, args, on_gpu, with_torch) -> list:
   """Times every library and variant for one (cell, shape, mode); returns result rows."""
   pick = 0 if mode == "fwd" else 1
   cases, meta = {}, {}
-  for variant, options in rnn_jax_variants(mode, args.unroll_list, not args.no_sweep).items():
+  for variant, options in rnn_jax_variants(mode, args.unroll_list, not args.no_sweep,
+                                           cell_name).items():
     built = benchmarking.build_rnn_jax(cell_name, shape, **options)
     cases[f"rnn_jax {variant}"] = (built[pick], built[2])
     meta[f"rnn_jax {variant}"] = ("rnn_jax", variant)
@@ -184,14 +220,17 @@ def summarize(rows, peaks) -> list:
 
 def format_table(summary) -> str:
   others = [o for o in ("flax", "torch", "jax cudnn") if any(f"{o}_ms" in s for s in summary)]
-  header = ["cell", "B,T,I,H", "pass", "rnn_jax ms", "best sweep (ms)"]
+  with_allocator = any("allocator" in s for s in summary)
+  header = ["cell", "B,T,I,H", "pass"] + ["allocator"] * with_allocator + [
+      "rnn_jax ms", "best sweep (ms)"]
   for other in others:
     header += [f"{other} ms", f"{other}/ours"]
   header.append("% GEMM peak")
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for s in summary:
-    cells = [s["cell"], ",".join(map(str, s["shape"])), s["mode"], f"{s['rnn_jax_ms']:.2f}",
-             f"{s['best_variant']} ({s['best_ms']:.2f})"]
+    cells = [s["cell"], ",".join(map(str, s["shape"])), s["mode"]] + [
+        s.get("allocator", "")] * with_allocator + [
+            f"{s['rnn_jax_ms']:.2f}", f"{s['best_variant']} ({s['best_ms']:.2f})"]
     for other in others:
       if f"{other}_ms" in s:
         cells += [f"{s[other + '_ms']:.2f}", f"{s[other + '_over_rnn_jax']:.2f}x"]
@@ -218,7 +257,9 @@ def format_sweep(rows) -> str:
 def time_training(args, on_gpu, with_torch) -> dict:
   """The MNIST-rows training step (batch 128, LSTM 128, Adam): rnn_jax against torch."""
   cases = {"rnn_jax": benchmarking.build_train_step_rnn_jax(),
-           "rnn_jax autodiff": benchmarking.build_train_step_rnn_jax(vjp="autodiff")}
+           "rnn_jax fused": benchmarking.build_train_step_rnn_jax(vjp="fused", kernel="scan")}
+  if onednn_runs("lstm"):
+    cases["rnn_jax onednn"] = benchmarking.build_train_step_rnn_jax(kernel="onednn")
   if with_torch:
     step, step_args = benchmarking.build_train_step_torch(device="cuda" if on_gpu else "cpu")
     cases["torch"] = (step, step_args)
@@ -265,8 +306,45 @@ def write_json(folder: str, record: dict) -> None:
     json.dump(record, f, indent=1)
 
 
+def check_allocator(wanted: str) -> None:
+  """Exits with a one-line error unless this process runs with the ``wanted`` allocator."""
+  active = "tcmalloc" if runtime.fast_allocator_active() else "glibc"
+  if wanted == "tcmalloc" and active != "tcmalloc":
+    raise SystemExit("error: --allocator=tcmalloc: tcmalloc is not installed (Debian/Ubuntu: "
+                     "apt-get install libtcmalloc-minimal4); use --allocator=glibc")
+  if wanted == "glibc" and active != "glibc":
+    raise SystemExit("error: --allocator=glibc: tcmalloc is preloaded (LD_PRELOAD); unset it")
+
+
+def run_both_allocators(argv, args) -> None:
+  """Runs this benchmark once per allocator, each in its own process, and prints both tables."""
+  if runtime.find_tcmalloc() is None:
+    raise SystemExit("error: --allocator=both: tcmalloc is not installed (Debian/Ubuntu: "
+                     "apt-get install libtcmalloc-minimal4); use --allocator=glibc")
+  rest = list(sys.argv[1:] if argv is None else argv)
+  summaries = []
+  for allocator in ("glibc", "tcmalloc"):
+    folder = os.path.join(args.out, allocator)
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "RNN_JAX_NO_TCMALLOC")}
+    print(f"\n## allocator {allocator}: {folder}", flush=True)
+    subprocess.run([sys.executable, "-m", "experiments.bench_rnn", *rest,
+                    f"--allocator={allocator}", f"--out={folder}"], env=env, check=True)
+    with open(os.path.join(folder, "results.json")) as f:
+      record = json.load(f)
+    summaries += [dict(line, allocator=record["machine"]["allocator"])
+                  for line in record["summary"]]
+  summaries.sort(key=lambda s: (benchmarking.CELLS.index(s["cell"]), s["shape"], s["mode"]))
+  print("\n## both allocators\n" + format_table(summaries))
+  write_json(args.out, {"allocators": ["glibc", "tcmalloc"], "summary": summaries,
+                        "argv": sys.argv})
+
+
 def main(argv=None) -> None:
   args = parse_args(argv)
+  if args.allocator == "both":
+    run_both_allocators(argv, args)
+    return
+  check_allocator(args.allocator)
   if args.quick and args.unrolls == "1,2,4":
     args.unrolls = "1,2"
   args.unroll_list = [int(v) for v in args.unrolls.split(",")]
@@ -299,7 +377,7 @@ def main(argv=None) -> None:
         print(f"  timed {cell_name} {shape} {mode} in {time.perf_counter() - start:.1f}s",
               flush=True)
         write_json(args.out, {"machine": machine, "partial": True, "rows": rows})
-  summary = summarize(rows, peaks)
+  summary = [dict(line, allocator=machine["allocator"]) for line in summarize(rows, peaks)]
   training = {} if args.no_train else time_training(args, on_gpu, with_torch)
   machine["load_average_end"] = os.getloadavg()
 

@@ -141,8 +141,8 @@ def rnn_jax_cell(cell_name: str, hidden: int):
 def build_rnn(cell, shape, **options):
   """``(forward, forward_backward, args)`` of ``rnn_jax.rnn`` for any cell or layer.
 
-  ``options`` go to ``rnn`` (``unroll``, ``hoist``, ``vjp``; unset ones
-  default); ``forward_backward`` is the gradient of ``sum(outputs)`` with
+  ``options`` go to ``rnn`` (``unroll``, ``hoist``, ``vjp``, ``kernel``; unset
+  ones default); ``forward_backward`` is the gradient of ``sum(outputs)`` with
   respect to the parameters and the inputs.
   """
   params = cell.init(jax.random.key(0), shape[2])
@@ -157,9 +157,13 @@ def build_rnn(cell, shape, **options):
   return jax.jit(forward), jax.jit(jax.grad(loss, argnums=(0, 1))), (params, xs)
 
 
-def build_rnn_jax(cell_name: str, shape, **options):
-  """:func:`build_rnn` for the rnn_jax cell matching PyTorch's ``cell_name``."""
-  return build_rnn(rnn_jax_cell(cell_name, shape[3]), shape, **options)
+def build_rnn_jax(cell_name: str, shape, *, kernel: str | None = None, **options):
+  """:func:`build_rnn` for the rnn_jax cell matching PyTorch's ``cell_name``.
+
+  ``kernel``: ``"scan"``, ``"onednn"`` or ``None`` (``rnn``'s default), see
+  ``rnn_jax.onednn``; ``options``: ``unroll``, ``hoist``, ``vjp``.
+  """
+  return build_rnn(rnn_jax_cell(cell_name, shape[3]), shape, kernel=kernel, **options)
 
 
 def build_flax(cell_name: str, shape, *, unroll: int = 1):

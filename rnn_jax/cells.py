@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 import rnn_jax._scan as _scan
 import rnn_jax.fused as fused
-from rnn_jax.layer import Layer, RunOptions, check_step_input
+import rnn_jax.onednn as onednn
+from rnn_jax.layer import Layer, RunOptions, check_step_input, compiled_init
 
 Params = dict
 Initializer = Callable[..., jax.Array]
@@ -75,8 +76,10 @@ def blockwise(init: Initializer, blocks: int) -> Initializer:
     rows, cols = shape
     keys = jax.random.split(key, blocks)
     draw_dtype = jnp.promote_types(dtype, jnp.float32)
-    parts = [init(k, (rows, cols // blocks), draw_dtype) for k in keys]
-    return jnp.concatenate(parts, axis=1).astype(dtype)
+    # One batched draw (a smaller program to compile than one per block); the
+    # same values as drawing block by block with the same keys.
+    parts = jax.vmap(lambda k: init(k, (rows, cols // blocks), draw_dtype))(keys)
+    return jnp.moveaxis(parts, 0, 1).reshape(rows, cols).astype(dtype)
 
   return init_fn
 
@@ -105,6 +108,12 @@ class Cell(Layer):
 
   name: ClassVar[str]
   GATES: ClassVar[int] = 1
+  ONEDNN: ClassVar[bool] = False
+  """Whether oneDNN's RNN primitives implement the cell (:mod:`rnn_jax.onednn`)."""
+  TUNED_KERNEL: ClassVar[Mapping[str, str]] = {}
+  """Backend -> ``"onednn"`` where ``rnn(kernel=None)`` should run oneDNN (when
+  installed): where it was measured faster than the scan. Empty: see
+  :mod:`rnn_jax.onednn` for the measurements."""
   hidden_size: int
 
   @property
@@ -134,8 +143,13 @@ class Cell(Layer):
     return self.recur(params, carry, self.project(params, x))
 
   def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
-    """One scan over ``xs [T, ..., I]``; the layer protocol (:mod:`rnn_jax.layer`)."""
+    """One scan over ``xs [T, ..., I]`` (or, for LSTM and GRU, oneDNN's kernel when
+    ``options.kernel`` says so: :func:`rnn_jax.onednn.use_onednn`); the layer protocol
+    (:mod:`rnn_jax.layer`)."""
     del rng  # A cell has no dropout of its own.
+    if onednn.use_onednn(self, xs, lengths, options.kernel, params, carry):
+      with jax.named_scope(self.name), jax.named_scope("onednn"):
+        return onednn.run(self, params, xs, carry, options.reverse)
     options = options.resolve(self)
     scan = (fused.fused_scan if options.vjp == "fused" and isinstance(self, fused.FusedVJP)
             else _scan.scan_layer)
@@ -188,6 +202,7 @@ class SimpleRNN(Cell, fused.FusedVJP):
       raise ValueError(f"recurrent_init must be an initialiser or 'identity', "
                        f"got {self.recurrent_init!r}")
 
+  @compiled_init
   def init(self, key, input_size: int) -> Params:
     k_ih, k_hh, k_b = jax.random.split(key, 3)
     recurrent_init = identity if self.recurrent_init == "identity" else self.recurrent_init
@@ -233,8 +248,12 @@ class LSTM(Cell, fused.FusedVJP):
 
   name: ClassVar[str] = "lstm"
   GATES: ClassVar[int] = 4
+  ONEDNN: ClassVar[bool] = True
   TUNED_UNROLL: ClassVar = {"cpu": 1, "gpu": 8}
-  TUNED_VJP: ClassVar = {"cpu": "fused", "gpu": "fused"}
+  # CPU: autodiff, 1.1x faster than the fused backward with tcmalloc and 1.7x
+  # with glibc's malloc, whose page faults the fused backward's extra buffers
+  # pay for (experiments/bench_rnn.py, both allocators).
+  TUNED_VJP: ClassVar = {"cpu": "autodiff", "gpu": "fused"}
   TORCH_MODULE: ClassVar[str] = "LSTM"
 
   hidden_size: int
@@ -253,6 +272,7 @@ class LSTM(Cell, fused.FusedVJP):
     zeros_h = super().initial_carry(batch_shape, dtype)
     return LSTMState(zeros_h, zeros_h)
 
+  @compiled_init
   def init(self, key, input_size: int) -> Params:
     k_ih, k_hh, k_b = jax.random.split(key, 3)
     params = self._weights(k_ih, k_hh, input_size, self.recurrent_init)
@@ -321,6 +341,7 @@ class GRU(Cell, fused.FusedVJP):
 
   name: ClassVar[str] = "gru"
   GATES: ClassVar[int] = 3
+  ONEDNN: ClassVar[bool] = True
   TUNED_UNROLL: ClassVar = {"cpu": 2, "gpu": 8}
   TUNED_VJP: ClassVar = {"cpu": "autodiff", "gpu": "fused"}
   TORCH_MODULE: ClassVar[str] = "GRU"
@@ -337,6 +358,7 @@ class GRU(Cell, fused.FusedVJP):
     if not isinstance(self.reset_after, bool):
       raise ValueError(f"reset_after must be a bool, got {self.reset_after!r}")
 
+  @compiled_init
   def init(self, key, input_size: int) -> Params:
     k_ih, k_hh, k_b, k_b2 = jax.random.split(key, 4)
     params = self._weights(k_ih, k_hh, input_size, self.recurrent_init)

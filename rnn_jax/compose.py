@@ -285,7 +285,8 @@ class Remat(Layer):
   def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
     options = options.resolve(self)
     with jax.named_scope(self.name):
-      if getattr(self.layer, "parallel", False):
+      runs_parallel = getattr(self.layer, "runs_parallel", None)  # A linear recurrence's mode.
+      if runs_parallel is not None and runs_parallel():
         run = lambda p, x, c: self.layer.run(p, x, c, lengths, options, rng)
         return jax.checkpoint(run)(params, xs, carry)
       return _scan.scan_layer(self, params, xs, carry, lengths, reverse=options.reverse,

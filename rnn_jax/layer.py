@@ -19,19 +19,23 @@ as static arguments of ``jax.jit``), and offers:
 How a run is done is one static record, :class:`RunOptions`, passed down
 unchanged through composites. Its ``None`` fields are resolved per layer in
 one place, :meth:`RunOptions.resolve`, from the values each layer class
-records as measured fastest per backend (``TUNED_UNROLL``, ``TUNED_VJP``).
+records as measured fastest per backend (``TUNED_UNROLL``, ``TUNED_VJP``,
+``TUNED_HOIST``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping
+import functools
+import numbers
+from typing import Any, Callable, ClassVar, Mapping
 
 import jax
 
 from rnn_jax.summary import first_or_last
 
 VJPS = ("autodiff", "fused")
+KERNELS = ("scan", "onednn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +52,21 @@ class RunOptions:
       :mod:`rnn_jax.fused`, for cells that have one) or ``None``: the layer's
       tuned choice for the backend.
     hoist: compute the input projection of all steps as one matmul before
-      the scan.
+      the scan; ``None``: the layer's tuned choice for the backend.
+    kernel: what runs an LSTM or GRU cell: ``"scan"`` (``jax.lax.scan`` of
+      its step), ``"onednn"`` (oneDNN's RNN primitives through the optional
+      ``rnn_jax_onednn`` extension; ``ValueError`` when it cannot, e.g. with
+      lengths) or ``None``: the scan, or oneDNN where the cell's
+      ``TUNED_KERNEL`` names it for the backend and it can run. Decided at run time by
+      :func:`rnn_jax.onednn.use_onednn` (it needs the inputs), so
+      :meth:`resolve` leaves it as is. Other layers always scan.
   """
 
   reverse: bool = False
   unroll: int | None = None
   vjp: str | None = None
-  hoist: bool = False
+  hoist: bool | None = None
+  kernel: str | None = None
 
   def __post_init__(self):
     if self.vjp not in VJPS + (None,):
@@ -62,16 +74,21 @@ class RunOptions:
                        f"{VJPS} or None, got {self.vjp!r}")
     if self.unroll is not None and (not isinstance(self.unroll, int) or self.unroll < 1):
       raise ValueError(f"unroll must be a positive int or None, got {self.unroll!r}")
+    if self.hoist not in (True, False, None):
+      raise ValueError(f"hoist must be True, False or None, got {self.hoist!r}")
+    if self.kernel not in KERNELS + (None,):
+      raise ValueError(f"kernel must be one of {KERNELS} or None, got {self.kernel!r}")
 
   def flipped(self) -> RunOptions:
     """The same options reading the other way (the backward half of a bidirectional layer)."""
     return dataclasses.replace(self, reverse=not self.reverse)
 
   def resolve(self, layer: Layer, backend: str | None = None) -> RunOptions:
-    """These options with ``unroll`` and ``vjp`` filled in from ``layer``'s tuned values.
+    """These options with ``unroll``, ``vjp`` and ``hoist`` filled in from ``layer``'s tuned values.
 
-    The one place where ``None`` becomes a number: ``layer.TUNED_UNROLL`` and
-    ``layer.TUNED_VJP`` (per JAX backend) or 1 and ``"autodiff"``.
+    The one place where ``None`` becomes a value: ``layer.TUNED_UNROLL``,
+    ``layer.TUNED_VJP`` and ``layer.TUNED_HOIST`` (per JAX backend), or 1,
+    ``"autodiff"`` and ``False`` for a backend a layer has no entry for.
 
     Args:
       layer: the layer about to run.
@@ -80,7 +97,8 @@ class RunOptions:
     backend = backend or jax.default_backend()
     unroll = self.unroll if self.unroll is not None else layer.TUNED_UNROLL.get(backend, 1)
     vjp = self.vjp if self.vjp is not None else layer.TUNED_VJP.get(backend, "autodiff")
-    return dataclasses.replace(self, unroll=unroll, vjp=vjp)
+    hoist = self.hoist if self.hoist is not None else layer.TUNED_HOIST.get(backend, False)
+    return dataclasses.replace(self, unroll=unroll, vjp=vjp, hoist=hoist)
 
 
 class Layer:
@@ -99,6 +117,8 @@ class Layer:
   """Backend -> the ``unroll`` measured fastest (``experiments/bench_rnn.py``)."""
   TUNED_VJP: ClassVar[Mapping[str, str]] = {}
   """Backend -> the gradient mode measured fastest."""
+  TUNED_HOIST: ClassVar[Mapping[str, bool]] = {}
+  """Backend -> whether hoisting the input projection out of the scan was measured faster."""
   sublayers: ClassVar[tuple] = ()
   dropout: ClassVar[float] = 0.0
 
@@ -166,6 +186,31 @@ def _show(value: Any) -> str:
     return "jnp." + jax.numpy.dtype(value).name
   except TypeError:
     return getattr(value, "__qualname__", repr(value)).replace(".<locals>", "")
+
+
+def compiled_init(init: Callable) -> Callable:
+  """Decorates a layer's ``init``: one compiled function per (layer, input size).
+
+  Run op by op, a first ``lstm(128).init`` compiles every primitive of its
+  initialisers (the orthogonal one's QR among them) separately: seconds, and
+  again for every new shape. Compiled whole, parameter creation is one XLA
+  program per (layer, input size), cached by ``jax.jit`` since layers are
+  hashable. The values are bitwise those of the op-by-op run (tested under
+  ``jax.disable_jit``), except the LRU's normal draws times a scale, within
+  one float32 ulp (XLA folds the scale into the draw's constant). Inside a
+  user's ``jax.jit`` it inlines as usual.
+  ``python -m experiments.bench_rnn --init`` measures first calls.
+  """
+  compiled = jax.jit(init, static_argnums=(0, 2))
+
+  @functools.wraps(init)
+  def init_compiled_once(self, key, input_size):
+    if (isinstance(input_size, bool) or not isinstance(input_size, numbers.Integral)
+        or input_size < 1):
+      raise ValueError(f"input_size must be a positive int, got {input_size!r}")
+    return compiled(self, key, int(input_size))
+
+  return init_compiled_once
 
 
 def check_layer(argument: str, value: Any) -> None:

@@ -19,17 +19,21 @@ Each constructor returns a :class:`LinearRNN`, which ``rnn_jax.rnn``,
 ``rnn_jax.stack`` and ``rnn_jax.bidirectional`` accept like any cell. It runs
 in one of two modes that give the same outputs (to float rounding):
 
-* ``parallel=True`` (the default, for training): all coefficients in one
-  matmul, then one associative scan over time (:func:`linear_scan`, whose
-  gradient is a hand-written reverse scan; forward-mode differentiation such
-  as ``jax.jvp`` or ``jax.hessian`` needs the sequential mode);
+* ``parallel=True``: all coefficients in one matmul, then one associative
+  scan over time (:func:`linear_scan`, whose gradient is a hand-written
+  reverse scan; forward-mode differentiation such as ``jax.jvp`` or
+  ``jax.hessian`` needs the sequential mode);
 * ``parallel=False`` (sequential): the core's ``jax.lax.scan``
-  over :meth:`LinearRNN.step`, the mode for generation one step at a time.
-  ``layer.with_parallel(False)`` switches a layer (its parameters stay valid).
+  over :meth:`LinearRNN.step`, the mode for generation one step at a time;
+* ``parallel=None`` (the default): the mode measured fastest on the backend
+  the layer runs on, ``TUNED_PARALLEL`` (as ``unroll`` is chosen; see
+  :meth:`LinearRNN.runs_parallel`).
 
-Which is faster depends on the machine: the parallel mode needs parallel
-width (a GPU) to pay for the associative scan's extra passes over memory
-(``python -m experiments.bench_parallel``; figures in
+``layer.with_parallel(False)`` switches a layer (its parameters stay valid)
+and returns a layer equal to the one the factory builds with that mode.
+Which mode is faster depends on the machine: the parallel mode needs parallel
+width (a GPU) to pay for the associative scan's extra passes over memory and
+its longer compilation (``python -m experiments.bench_parallel``; figures in
 ``experiments/results/README.md``).
 
 Variable lengths follow the core: past a sequence's length the step is
@@ -47,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +59,7 @@ import jax.numpy as jnp
 import rnn_jax._scan as _scan
 from rnn_jax.cells import (Initializer, affine_input, blockwise, check_size, glorot_uniform,
                            zeros, zeros_carry)
-from rnn_jax.layer import Layer, RunOptions, check_step_input
+from rnn_jax.layer import Layer, RunOptions, check_step_input, compiled_init
 
 
 class LinearRNN(Layer):
@@ -72,16 +76,27 @@ class LinearRNN(Layer):
   """
 
   name: ClassVar[str]
+  TUNED_PARALLEL: ClassVar[Mapping[str, bool]] = {"gpu": True, "tpu": True}
+  """Backend -> whether the parallel mode was measured faster there
+  (``experiments/bench_parallel.py``); backends not listed run sequentially."""
   hidden_size: int
-  parallel: bool
+  parallel: bool | None
 
   def initial_carry(self, batch_shape=(), dtype=jnp.float32):
     """``h [*batch_shape, H]`` of zeros."""
     return zeros_carry(batch_shape, self.hidden_size, dtype)
 
-  def with_parallel(self, parallel: bool) -> LinearRNN:
-    """An equal layer in the given mode (same parameters, same outputs up to rounding)."""
-    return dataclasses.replace(self, parallel=bool(parallel))
+  def with_parallel(self, parallel: bool | None) -> LinearRNN:
+    """This layer in the given mode (``None``: the backend's tuned one); the same
+    parameters work and give the same outputs up to rounding."""
+    return dataclasses.replace(self, parallel=parallel)
+
+  def runs_parallel(self, backend: str | None = None) -> bool:
+    """Whether a run on ``backend`` (default: JAX's) takes the parallel mode:
+    ``parallel`` if set, else ``TUNED_PARALLEL`` for the backend."""
+    if self.parallel is not None:
+      return self.parallel
+    return self.TUNED_PARALLEL.get(backend or jax.default_backend(), False)
 
   def readout(self, params, h, skip):
     """``y_t`` from the state ``h_t`` and the skip term of ``project``: ``h_t`` itself here."""
@@ -110,10 +125,17 @@ class LinearRNN(Layer):
     del rng
     options = options.resolve(self)
     with jax.named_scope(self.name):
-      if not self.parallel:
+      if not self.runs_parallel():
         return _scan.scan_layer(self, params, xs, carry, lengths, reverse=options.reverse,
                                 unroll=options.unroll, hoist=options.hoist)
       return parallel_run(self, params, xs, carry, lengths, options.reverse)
+
+
+def check_parallel(parallel) -> None:
+  """Raises ``ValueError`` unless ``parallel`` is ``True``, ``False`` or ``None``."""
+  if parallel is not None and not isinstance(parallel, bool):
+    raise ValueError(f"parallel must be True, False or None (the backend's tuned mode), "
+                     f"got {parallel!r}")
 
 
 def _compose(earlier, later):
@@ -229,11 +251,14 @@ class GatedLinearRNN(LinearRNN):
   """
 
   GATES: ClassVar[int]
+  # The sequential mode on CPU: projecting all steps in one matmul before the
+  # scan is 1.2-2.7x faster (experiments/bench_parallel.py).
+  TUNED_HOIST: ClassVar = {"cpu": True}
   CHRONO_SIGNS: ClassVar[tuple]  # The sign of log(u) in each chrono-initialised gate block.
 
   hidden_size: int
   candidate: str = "linear"
-  parallel: bool = True
+  parallel: bool | None = None
   max_timescale: float | None = None
   kernel_init: Initializer = dataclasses.field(default=glorot_uniform, repr=False)
   bias_init: Initializer = dataclasses.field(default=zeros, repr=False)
@@ -245,7 +270,7 @@ class GatedLinearRNN(LinearRNN):
       raise ValueError(f"candidate must be one of {sorted(CANDIDATES)}, got {self.candidate!r}")
     if self.max_timescale is not None and not self.max_timescale > 2.0:
       raise ValueError(f"max_timescale must be > 2 (or None), got {self.max_timescale}")
-    object.__setattr__(self, "parallel", bool(self.parallel))
+    check_parallel(self.parallel)
 
   @property
   def output_size(self) -> int:
@@ -254,6 +279,7 @@ class GatedLinearRNN(LinearRNN):
   def input_size(self, params) -> int:
     return params["w_ih"].shape[0]
 
+  @compiled_init
   def init(self, key, input_size: int):
     """``w_ih`` (per gate block) and ``b``; with ``max_timescale``, the chrono
     initialisation (Tallec & Ollivier 2018) of the gate blocks in
@@ -307,7 +333,7 @@ class MinLSTM(GatedLinearRNN):
             jax.nn.sigmoid(-log_ratio) * CANDIDATES[self.candidate](k_h), None)
 
 
-def mingru(hidden_size: int, candidate: str = "linear", *, parallel: bool = True,
+def mingru(hidden_size: int, candidate: str = "linear", *, parallel: bool | None = None,
            max_timescale: float | None = None, kernel_init: Initializer = glorot_uniform,
            bias_init: Initializer = zeros, param_dtype=jnp.float32) -> MinGRU:
   """minGRU (Feng et al. 2024, "Were RNNs All We Needed?"): a GRU whose gates see only ``x_t``.
@@ -325,7 +351,8 @@ def mingru(hidden_size: int, candidate: str = "linear", *, parallel: bool = True
     candidate: ``"linear"`` (``cand(k) = k``, the paper's equations) or
       ``"g"`` (``cand = g``, the positive activation of the paper's log-space
       version).
-    parallel: associative scan (``True``) or sequential scan (``False``).
+    parallel: associative scan (``True``), sequential scan (``False``) or
+      ``None``: the mode measured faster on the backend (``TUNED_PARALLEL``).
     max_timescale: if given, chrono initialisation (Tallec & Ollivier 2018)
       of the update gate: ``b_z = -log(u)``, ``u ~ U[1, max_timescale - 1]``,
       so that unit memories span 2 to ``max_timescale`` steps at the start
@@ -340,7 +367,7 @@ def mingru(hidden_size: int, candidate: str = "linear", *, parallel: bool = True
                 param_dtype)
 
 
-def minlstm(hidden_size: int, candidate: str = "linear", *, parallel: bool = True,
+def minlstm(hidden_size: int, candidate: str = "linear", *, parallel: bool | None = None,
             max_timescale: float | None = None, kernel_init: Initializer = glorot_uniform,
             bias_init: Initializer = zeros, param_dtype=jnp.float32) -> MinLSTM:
   """minLSTM (Feng et al. 2024): forget and input gates from ``x_t`` only, normalised to sum to 1.
@@ -358,7 +385,8 @@ def minlstm(hidden_size: int, candidate: str = "linear", *, parallel: bool = Tru
   Args:
     hidden_size: ``H``.
     candidate: ``"linear"`` or ``"g"``, as in :func:`mingru`.
-    parallel: associative scan (``True``) or sequential scan (``False``).
+    parallel: associative scan (``True``), sequential scan (``False``) or
+      ``None``: the mode measured faster on the backend (``TUNED_PARALLEL``).
     max_timescale: if given, chrono initialisation of the gates:
       ``b_f = log(u)``, ``b_i = -log(u)``, ``u ~ U[1, max_timescale - 1]``
       (as :func:`mingru`'s).
@@ -389,7 +417,7 @@ class LRU(LinearRNN):
   r_max: float = 1.0
   max_phase: float = 2 * math.pi
   skip: str = "diagonal"
-  parallel: bool = True
+  parallel: bool | None = None
   param_dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -400,7 +428,7 @@ class LRU(LinearRNN):
     if not 0.0 <= self.r_min < self.r_max <= 1.0:
       raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={self.r_min}, "
                        f"r_max={self.r_max}")
-    object.__setattr__(self, "parallel", bool(self.parallel))
+    check_parallel(self.parallel)
 
   @property
   def hidden_size(self) -> int:
@@ -415,6 +443,7 @@ class LRU(LinearRNN):
   def input_size(self, params) -> int:
     return params["B_re"].shape[0]
 
+  @compiled_init
   def init(self, key, input_size: int):
     state, output_size, dtype = self.state_size, self.output_size, self.param_dtype
     if self.skip == "diagonal" and input_size != output_size:
@@ -460,7 +489,7 @@ class LRU(LinearRNN):
 
 
 def lru(state_size: int, output_size: int, *, r_min: float = 0.0, r_max: float = 1.0,
-        max_phase: float = 2 * math.pi, skip: str = "diagonal", parallel: bool = True,
+        max_phase: float = 2 * math.pi, skip: str = "diagonal", parallel: bool | None = None,
         param_dtype=jnp.float32) -> LRU:
   """The Linear Recurrent Unit (Orvieto et al. 2023, "Resurrecting Recurrent Neural Networks").
 

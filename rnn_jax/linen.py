@@ -46,7 +46,8 @@ class RNN(nn.Module):
     vjp: how the scan's gradient is computed (``"autodiff"``, ``"fused"``, or
       ``None``: the layer's tuned choice for the backend), as in
       :func:`rnn_jax.rnn`.
-    hoist: compute the input projection for all steps before the scan.
+    hoist: compute the input projection for all steps before the scan
+      (``None``: the layer's tuned choice, as in :func:`rnn_jax.rnn`).
     rng_collection: the Flax RNG stream for dropout.
 
   Params: ``{"cell": cell.init(key, I)}``, see the module docstring.
@@ -58,7 +59,7 @@ class RNN(nn.Module):
   reverse: bool = False
   unroll: int | None = None
   vjp: str | None = None
-  hoist: bool = False
+  hoist: bool | None = None
   rng_collection: str = "dropout"
 
   @nn.compact

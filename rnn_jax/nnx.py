@@ -53,8 +53,8 @@ class RNN(nnx.Module):
 
   def __init__(self, layer: Layer, input_size: int, *, rngs: nnx.Rngs,
                return_carry: bool = True, time_major: bool = False, reverse: bool = False,
-               unroll: int | None = None, vjp: str | None = None, hoist: bool = False,
-               deterministic: bool = False):
+               unroll: int | None = None, vjp: str | None = None,
+               hoist: bool | None = None, deterministic: bool = False):
     """Initialises the parameters with ``layer.init(rngs.params(), input_size)``.
 
     Args:
@@ -73,7 +73,8 @@ class RNN(nnx.Module):
         for the backend.
       vjp: how the scan's gradient is computed (``"autodiff"``, ``"fused"``,
         or ``None``: the layer's tuned choice for the backend).
-      hoist: compute the input projection for all steps before the scan.
+      hoist: compute the input projection for all steps before the scan
+        (``None``: the layer's tuned choice, as in :func:`rnn_jax.rnn`).
       deterministic: start with dropout off (as after ``model.eval()``).
 
     Raises:

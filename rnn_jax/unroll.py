@@ -72,8 +72,8 @@ def _check_carry(layer, carry, batch_shape):
 
 def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
         reverse: bool = False, time_major: bool = False, unroll: int | None = None,
-        dropout_rng: jax.Array | None = None, hoist: bool = False, vjp: str | None = None,
-        backward: Any = _UNSET):
+        dropout_rng: jax.Array | None = None, hoist: bool | None = None, vjp: str | None = None,
+        kernel: str | None = None, backward: Any = _UNSET):
   """Runs a layer (a cell, a linear recurrence, a ``stack``, ``bidirectional`` or ``remat``)
   over a sequence.
 
@@ -96,13 +96,23 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
     dropout_rng: a PRNG key enabling the dropout of composites; ``None`` (the
       default, for evaluation) disables dropout.
     hoist: compute the input projection of all time steps as one matmul
-      before the scan instead of once per step inside it.
+      before the scan instead of once per step inside it; ``None`` (the
+      default) does what was measured faster for each layer on the current
+      backend (its ``TUNED_HOIST``: the sequential minGRU/minLSTM on CPU).
     vjp: how gradients of a cell's scan are computed: ``"autodiff"`` (JAX
       differentiates the scan) or ``"fused"`` (:mod:`rnn_jax.fused`'s custom
       VJP: one reverse scan, weight gradients batched over time; cells
       without one use autodiff); ``None`` (the default) uses the one measured
       fastest for each cell on the current backend (its ``TUNED_VJP``).
       Composites pass it to every layer.
+    kernel: what runs LSTM and GRU cells: ``"scan"`` (the scan above),
+      ``"onednn"`` (oneDNN's RNN primitives over the whole sequence, from the
+      optional extension ``pip install ./rnn_jax_onednn``; float32, no
+      ``lengths``, CPU; ``unroll``, ``hoist`` and ``vjp`` then do nothing) or
+      ``None`` (the default): the scan, unless the cell's ``TUNED_KERNEL``
+      names oneDNN for the backend (none does: the scan measured faster for
+      training on our CPU). See :mod:`rnn_jax.onednn`. Composites pass it to
+      every layer.
     backward: the old name of ``vjp``; deprecated.
 
   Returns:
@@ -114,7 +124,8 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
     TypeError: when ``layer`` is not an rnn_jax layer.
     ValueError: on a wrong rank, an input size that does not match ``params``,
       ``lengths`` of the wrong shape or dtype, a mismatched ``initial_carry``,
-      or an unknown ``vjp``.
+      an unknown ``vjp`` or ``kernel``, or ``kernel="onednn"`` where oneDNN
+      cannot run a cell (the message says why).
   """
   if backward is not _UNSET:
     warnings.warn("rnn(backward=...) is deprecated; use vjp=... (backward is also the name "
@@ -123,7 +134,8 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
       raise ValueError(f"rnn: backward={backward!r} and vjp={vjp!r} disagree; pass only vjp")
     vjp = vjp if backward is None else backward
   check_layer("layer (the first argument)", layer)
-  options = RunOptions(reverse=bool(reverse), unroll=unroll, vjp=vjp, hoist=bool(hoist))
+  options = RunOptions(reverse=bool(reverse), unroll=unroll, vjp=vjp,
+                       hoist=None if hoist is None else bool(hoist), kernel=kernel)
   xs = jnp.asarray(xs)
   if xs.ndim < 2:
     raise ValueError(f"xs: expected shape [..., T, I] (rank >= 2), got shape {xs.shape}")

@@ -64,7 +64,8 @@ def test_builders_agree_on_shapes(cell_name):
 def test_suite_writes_json_and_chart(tmp_path):
   from experiments import bench_rnn  # pylint: disable=import-outside-toplevel
   bench_rnn.main(["--quick", "--no-sweep", "--no-train", "--no-torch", "--cells", "simple_rnn",
-                  "--shapes", "2,3,2,4", "--rounds", "1", "--out", str(tmp_path)])
+                  "--shapes", "2,3,2,4", "--rounds", "1", "--out", str(tmp_path),
+                  "--allocator", "glibc"])
   record = json.loads((tmp_path / "results.json").read_text())
   assert (tmp_path / "results.png").stat().st_size > 0
   modes = {(s["mode"]) for s in record["summary"]}
@@ -72,3 +73,18 @@ def test_suite_writes_json_and_chart(tmp_path):
   for line in record["summary"]:
     assert line["rnn_jax_ms"] > 0 and line["flax_ms"] > 0
     assert line["flax_over_rnn_jax"] == pytest.approx(line["flax_ms"] / line["rnn_jax_ms"])
+    assert line["allocator"] == "glibc"
+
+
+def test_init_benchmark_times_fresh_processes(tmp_path, capsys):
+  from experiments import bench_init  # pylint: disable=import-outside-toplevel
+  bench_init.main(["--layers", "simple_rnn", "--repeats", "1", "--out", str(tmp_path)])
+  record = json.loads((tmp_path / "bench_init.json").read_text())
+  (row,) = record["rows"]
+  assert row["layer"] == "simple_rnn(128)" and row["input_size"] == 28
+  for how in ("op by op", "compiled"):
+    (times,) = row["runs"][how]
+    assert len(times) == 2 and all(t > 0 for t in times)
+  assert "| simple_rnn(128) | 28 |" in capsys.readouterr().out
+  with pytest.raises(SystemExit, match="unknown lsmt"):
+    bench_init.main(["--layers", "lsmt"])

@@ -83,14 +83,16 @@ def linear_layer(cell, params):
   return run
 
 
+# Explicitly parallel (the default, parallel=None, picks the backend's tuned mode).
 CELLS = {
-    "mingru": rnn_jax.mingru(5),
-    "mingru_g": rnn_jax.mingru(5, "g"),
-    "minlstm": rnn_jax.minlstm(5),
-    "minlstm_g": rnn_jax.minlstm(5, "g"),
-    "lru_diagonal": rnn_jax.lru(6, INPUT),
-    "lru_dense": rnn_jax.lru(6, 4, skip="dense", r_min=0.5, r_max=0.99, max_phase=1.0),
-    "lru_none": rnn_jax.lru(6, 4, skip="none"),
+    "mingru": rnn_jax.mingru(5, parallel=True),
+    "mingru_g": rnn_jax.mingru(5, "g", parallel=True),
+    "minlstm": rnn_jax.minlstm(5, parallel=True),
+    "minlstm_g": rnn_jax.minlstm(5, "g", parallel=True),
+    "lru_diagonal": rnn_jax.lru(6, INPUT, parallel=True),
+    "lru_dense": rnn_jax.lru(6, 4, skip="dense", r_min=0.5, r_max=0.99, max_phase=1.0,
+                             parallel=True),
+    "lru_none": rnn_jax.lru(6, 4, skip="none", parallel=True),
 }
 
 
@@ -327,3 +329,37 @@ def test_bad_arguments_raise():
   cell = rnn_jax.minlstm(4)
   with pytest.raises(ValueError, match="input size 3"):
     rnn_jax.rnn(cell, cell.init(jax.random.key(0), 3), jnp.zeros((2, 5, 4)))
+
+
+def test_mode_is_chosen_per_backend_unless_set():
+  for make in (lambda **kw: rnn_jax.mingru(4, **kw), lambda **kw: rnn_jax.minlstm(4, **kw),
+               lambda **kw: rnn_jax.lru(4, 3, **kw)):
+    tuned = make()
+    assert tuned.parallel is None
+    kind = type(tuned)
+    for backend in ("cpu", "gpu", "tpu"):
+      assert tuned.runs_parallel(backend) == kind.TUNED_PARALLEL.get(backend, False)
+    assert tuned.runs_parallel("gpu") and tuned.runs_parallel("tpu")
+    assert tuned.runs_parallel() == tuned.runs_parallel(jax.default_backend())
+    for mode in (True, False):
+      switched = tuned.with_parallel(mode)
+      assert switched == make(parallel=mode) and hash(switched) == hash(make(parallel=mode))
+      assert switched.runs_parallel("cpu") is mode and switched.runs_parallel("gpu") is mode
+      assert switched.with_parallel(None) == tuned
+    assert repr(tuned) == repr(make()) and "parallel" not in repr(tuned)
+    assert "parallel=False" in repr(make(parallel=False))
+  for bad in (1, "yes", 0.0):
+    with pytest.raises(ValueError, match="parallel must be True, False or None"):
+      rnn_jax.mingru(4, parallel=bad)
+
+
+def test_the_default_mode_runs_as_the_backend_tuned_one():
+  """The default lowers to the same program as the mode it resolves to on this backend."""
+  cell = rnn_jax.minlstm(3)
+  params = cell.init(jax.random.key(0), 2)
+  xs = jnp.ones((2, 6, 2))
+  lowered = lambda layer: jax.jit(lambda p, x: rnn_jax.rnn(layer, p, x)[0]).lower(
+      params, xs).as_text()
+  chosen = cell.with_parallel(cell.runs_parallel())
+  assert lowered(cell) == lowered(chosen)
+  assert lowered(cell) != lowered(cell.with_parallel(not cell.runs_parallel()))

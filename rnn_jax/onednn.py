@@ -1,0 +1,244 @@
+"""oneDNN kernels for LSTM and GRU on CPU, from the optional ``rnn_jax_onednn`` extension.
+
+On CPU, XLA runs the small per-step matmul inside ``jax.lax.scan`` slowly;
+oneDNN's RNN primitives take the whole sequence at once (as PyTorch's CPU
+``nn.LSTM`` does). ``pip install ./rnn_jax_onednn`` (from the repository root)
+builds the extension, which registers XLA FFI targets for oneDNN's
+``vanilla_lstm`` (:func:`rnn_jax.lstm`), ``lbr_gru``
+(``rnn_jax.gru(reset_after=True)``) and ``vanilla_gru``
+(``reset_after=False``), forward and backward, float32.
+
+Which kernel runs is :class:`rnn_jax.layer.RunOptions`' ``kernel``
+(``rnn(..., kernel=...)``), decided per cell by :func:`use_onednn`:
+``"scan"`` always scans; ``"onednn"`` runs oneDNN or raises ``ValueError``
+saying why it cannot; ``None`` (the default) runs oneDNN only where the
+cell's ``TUNED_KERNEL`` names it for the backend (and the extension is
+installed and :func:`unsupported_reason` is ``None``), and scans otherwise.
+No cell names it today: on our 2-core CPU the scan was faster for the GRU
+at every benchmark shape and for the LSTM's training step at the MNIST
+shape, and oneDNN faster only for an LSTM's forward pass at small shapes
+and its forward+backward at (64, 256, 128, 256) under glibc's malloc
+(``python -m experiments.bench_rnn``; figures in the Performance guide).
+So oneDNN is opt-in: ``rnn(..., kernel="onednn")``. With oneDNN the
+``unroll``, ``hoist`` and ``vjp`` options have no effect.
+
+:func:`run` converts the parameters to oneDNN's gate order and layout inside
+the traced function (so gradients flow back through the conversion) and
+calls the FFI targets inside a ``jax.custom_vjp``: the primal uses oneDNN's
+forward-inference primitive, the forward of a gradient its forward-training
+one, which writes a workspace that the backward reads. It works under
+``jax.jit``, ``jax.grad`` and ``jax.vmap`` (vmap loops over the mapped axis).
+
+Threads: oneDNN runs OpenMP threads inside each call;
+``RNN_JAX_ONEDNN_THREADS`` (read when the extension is imported) or
+:func:`set_num_threads` chooses how many; by default all cores, measured
+fastest for forward+backward on 2 cores (``rnn_jax_onednn``'s docstring has
+the figures).
+
+This module imports ``rnn_jax_onednn`` only inside functions: ``import
+rnn_jax`` needs jax and numpy only.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["available", "run", "set_num_threads", "unsupported_reason", "use_onednn"]
+
+INSTALL_HINT = "rnn_jax_onednn is not installed: pip install ./rnn_jax_onednn"
+
+
+def _extension():
+  import rnn_jax_onednn  # pylint: disable=import-outside-toplevel
+  if getattr(rnn_jax_onednn, "__file__", None) is None:
+    # The source folder ./rnn_jax_onednn seen as a namespace package from the repository
+    # root, not the installed extension.
+    raise ImportError("rnn_jax_onednn: the source folder, not the installed extension")
+  return rnn_jax_onednn
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+  """Whether the ``rnn_jax_onednn`` extension imports (and so registered its FFI targets)."""
+  try:
+    _extension()
+  except (ImportError, OSError):
+    return False
+  return True
+
+
+def set_num_threads(num_threads: int) -> None:
+  """OpenMP threads oneDNN uses inside each call; 0: OpenMP's default (all cores)."""
+  if not available():
+    raise ValueError(INSTALL_HINT)
+  _extension().set_num_threads(num_threads)
+
+
+def _kind(cell) -> int | None:
+  """The extension's ``kind`` for ``cell`` (0 LSTM, 1 lbr GRU, 2 vanilla GRU), or None.
+
+  Cells say whether oneDNN implements them (``Cell.ONEDNN``: LSTM and GRU).
+  """
+  if not getattr(type(cell), "ONEDNN", False):
+    return None
+  if cell.name == "lstm":
+    return 0
+  return 1 if cell.reset_after else 2
+
+
+def unsupported_reason(cell, xs, lengths, params=None, carry=None) -> str | None:
+  """Why oneDNN cannot run ``cell`` over ``xs [T, ..., I]``, or ``None`` when it can.
+
+  oneDNN runs LSTM and GRU cells (both GRU variants) over whole, non-empty
+  float32 sequences on CPU: no ``lengths``, float32 inputs, parameters and
+  carry. Does not check whether the extension is installed (:func:`available`).
+  """
+  if _kind(cell) is None:
+    return f"oneDNN kernels run LSTM and GRU cells only, not {type(cell).__name__} ({cell!r})"
+  if lengths is not None:
+    return "oneDNN's RNN primitives have no variable lengths (lengths=...); use kernel='scan'"
+  if jnp.dtype(xs.dtype) != jnp.float32:
+    return f"oneDNN kernels need float32 inputs, got xs of dtype {xs.dtype}"
+  for name, tree in (("params", params), ("initial carry", carry)):
+    dtypes = {str(leaf.dtype) for leaf in jax.tree.leaves(tree)} - {"float32"}
+    if dtypes:
+      return f"oneDNN kernels need float32 {name}, got {', '.join(sorted(dtypes))}"
+  if math.prod(xs.shape) == 0:
+    return f"oneDNN kernels need non-empty inputs, got xs of shape {xs.shape}"
+  if jax.default_backend() != "cpu":
+    return f"oneDNN kernels run on CPU only (the default backend is {jax.default_backend()})"
+  return None
+
+
+def use_onednn(cell, xs, lengths, kernel: str | None, params=None, carry=None) -> bool:
+  """Whether ``cell`` runs with oneDNN, given ``RunOptions.kernel``; the one place that decides.
+
+  ``"scan"``: no. ``"onednn"``: yes, or ``ValueError`` with the reason.
+  ``None``: when ``cell.TUNED_KERNEL`` names oneDNN for the backend, the
+  extension is installed and :func:`unsupported_reason` has nothing against it.
+  """
+  if kernel == "scan":
+    return False
+  if kernel == "onednn":
+    reason = unsupported_reason(cell, xs, lengths, params, carry)
+    if reason is None and not available():
+      reason = INSTALL_HINT
+    if reason is not None:
+      raise ValueError(f"kernel='onednn': {reason}")
+    return True
+  tuned = getattr(cell, "TUNED_KERNEL", {}).get(jax.default_backend(), "scan")
+  return (tuned == "onednn" and unsupported_reason(cell, xs, lengths, params, carry) is None
+          and available())
+
+
+# ---------------------------------------------------------------------------
+# rnn_jax's parameters -> oneDNN's (see the layouts at the top of
+# rnn_jax_onednn/src/rnn_jax_onednn.cc). Plain jnp, so gradients flow back.
+
+
+def _gates(w, gates: int, hidden: int, order) -> jax.Array:
+  """``[rows, gates*H] -> [rows, gates, H]`` (oneDNN's ldigo), gate blocks in ``order``."""
+  w = w.reshape(w.shape[0], gates, hidden)
+  return w if order is None else jnp.stack([w[:, k] for k in order], axis=1)
+
+
+def onednn_params(cell, params) -> tuple[int, jax.Array, jax.Array, jax.Array]:
+  """``(kind, weights_layer [I, G, H], weights_iter [H, G, H], bias [Gb, H])`` for oneDNN.
+
+  LSTM: gates (i, f, g, o) as ours; ``forget_bias`` is folded into the f bias.
+  GRU: oneDNN's gates are (u, r, o) = our (z, r, n); lbr_gru's bias is
+  ``(b_z, b_r, b_in, b_hn)`` with ``b_z = b_iz + b_hz`` and ``b_r = b_ir + b_hr``.
+  """
+  kind, hidden = _kind(cell), cell.hidden_size
+  params = jax.tree.map(jnp.asarray, params)
+  if kind == 0:
+    bias = params["b"].reshape(4, hidden)
+    if cell.forget_bias:
+      bias = bias.at[1].add(jnp.float32(cell.forget_bias))
+    return (kind, _gates(params["w_ih"], 4, hidden, None), _gates(params["w_hh"], 4, hidden, None),
+            bias)
+  order = (1, 0, 2)  # (r, z, n) -> (z, r, n)
+  if kind == 1:
+    b_ih, b_hh = params["b_ih"].reshape(3, hidden), params["b_hh"].reshape(3, hidden)
+    bias = jnp.stack([b_ih[1] + b_hh[1], b_ih[0] + b_hh[0], b_ih[2], b_hh[2]])
+  else:
+    bias = params["b"].reshape(3, hidden)[np.array(order)]
+  return (kind, _gates(params["w_ih"], 3, hidden, order), _gates(params["w_hh"], 3, hidden, order),
+          bias)
+
+
+# ---------------------------------------------------------------------------
+# The FFI calls, in oneDNN's layouts: x [T, N, I], h0/c0 [N, H] (c0 [0] for a GRU).
+
+
+def _forward_call(kind, reverse, training, x, h0, c0, wl, wi, bias):
+  ext = _extension()
+  steps, batch, inputs = x.shape
+  hidden = h0.shape[-1]
+  workspace = (ext.workspace_size(kind, reverse, steps, batch, inputs, hidden) if training
+               else 0)
+  f32 = jnp.float32
+  result_types = (jax.ShapeDtypeStruct((steps, batch, hidden), f32),
+                  jax.ShapeDtypeStruct(h0.shape, f32), jax.ShapeDtypeStruct(c0.shape, f32),
+                  jax.ShapeDtypeStruct((workspace,), jnp.uint8))
+  call = jax.ffi.ffi_call(ext.FORWARD_TARGET, result_types, vmap_method="sequential")
+  return call(x, h0, c0, wl, wi, bias, kind=np.int32(kind), reverse=np.int32(reverse),
+              training=np.int32(training))
+
+
+def _backward_call(kind, reverse, x, h0, c0, wl, wi, bias, y, h_t, c_t, workspace, dy, dh_t,
+                   dc_t):
+  ext = _extension()
+  result_types = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32)
+                       for a in (x, h0, c0, wl, wi, bias))
+  call = jax.ffi.ffi_call(ext.BACKWARD_TARGET, result_types, vmap_method="sequential")
+  return call(x, h0, c0, wl, wi, bias, y, h_t, c_t, workspace, dy, dh_t, dc_t,
+              kind=np.int32(kind), reverse=np.int32(reverse))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _sequence(kind, reverse, x, h0, c0, wl, wi, bias):
+  """``(y [T, N, H], h_T [N, H], c_T)``: oneDNN's forward-inference primitive."""
+  return tuple(_forward_call(kind, reverse, False, x, h0, c0, wl, wi, bias)[:3])
+
+
+def _sequence_fwd(kind, reverse, x, h0, c0, wl, wi, bias):
+  y, h_t, c_t, workspace = _forward_call(kind, reverse, True, x, h0, c0, wl, wi, bias)
+  return (y, h_t, c_t), (x, h0, c0, wl, wi, bias, y, h_t, c_t, workspace)
+
+
+def _sequence_bwd(kind, reverse, residuals, cotangents):
+  return tuple(_backward_call(kind, reverse, *residuals, *cotangents))
+
+
+_sequence.defvjp(_sequence_fwd, _sequence_bwd)
+
+
+def run(cell, params, xs, carry, reverse: bool = False):
+  """Runs an LSTM or GRU ``cell`` over ``xs [T, ..., I]`` with oneDNN.
+
+  Same contract as ``cell.run`` without lengths: returns ``(outputs [T, ..., H],
+  final carry)``, outputs in input time order; ``reverse`` reads from the last
+  step to the first (oneDNN's right2left direction). Leading batch axes are
+  flattened into oneDNN's one batch axis and restored. Callers check
+  :func:`unsupported_reason` first (:func:`use_onednn` does).
+  """
+  kind, wl, wi, bias = onednn_params(cell, params)
+  steps, batch_shape, hidden = xs.shape[0], xs.shape[1:-1], cell.hidden_size
+  batch = math.prod(batch_shape)
+  x = xs.reshape(steps, batch, xs.shape[-1])
+  if kind == 0:
+    h0, c0 = (state.reshape(batch, hidden) for state in carry)
+  else:
+    h0, c0 = carry.reshape(batch, hidden), jnp.zeros((0,), jnp.float32)
+  y, h_t, c_t = _sequence(kind, bool(reverse), x, h0, c0, wl, wi, bias)
+  outputs = y.reshape(steps, *batch_shape, hidden)
+  h_t = h_t.reshape(*batch_shape, hidden)
+  if kind == 0:
+    return outputs, type(carry)(h_t, c_t.reshape(*batch_shape, hidden))
+  return outputs, h_t
