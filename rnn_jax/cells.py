@@ -91,10 +91,27 @@ def identity(key, shape, dtype=jnp.float32):
   return jnp.eye(rows, cols, dtype=dtype)
 
 
-def affine_input(params: Params, x: jax.Array, bias: str) -> jax.Array:
-  """``x @ w_ih + params[bias]``; promotes bfloat16 inputs to the parameter dtype."""
-  x = x.astype(jnp.promote_types(x.dtype, params["w_ih"].dtype))
-  return x @ params["w_ih"] + params[bias]
+def affine_input(params: Params, x: jax.Array, bias: str, blocks: int = 1) -> jax.Array:
+  """``x @ w_ih + params[bias]``, ``[..., I] -> [..., blocks*H]``; promotes bfloat16 inputs
+  to the parameter dtype.
+
+  With a single input feature (``I = 1``, pixel MNIST) and several gate blocks,
+  each block's product is taken separately and concatenated: the same numbers
+  (one multiplication per element either way), but XLA:CPU then computes the
+  blocks apart inside a scan step instead of slicing one product, which ran
+  the forward pass of a GRU or LSTM at half speed (16x784 steps of 1 input,
+  H=128: 22.9 -> 10.0 ms for the GRU, 23.6 -> 12.0 ms for the LSTM, measured
+  side by side; forward+backward 4-6% faster).
+  """
+  weights = params["w_ih"]
+  x = x.astype(jnp.promote_types(x.dtype, weights.dtype))
+  if x.shape[-1] == 1 and blocks > 1:
+    width = weights.shape[-1] // blocks
+    product = jnp.concatenate([x @ weights[:, k * width:(k + 1) * width]
+                               for k in range(blocks)], axis=-1)
+  else:
+    product = x @ weights
+  return product + params[bias]
 
 
 class Cell(Layer):
@@ -211,7 +228,7 @@ class SimpleRNN(Cell, fused.FusedVJP):
     return params
 
   def project(self, params, x):
-    return affine_input(params, x, "b")
+    return affine_input(params, x, "b", self.GATES)
 
   def recur(self, params, h, px):
     h = ACTIVATIONS[self.activation](px + h @ params["w_hh"])
@@ -280,7 +297,7 @@ class LSTM(Cell, fused.FusedVJP):
     return params
 
   def project(self, params, x):
-    return affine_input(params, x, "b")
+    return affine_input(params, x, "b", self.GATES)
 
   def recur(self, params, state, px):
     state, _, _ = self.recur_with_residuals(params, state, px)
@@ -374,7 +391,7 @@ class GRU(Cell, fused.FusedVJP):
     return "b_ih" if self.reset_after else "b"
 
   def project(self, params, x):
-    return affine_input(params, x, self.input_bias_name(params))
+    return affine_input(params, x, self.input_bias_name(params), self.GATES)
 
   def recur(self, params, h, px):
     h, _, _ = self.recur_with_residuals(params, h, px)

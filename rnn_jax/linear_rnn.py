@@ -311,7 +311,7 @@ class MinGRU(GatedLinearRNN):
 
   def project(self, params, x):
     """``(a_t, b_t, None)`` of ``h_t = a_t * h_{t-1} + b_t`` from ``x_t [..., I]`` alone."""
-    k_z, k_h = jnp.split(affine_input(params, x, "b"), 2, axis=-1)
+    k_z, k_h = jnp.split(affine_input(params, x, "b", self.GATES), 2, axis=-1)
     return jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * CANDIDATES[self.candidate](k_h), None
 
 
@@ -327,7 +327,7 @@ class MinLSTM(GatedLinearRNN):
 
   def project(self, params, x):
     """``(a_t, b_t, None)`` of ``h_t = a_t * h_{t-1} + b_t`` from ``x_t [..., I]`` alone."""
-    k_f, k_i, k_h = jnp.split(affine_input(params, x, "b"), 3, axis=-1)
+    k_f, k_i, k_h = jnp.split(affine_input(params, x, "b", self.GATES), 3, axis=-1)
     log_ratio = jax.nn.softplus(-k_i) - jax.nn.softplus(-k_f)  # log f - log i
     return (jax.nn.sigmoid(log_ratio),
             jax.nn.sigmoid(-log_ratio) * CANDIDATES[self.candidate](k_h), None)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import rnn_jax
+from rnn_jax import cells
 import reference
 
 CELLS = {
@@ -208,3 +209,20 @@ def test_bad_arguments(make, match):
   """Hyperparameters are checked when the cell is built."""
   with pytest.raises(ValueError, match=match):
     make()
+
+
+def test_input_projection_of_a_single_feature_is_taken_per_gate_block_with_the_same_numbers():
+  """I = 1: the blocks' products are concatenated (faster in a scan step), bitwise as one product."""
+  rng = np.random.default_rng(3)
+  params = {"w_ih": jnp.asarray(rng.standard_normal((1, 12)), jnp.float32),
+            "b": jnp.asarray(rng.standard_normal(12), jnp.float32)}
+  x = jnp.asarray(rng.standard_normal((5, 1)), jnp.float32)
+  one_product = jax.jit(lambda p, x: x @ p["w_ih"] + p["b"])(params, x)
+  per_block = jax.jit(lambda p, x: cells.affine_input(p, x, "b", blocks=3))(params, x)
+  np.testing.assert_array_equal(per_block, one_product)
+  text = jax.jit(lambda p, x: cells.affine_input(p, x, "b", blocks=3)).lower(params, x).as_text()
+  assert text.count("dot_general") == 3 and "concatenate" in text
+  wider = jnp.ones((5, 2))  # Two features: one product.
+  text = jax.jit(lambda p, x: cells.affine_input(p, x, "b", blocks=3)).lower(
+      {"w_ih": jnp.ones((2, 12)), "b": params["b"]}, wider).as_text()
+  assert text.count("dot_general") == 1
