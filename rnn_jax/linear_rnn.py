@@ -79,6 +79,10 @@ class LinearRNN(Layer):
   TUNED_PARALLEL: ClassVar[Mapping[str, bool]] = {"gpu": True, "tpu": True}
   """Backend -> whether the parallel mode was measured faster there
   (``experiments/bench_parallel.py``); backends not listed run sequentially."""
+  # The sequential mode on CPU: projecting all steps in one matmul before the
+  # scan is faster for forward+backward with several input features (I = 128,
+  # T = 784: minGRU 1.9x, minLSTM 1.9x, LRU 1.2x); one feature: see run().
+  TUNED_HOIST: ClassVar[Mapping[str, bool]] = {"cpu": True}
   hidden_size: int
   parallel: bool | None
 
@@ -121,8 +125,16 @@ class LinearRNN(Layer):
     mode always projects all steps at once); ``vjp`` does not apply: the
     parallel mode has its own backward scan and the sequential mode is
     differentiated by autodiff. There is no dropout inside the layer.
+
+    ``hoist=None`` takes ``TUNED_HOIST``, except with a single input feature,
+    which is never hoisted: there the per-gate projection inside the step
+    (``rnn_jax.cells.affine_input``) measured as fast or faster (minLSTM
+    2.5x forward+backward, minGRU and LRU even or better;
+    ``experiments/bench_parallel.py``).
     """
     del rng
+    if options.hoist is None and xs.shape[-1] == 1:
+      options = dataclasses.replace(options, hoist=False)
     options = options.resolve(self)
     with jax.named_scope(self.name):
       if not self.runs_parallel():
@@ -251,9 +263,6 @@ class GatedLinearRNN(LinearRNN):
   """
 
   GATES: ClassVar[int]
-  # The sequential mode on CPU: projecting all steps in one matmul before the
-  # scan is 1.2-2.7x faster (experiments/bench_parallel.py).
-  TUNED_HOIST: ClassVar = {"cpu": True}
   CHRONO_SIGNS: ClassVar[tuple]  # The sign of log(u) in each chrono-initialised gate block.
 
   hidden_size: int

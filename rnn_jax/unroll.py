@@ -98,7 +98,8 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
     hoist: compute the input projection of all time steps as one matmul
       before the scan instead of once per step inside it; ``None`` (the
       default) does what was measured faster for each layer on the current
-      backend (its ``TUNED_HOIST``: the sequential minGRU/minLSTM on CPU).
+      backend (its ``TUNED_HOIST``: the sequential linear recurrences on
+      CPU, given more than one input feature).
     vjp: how gradients of a cell's scan are computed: ``"autodiff"`` (JAX
       differentiates the scan) or ``"fused"`` (:mod:`rnn_jax.fused`'s custom
       VJP: one reverse scan, weight gradients batched over time; cells

@@ -94,9 +94,10 @@ def test_run_options_resolve_per_layer_and_backend():
                                                               hoist=False)
   assert options.resolve(rnn_jax.mingru(4), "gpu") == RunOptions(unroll=1, vjp="autodiff",
                                                                  hoist=False)
-  # The sequential minGRU/minLSTM hoist on CPU (measured faster there); the LRU does not.
+  # The sequential linear recurrences hoist on CPU (measured faster there); the cells do not.
   assert options.resolve(rnn_jax.minlstm(4), "cpu").hoist is True
-  assert options.resolve(rnn_jax.lru(4, 4), "cpu").hoist is False
+  assert options.resolve(rnn_jax.lru(4, 4), "cpu").hoist is True
+  assert options.resolve(rnn_jax.lstm(4), "cpu").hoist is False
   assert RunOptions(hoist=False).resolve(rnn_jax.minlstm(4), "cpu").hoist is False
   explicit = RunOptions(reverse=True, unroll=3, vjp="autodiff", hoist=True)
   assert explicit.resolve(rnn_jax.lstm(4), "gpu") == explicit

@@ -363,3 +363,13 @@ def test_the_default_mode_runs_as_the_backend_tuned_one():
   chosen = cell.with_parallel(cell.runs_parallel())
   assert lowered(cell) == lowered(chosen)
   assert lowered(cell) != lowered(cell.with_parallel(not cell.runs_parallel()))
+
+
+def test_a_single_input_feature_is_not_hoisted_by_default():
+  """hoist=None follows TUNED_HOIST, but one input feature always runs the projection in the step."""
+  cell = rnn_jax.minlstm(3, parallel=False)
+  lowered = lambda inputs, **kw: jax.jit(lambda p, x: rnn_jax.rnn(cell, p, x, **kw)[0]).lower(
+      cell.init(jax.random.key(0), inputs), jnp.ones((2, 5, inputs))).as_text()
+  assert lowered(1) == lowered(1, hoist=False) != lowered(1, hoist=True)
+  tuned = type(cell).TUNED_HOIST.get(jax.default_backend(), False)
+  assert lowered(4) == lowered(4, hoist=tuned) != lowered(4, hoist=not tuned)
