@@ -99,9 +99,8 @@ def affine_input(params: Params, x: jax.Array, bias: str, blocks: int = 1) -> ja
   each block's product is taken separately and concatenated: the same numbers
   (one multiplication per element either way), but XLA:CPU then computes the
   blocks apart inside a scan step instead of slicing one product, which ran
-  the forward pass of a GRU or LSTM at half speed (16x784 steps of 1 input,
-  H=128: 22.9 -> 10.0 ms for the GRU, 23.6 -> 12.0 ms for the LSTM, measured
-  side by side; forward+backward 4-6% faster).
+  the forward pass of a GRU or LSTM at half speed (pixel MNIST; figures in
+  the Performance guide).
   """
   weights = params["w_ih"]
   x = x.astype(jnp.promote_types(x.dtype, weights.dtype))
