@@ -22,8 +22,9 @@ import json
 import os
 import sys
 
+from rnn_jax.training import runtime  # Standard library only: safe before the extras.
+
 if __name__ == "__main__":
-  from rnn_jax.training import runtime
   runtime.use_fast_allocator()
 
 try:
@@ -33,12 +34,8 @@ try:
 
   from experiments import train_char_lm
   from rnn_jax.training import language_model, script, text
-except ImportError as missing:
-  if __name__ != "__main__":
-    raise
-  print(f"error: generation needs {missing.name}, which is not installed; "
-        "pip install 'rnn_jax[train]'", file=sys.stderr)
-  sys.exit(2)
+except ImportError as missing:  # The `train` extra is not installed.
+  runtime.exit_for_missing_extra(missing, __name__, "generation")
 
 UsageError = script.UsageError
 

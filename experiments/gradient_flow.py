@@ -47,8 +47,9 @@ import sys
 import time
 from typing import Callable, NamedTuple
 
+from rnn_jax.training import runtime  # Standard library only: safe before the extras.
+
 if __name__ == "__main__":
-  from rnn_jax.training import runtime
   runtime.use_fast_allocator()  # Re-executes with tcmalloc before JAX allocates anything.
 
 try:
@@ -61,11 +62,7 @@ try:
   import rnn_jax
   from rnn_jax.training import classification, datasets, loop, optim, plots, script
 except ImportError as missing:  # The `train` extra is not installed.
-  if __name__ != "__main__":
-    raise
-  print(f"error: this experiment needs {missing.name}, which is not installed; "
-        "pip install 'rnn_jax[train]'", file=sys.stderr)
-  sys.exit(2)
+  runtime.exit_for_missing_extra(missing, __name__, "this experiment")
 
 LSTM_FORGET_BIAS_0 = "lstm_fb0"
 """The extra cell name of this experiment: ``rnn_jax.lstm(H, forget_bias=0.0)`` (``lstm`` of

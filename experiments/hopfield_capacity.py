@@ -40,6 +40,8 @@ import os
 import sys
 import time
 
+from rnn_jax.training import runtime  # Standard library only: safe before the extras.
+
 try:
   import jax
   import jax.numpy as jnp
@@ -49,11 +51,7 @@ try:
   from rnn_jax import hopfield
   from rnn_jax.training import datasets, plots, script
 except ImportError as missing:  # The `train` extra is not installed.
-  if __name__ != "__main__":
-    raise
-  print(f"error: this experiment needs {missing.name}, which is not installed; "
-        "pip install 'rnn_jax[train]'", file=sys.stderr)
-  sys.exit(2)
+  runtime.exit_for_missing_extra(missing, __name__, "this experiment")
 
 NUM_UNITS = 784  # 28 x 28 pixels
 DATASETS = ("random", "mnist")

@@ -59,8 +59,9 @@ import sys
 import time
 from typing import Callable, Mapping
 
+from rnn_jax.training import runtime  # Standard library only: safe before the extras.
+
 if __name__ == "__main__":
-  from rnn_jax.training import runtime
   runtime.use_fast_allocator()  # Re-executes with tcmalloc before JAX allocates anything.
 
 try:
@@ -70,13 +71,9 @@ try:
 
   from rnn_jax.layer import VJPS
   from rnn_jax.training import (classification, distributed, language_model, loop, optim,
-                                runtime, script, text)
+                                script, text)
 except ImportError as missing:  # The `train` extra is not installed.
-  if __name__ != "__main__":
-    raise
-  print(f"error: the training toolkit needs {missing.name}, which is not installed; "
-        "pip install 'rnn_jax[train]'", file=sys.stderr)
-  sys.exit(2)
+  runtime.exit_for_missing_extra(missing, __name__, "the training toolkit")
 
 UsageError = script.UsageError
 
@@ -290,9 +287,7 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
       f"{'TBPTT over ' if config['tbptt'] else 'random windows, '}{config['batch_size']} "
       f"{'streams' if config['tbptt'] else 'per batch'} x {config['window']} characters, "
       f"{config['steps']} steps ({config['steps'] * chars_per_step / len(splits['train']):.1f} "
-      f"passes), on {jax.devices()[0].platform}"
-      + (f", data-parallel over {mesh.size} devices of {jax.process_count()} process(es)"
-         if sharded is not None else "") + f"; workdir {workdir}")
+      f"passes), {script.placement(mesh, sharded)}; workdir {workdir}")
 
   store, state, resumed_from, log, write_metrics = script.open_run(
       workdir, state, keep_checkpoints=options.keep_checkpoints, primary=primary, say=say)

@@ -71,8 +71,9 @@ import sys
 import time
 from typing import Callable, Mapping
 
+from rnn_jax.training import runtime  # Standard library only: safe before the extras.
+
 if __name__ == "__main__":
-  from rnn_jax.training import runtime
   runtime.use_fast_allocator()  # Re-executes with tcmalloc before JAX allocates anything.
 
 try:
@@ -84,11 +85,7 @@ try:
   from rnn_jax.training import (classification, datasets, distributed, loop, optim, plots,
                                 script)
 except ImportError as missing:  # The `train` extra is not installed.
-  if __name__ != "__main__":
-    raise
-  print(f"error: the training toolkit needs {missing.name}, which is not installed; "
-        "pip install 'rnn_jax[train]'", file=sys.stderr)
-  sys.exit(2)
+  runtime.exit_for_missing_extra(missing, __name__, "the training toolkit")
 
 DEFAULTS = {
     "dataset": "mnist", "view": "rows", "permutation_seed": 0, "cell": "gru", "hidden_size": 128,
@@ -404,9 +401,7 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
       f"{config['view']} {list(train_inputs.shape[1:])}, {len(train_labels)} train / "
       f"{validation}{len(test_labels)} test examples, {num_steps} steps of batch "
       f"{config['batch_size']}, {config['optimizer']} lr {config['learning_rate']:g} "
-      f"({config['schedule']}), on {jax.devices()[0].platform}"
-      + (f", data-parallel over {mesh.size} devices of {jax.process_count()} process(es)"
-         if sharded is not None else "") + f"; workdir {workdir}")
+      f"({config['schedule']}), {script.placement(mesh, sharded)}; workdir {workdir}")
 
   store, state, resumed_from, log, write_metrics = script.open_run(
       workdir, state, keep_checkpoints=options.keep_checkpoints, primary=primary, say=say)

@@ -1,4 +1,4 @@
-"""Process set-up for scripts: the fast memory allocator and the JAX platform.
+"""Process set-up for scripts: the fast memory allocator, and a missing extra.
 
 XLA:CPU allocates its scratch buffer on every call of a compiled function.
 glibc's malloc returns blocks over its mmap threshold (at most 32 MiB) to the
@@ -28,6 +28,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
+from typing import NoReturn
 
 _PRELOAD_ENV = "LD_PRELOAD"
 _SKIP_ENV = "RNN_JAX_NO_TCMALLOC"
@@ -81,3 +82,20 @@ def use_fast_allocator() -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, list(sys.orig_argv), env)
+
+
+def exit_for_missing_extra(error: ImportError, module: str, needs: str) -> NoReturn:
+  """What a script does when importing the ``train`` extra failed with ``error``.
+
+  Imported as a module (``module``, the script's ``__name__``, is not
+  ``"__main__"``) it re-raises; run as a script it prints one line naming the
+  missing package and the install command, and exits with status 2. ``needs``
+  names who needs it ("the training toolkit", "this experiment", ...). Call it
+  from the ``except ImportError`` around the script's imports; this module
+  imports nothing outside the standard library, so it works there.
+  """
+  if module != "__main__":
+    raise error
+  print(f"error: {needs} needs {error.name}, which is not installed; "
+        "pip install 'rnn_jax[train]'", file=sys.stderr)
+  sys.exit(2)

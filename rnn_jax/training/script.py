@@ -159,6 +159,17 @@ def data_mesh(options, batch_size: int):
   return mesh
 
 
+def placement(mesh, sharded) -> str:
+  """Where a run trains, for its first line: ``on cpu``, and when ``sharded``
+  (the data mesh, or ``None`` on one device) ``, data-parallel over N devices
+  of P process(es)``."""
+  import jax  # pylint: disable=import-outside-toplevel
+  where = f"on {jax.devices()[0].platform}"
+  if sharded is not None:
+    where += f", data-parallel over {mesh.size} devices of {jax.process_count()} process(es)"
+  return where
+
+
 class TrainingRate:
   """Writes each progress record of :func:`~rnn_jax.training.loop.fit` and measures the run's rate.
 
