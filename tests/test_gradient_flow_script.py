@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import optax
@@ -26,16 +24,10 @@ import pytest
 
 from experiments import gradient_flow
 from rnn_jax.training import script
+from scripts import one_line, run_experiment
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--views=pixels,rows", "--cells=rnn,lstm_fb0", "--hidden_size=8", "--batch_size=8",
         "--train_steps=pixels:2,rows:3", "--norm_examples=8", "--eval_examples=16"]
-
-
-def _script(*args, timeout=300):
-  return subprocess.run([sys.executable, "-m", "experiments.gradient_flow", *args], cwd=REPO,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"), text=True,
-                        capture_output=True, timeout=timeout)
 
 
 def _norms(values):
@@ -44,7 +36,7 @@ def _norms(values):
 
 @pytest.mark.slow
 def test_tiny_run_writes_its_results_and_figures(tmp_path):
-  result = _script(f"--workdir={tmp_path}", *TINY)
+  result = run_experiment("gradient_flow", f"--workdir={tmp_path}", *TINY, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert summary["workdir"] == str(tmp_path) and summary["wall_seconds"] > 0
@@ -124,8 +116,5 @@ def test_record_global_norm_keeps_the_raw_norm_before_clipping():
     (["--data_dir=/nonexistent/mnist"], 1, "data error:"),
 ])
 def test_refusals_are_one_line_with_their_exit_status(tmp_path, args, status, start):
-  result = _script(f"--workdir={tmp_path}", *args, timeout=120)
-  assert result.returncode == status, result.stderr[-2000:]
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(start), lines
-  assert "Traceback" not in result.stderr
+  line = one_line(run_experiment("gradient_flow", f"--workdir={tmp_path}", *args), status)
+  assert line.startswith(start), line

@@ -13,29 +13,21 @@ status.
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from rnn_jax.training import script
 
 from experiments import hopfield_capacity
+from scripts import run_experiment
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--num_patterns=1,8,16", "--num_queries=8", "--max_sweeps=20", "--modern_memories=50,100",
         "--modern_betas=0.1,1", "--modern_queries=10", "--digits_patterns=8"]
 
 
-def _script(*args, timeout=180):
-  return subprocess.run([sys.executable, "-m", "experiments.hopfield_capacity", *args], cwd=REPO,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"), text=True,
-                        capture_output=True, timeout=timeout)
-
-
 @pytest.mark.slow
 def test_tiny_run_writes_its_results_and_figures(tmp_path):
-  result = _script(f"--workdir={tmp_path}", *TINY)
+  result = run_experiment("hopfield_capacity", f"--workdir={tmp_path}", *TINY, timeout=180)
   assert result.returncode == 0, result.stderr
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert summary["workdir"] == str(tmp_path) and summary["wall_seconds"] > 0
@@ -93,15 +85,16 @@ def test_validate_sorts_the_sizes():
     ("--mode=parallel", "error: flag --mode=parallel"),
 ])
 def test_bad_flags_are_one_line_and_status_2(tmp_path, flag, message):
-  result = _script(f"--workdir={tmp_path}", flag, timeout=60)
+  result = run_experiment("hopfield_capacity", f"--workdir={tmp_path}", flag, timeout=60)
   assert result.returncode == 2
   assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
   assert not os.listdir(tmp_path)
 
 
 def test_missing_data_is_one_line_and_status_1(tmp_path):
-  result = _script(f"--workdir={tmp_path}", f"--data_dir={tmp_path / 'nowhere'}",
-                   "--datasets=mnist", "--modern_memories=", timeout=60)
+  result = run_experiment("hopfield_capacity", f"--workdir={tmp_path}",
+                          f"--data_dir={tmp_path / 'nowhere'}", "--datasets=mnist",
+                          "--modern_memories=", timeout=60)
   assert result.returncode == 1
   assert result.stderr.startswith("data error: ")
   assert len(result.stderr.strip().splitlines()) == 1

@@ -10,36 +10,18 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from experiments import generate, train_char_lm
 from rnn_jax.training import loop, text
+from scripts import REPO, one_line, run_experiment
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = {"cell": "gru", "hidden_size": 16, "embed_size": 8, "batch_size": 4, "window": 16,
           "steps": 16, "warmup_steps": 2, "learning_rate": 1e-2, "dropout": 0.1}
 OPTIONS = train_char_lm.Options(log_every=4, checkpoint_every=4, eval_every=8, eval_streams=4,
                                 eval_window=32, sample_length=20)
-
-
-def _command(module, *args, timeout=120, devices=None):
-  """The module as a subprocess; ``devices``: that many forced CPU devices."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  if devices is not None:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=REPO,
-                        env=env, text=True, capture_output=True, timeout=timeout)
-
-
-def _one_line(result, status):
-  assert result.returncode == status, result.stderr[-2000:]
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-  return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -122,16 +104,16 @@ def test_vocabulary_and_params_round_trip_through_the_checkpoint(trained, tiny_t
 
 def test_generate_command_prints_only_the_text(trained):
   workdir, _, _ = trained
-  result = _command("generate", f"--workdir={workdir}", "--prompt=not ", "--length=25",
+  result = run_experiment("generate", f"--workdir={workdir}", "--prompt=not ", "--length=25",
                     "--temperature=0.5", "--top_k=3", "--seed=4")
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith("not ") and len(result.stdout) == len("not ") + 25 + 1
   assert "Traceback" not in result.stderr
 
 
-def test_generate_refuses_bad_input_in_one_line(trained):
+def test_generate_refuses_bad_input_inone_line(trained):
   workdir, _, _ = trained
-  line = _one_line(_command("generate", f"--workdir={workdir}", "--length=-5"), 2)
+  line = one_line(run_experiment("generate", f"--workdir={workdir}", "--length=-5"), 2)
   assert line == "error: --length=-5: must be >= 0"
   # The same exit path (UsageError -> one line, status 2) for a prompt the model cannot read:
   with pytest.raises(generate.UsageError) as error:
@@ -140,7 +122,7 @@ def test_generate_refuses_bad_input_in_one_line(trained):
 
 
 def test_generate_refuses_missing_and_foreign_workdirs(tmp_path):
-  line = _one_line(_command("generate", f"--workdir={tmp_path / 'none'}"), 1)
+  line = one_line(run_experiment("generate", f"--workdir={tmp_path / 'none'}"), 1)
   assert line == f"data error: --workdir={tmp_path / 'none'}: no such directory"
   (tmp_path / "config.json").write_text(json.dumps({"cell": "gru", "view": "rows"}))
   with pytest.raises(text.DataError, match="not a run of experiments.train_char_lm"):
@@ -152,13 +134,13 @@ def test_generate_refuses_missing_and_foreign_workdirs(tmp_path):
     (["--window=0"], "--window"),
 ])
 def test_bad_flag_prints_one_line_and_exits_2(args, flag):
-  line = _one_line(_command("train_char_lm", *args, "--workdir=/nonexistent/never"), 2)
+  line = one_line(run_experiment("train_char_lm", *args, "--workdir=/nonexistent/never"), 2)
   assert flag in line
   assert not os.path.exists("/nonexistent/never")
 
 
 def test_batch_that_does_not_divide_by_the_devices_is_refused(tiny_text):
-  line = _one_line(_command("train_char_lm", f"--text_file={tiny_text}", "--batch_size=6",
+  line = one_line(run_experiment("train_char_lm", f"--text_file={tiny_text}", "--batch_size=6",
                             "--workdir=/nonexistent/never", devices=4), 2)
   assert line.startswith("error: flag --batch_size=6: the global batch must divide by the "
                          "device count, 4"), line
@@ -175,7 +157,7 @@ def test_four_devices_match_one_and_the_checkpoint_resumes_on_two(tiny_text, tmp
           "--plots=false"]
 
   def summary(workdir, *extra):
-    result = _command("train_char_lm", *args, f"--workdir={workdir}", *extra, devices=4)
+    result = run_experiment("train_char_lm", *args, f"--workdir={workdir}", *extra, devices=4)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -192,7 +174,7 @@ def test_four_devices_match_one_and_the_checkpoint_resumes_on_two(tiny_text, tmp
 
 
 def test_missing_text_file_is_one_clear_error(tmp_path):
-  line = _one_line(_command("train_char_lm", f"--text_file={tmp_path / 'no.txt'}",
+  line = one_line(run_experiment("train_char_lm", f"--text_file={tmp_path / 'no.txt'}",
                             f"--workdir={tmp_path / 'run'}"), 1)
   assert line == f"data error: --text_file={tmp_path / 'no.txt'}: no such file"
 

@@ -12,22 +12,6 @@ from rnn_jax.training import datasets, text
 SHAKESPEARE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-  """No Tiny Shakespeare reachable: HOME, the env var, the shared folders and TFDS redirected."""
-  home = tmp_path / "home"
-  home.mkdir()
-  monkeypatch.setenv("HOME", str(home))
-  monkeypatch.delenv(datasets.ENV_VAR, raising=False)
-  monkeypatch.setattr(datasets, "_shared_dirs", lambda dataset: [tmp_path / "shared" / dataset])
-
-  def no_tfds():
-    raise ModuleNotFoundError("No module named 'tensorflow_datasets'", name="tensorflow_datasets")
-
-  monkeypatch.setattr(datasets, "_import_tfds", no_tfds)
-  return tmp_path
-
-
 def test_split_is_tensorflow_datasets_split():
   sample = "".join(chr(ord("a") + i % 26) for i in range(1001))
   splits = text.split_text(sample)
