@@ -79,6 +79,25 @@ class RunOptions:
     if self.kernel not in KERNELS + (None,):
       raise ValueError(f"kernel must be one of {KERNELS} or None, got {self.kernel!r}")
 
+  @classmethod
+  def of(cls, options: RunOptions | None = None, **fields) -> RunOptions:
+    """``options`` (default: ``RunOptions()``) with each field given as a keyword and not
+    ``None`` replaced: how ``rnn`` and the Flax layers combine ``options=`` with keywords.
+
+    Raises ``TypeError`` when ``options`` is not a ``RunOptions`` and
+    ``ValueError`` for a field's bad value (as the constructor does).
+    """
+    if options is None:
+      options = cls()
+    elif not isinstance(options, cls):
+      raise TypeError(f"options: expected an rnn_jax.RunOptions, got {type(options).__name__}")
+    given = {name: value for name, value in fields.items() if value is not None}
+    if "reverse" in given:
+      given["reverse"] = bool(given["reverse"])
+    if "hoist" in given:
+      given["hoist"] = bool(given["hoist"])
+    return dataclasses.replace(options, **given) if given else options
+
   def flipped(self) -> RunOptions:
     """The same options reading the other way (the backward half of a bidirectional layer)."""
     return dataclasses.replace(self, reverse=not self.reverse)

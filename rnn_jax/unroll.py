@@ -71,9 +71,10 @@ def _check_carry(layer, carry, batch_shape):
 
 
 def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
-        reverse: bool = False, time_major: bool = False, unroll: int | None = None,
-        dropout_rng: jax.Array | None = None, hoist: bool | None = None, vjp: str | None = None,
-        kernel: str | None = None, backward: Any = _UNSET):
+        options: RunOptions | None = None, reverse: bool | None = None, time_major: bool = False,
+        unroll: int | None = None, dropout_rng: jax.Array | None = None,
+        hoist: bool | None = None, vjp: str | None = None, kernel: str | None = None,
+        backward: Any = _UNSET):
   """Runs a layer (a cell, a linear recurrence, a ``stack``, ``bidirectional`` or ``remat``)
   over a sequence.
 
@@ -87,8 +88,14 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
       or bfloat16; ``...`` is any batch shape, possibly empty.
     initial_carry: defaults to ``layer.initial_carry(batch_shape)`` (zeros).
     lengths: optional ``[...]`` integer valid lengths per sequence (see module doc).
+    options: how to run the layer, one :class:`~rnn_jax.layer.RunOptions`
+      record (``reverse``, ``unroll``, ``vjp``, ``hoist``, ``kernel``,
+      ``parallel``); what the Linen and NNX layers and the training toolkit
+      pass on. The keyword arguments below are sugar for its fields: each
+      one given (not ``None``) replaces that field of ``options``.
     reverse: process each sequence from its last valid step to its first;
-      outputs stay in the input's time order.
+      outputs stay in the input's time order. ``None``: ``options.reverse``
+      (default ``False``).
     time_major: whether time is the leading axis of ``xs`` and of the outputs.
     unroll: steps per scan iteration (``jax.lax.scan(unroll=...)``); ``None``
       (the default) uses the value measured fastest for each cell on the
@@ -135,8 +142,8 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
       raise ValueError(f"rnn: backward={backward!r} and vjp={vjp!r} disagree; pass only vjp")
     vjp = vjp if backward is None else backward
   check_layer("layer (the first argument)", layer)
-  options = RunOptions(reverse=bool(reverse), unroll=unroll, vjp=vjp,
-                       hoist=None if hoist is None else bool(hoist), kernel=kernel)
+  options = RunOptions.of(options, reverse=reverse, unroll=unroll, vjp=vjp, hoist=hoist,
+                          kernel=kernel)
   xs = jnp.asarray(xs)
   if xs.ndim < 2:
     raise ValueError(f"xs: expected shape [..., T, I] (rank >= 2), got shape {xs.shape}")
