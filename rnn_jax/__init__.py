@@ -14,13 +14,15 @@ needs torch, and the training toolkit (``rnn_jax.training``) its ``train`` extra
     outputs, (h, c) = rnn_jax.rnn(cell, params, jnp.zeros((32, 28, 28)))
 """
 
+import rnn_jax.onednn  # Registers the "onednn" kernel (the extension itself loads lazily).
 from rnn_jax.cells import GRU, LSTM, Cell, LSTMState, SimpleRNN, gru, lstm, simple_rnn
 from rnn_jax.compose import Bidirectional, Remat, Stack, bidirectional, remat, stack
 from rnn_jax.gradient_flow import carry_gradient_norms
 from rnn_jax.layer import Layer, RunOptions, uses_dropout
 from rnn_jax.linear_rnn import LRU, LinearRNN, MinGRU, MinLSTM, lru, mingru, minlstm
+from rnn_jax._scan import reverse_padded
 from rnn_jax.summary import last_output, summary
-from rnn_jax.unroll import reverse_padded, rnn
+from rnn_jax.unroll import rnn
 
 __all__ = [
     "Bidirectional", "Cell", "GRU", "LRU", "LSTM", "LSTMState", "Layer", "LinearRNN", "MinGRU",

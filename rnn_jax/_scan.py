@@ -1,7 +1,8 @@
 """The scan over time, written once: step indices, length masks, valid-prefix reversal.
 
 Every recurrence in the package runs through these few functions: the cells'
-``jax.lax.scan`` (:func:`scan_steps`), the fused backward's forward and
+``jax.lax.scan`` (:func:`scan_steps`, or :func:`scan_chunked` when the backward
+pass keeps the carry only every few steps), the fused backward's forward and
 reverse scans (:mod:`rnn_jax.fused`), and the linear recurrences' parallel
 mode (:mod:`rnn_jax.linear_rnn`), which needs the mask without a scan.
 
@@ -89,6 +90,47 @@ def scan_steps(body: Callable, carry: Any, inputs: Any, lengths: jax.Array | Non
                       unroll=unroll)
 
 
+def scan_chunked(body: Callable, carry: Any, inputs: Any, lengths: jax.Array | None = None, *,
+                 chunk: int, reverse: bool = False, unroll: int = 1) -> tuple[Any, Any]:
+  """:func:`scan_steps` whose backward pass keeps the carry only every ``chunk`` steps.
+
+  An outer ``jax.lax.scan`` over chunks of ``chunk`` steps runs an inner
+  scan over the steps of each chunk under ``jax.checkpoint``: differentiating
+  it saves the carry entering each chunk (``ceil(T / chunk)`` carries) and,
+  while the backward pass is inside one chunk, recomputes that chunk's steps
+  and keeps their residuals (``chunk`` steps' worth). With ``chunk`` near
+  ``sqrt(T)`` memory grows as ``sqrt(T)``; the price is one more forward pass.
+
+  ``T`` need not be a multiple of ``chunk``: the inputs are padded at the end
+  with steps marked invalid (``body`` holds the carry there, as past a
+  length) and the padding's outputs are dropped. Arguments and result as
+  :func:`scan_steps`, plus ``chunk``, a positive int.
+  """
+  num_steps = jax.tree.leaves(inputs)[0].shape[0]
+  num_chunks = -(-num_steps // chunk)
+  padding = num_chunks * chunk - num_steps
+  if padding and lengths is None:
+    lengths = jnp.int32(num_steps)  # Marks the padded steps invalid, whatever the batch shape.
+  pad = lambda x: jnp.concatenate([x, jnp.zeros((padding, *x.shape[1:]), x.dtype)])
+  as_chunks = lambda x: (pad(x) if padding else x).reshape((num_chunks, chunk, *x.shape[1:]))
+  steps = step_indices(num_chunks * chunk).reshape((num_chunks, chunk))  # Padding: t >= T.
+  chunked_inputs = jax.tree.map(as_chunks, inputs)
+
+  def step(carry, indexed):
+    t, input_t = indexed
+    valid = None if lengths is None else (t < lengths)[..., None]
+    return body(carry, input_t, valid)
+
+  @jax.checkpoint
+  def run_chunk(carry, chunk_inputs):
+    return jax.lax.scan(step, carry, chunk_inputs, reverse=reverse, unroll=unroll)
+
+  final, outputs = jax.lax.scan(run_chunk, carry, (steps, chunked_inputs), reverse=reverse)
+  outputs = jax.tree.map(lambda y: y.reshape((num_chunks * chunk, *y.shape[2:]))[:num_steps],
+                         outputs)
+  return final, outputs
+
+
 def masked(step: Callable) -> Callable:
   """Turns ``step(carry, x_t) -> (carry, y_t)`` into a :func:`scan_steps` body that holds
   the carry and zeroes ``y_t`` past each sequence's length."""
@@ -119,7 +161,7 @@ def run_in_valid_order(run: Callable, xs: Any, lengths: jax.Array | None,
 
 def scan_layer(layer: Any, params: Any, xs: jax.Array, carry: Any,
                lengths: jax.Array | None = None, *, reverse: bool = False, unroll: int = 1,
-               hoist: bool = False) -> tuple[jax.Array, Any]:
+               hoist: bool = False, checkpoint_every: int | None = None) -> tuple[jax.Array, Any]:
   """Runs a steppable layer (``project``/``recur``) over ``xs [T, ..., I]`` with one scan.
 
   Args:
@@ -131,6 +173,8 @@ def scan_layer(layer: Any, params: Any, xs: jax.Array, carry: Any,
     reverse: read each valid prefix from its last step to its first.
     unroll: ``jax.lax.scan``'s unroll.
     hoist: compute ``project`` for all steps as one matmul before the scan.
+    checkpoint_every: if given, keep the carry only every this many steps for
+      the backward pass and recompute each chunk (:func:`scan_chunked`).
 
   Returns:
     ``(outputs [T, ..., O], final carry)``, outputs in input time order.
@@ -140,8 +184,12 @@ def scan_layer(layer: Any, params: Any, xs: jax.Array, carry: Any,
     inputs = layer.project(params, xs) if hoist else xs
     advance = layer.recur if hoist else (lambda p, c, x: layer.recur(p, c, layer.project(p, x)))
     step = lambda c, x: advance(params, c, x)
-    final, outputs = scan_steps(masked(step), carry, inputs, lengths, reverse=reverse,
-                                unroll=unroll)
+    if checkpoint_every is None:
+      final, outputs = scan_steps(masked(step), carry, inputs, lengths, reverse=reverse,
+                                  unroll=unroll)
+    else:
+      final, outputs = scan_chunked(masked(step), carry, inputs, lengths, chunk=checkpoint_every,
+                                    reverse=reverse, unroll=unroll)
     return outputs, final
 
   return run_in_valid_order(run, xs, lengths, reverse)

@@ -34,8 +34,7 @@ import jax.numpy as jnp
 
 import rnn_jax._scan as _scan
 import rnn_jax.fused as fused
-import rnn_jax.onednn as onednn
-from rnn_jax.layer import Layer, RunOptions, check_step_input, compiled_init
+from rnn_jax.layer import Layer, RunOptions, required_method, check_step_input, compiled_init
 
 Params = dict
 Initializer = Callable[..., jax.Array]
@@ -113,23 +112,19 @@ def affine_input(params: Params, x: jax.Array, bias: str, blocks: int = 1) -> ja
   return product + params[bias]
 
 
-class Cell(Layer):
-  """Base of the steppable cells: ``run`` is one scan of ``step`` over time.
+class Cell(Layer, abstract=True):
+  """Base of the steppable cells: their ``scan`` is one ``jax.lax.scan`` of ``step``.
 
   Subclasses define ``name``, ``GATES`` (gate blocks of ``w_ih``), ``init``,
   ``project`` and ``recur``; cells with a hand-written derivative also derive
   from :class:`~rnn_jax.fused.FusedVJP` and are then run with the fused
-  backward when the options say ``vjp="fused"``.
+  backward when the options say ``vjp="fused"``. Which kernel runs a cell
+  (this scan, or e.g. oneDNN's) is decided outside it
+  (:mod:`rnn_jax.kernels`).
   """
 
   name: ClassVar[str]
   GATES: ClassVar[int] = 1
-  ONEDNN: ClassVar[bool] = False
-  """Whether oneDNN's RNN primitives implement the cell (:mod:`rnn_jax.onednn`)."""
-  TUNED_KERNEL: ClassVar[Mapping[str, str]] = {}
-  """Backend -> ``"onednn"`` where ``rnn(kernel=None)`` should run oneDNN (when
-  installed): where it was measured faster than the scan. Empty: see
-  :mod:`rnn_jax.onednn` for the measurements."""
   hidden_size: int
 
   @property
@@ -145,33 +140,29 @@ class Cell(Layer):
     """``I``, read off the parameter shapes."""
     return params["w_ih"].shape[0]
 
+  @required_method
   def project(self, params: Params, x: jax.Array) -> jax.Array:
     """The input half of a step, ``[..., I] -> [..., G]``; affine, no time dependence."""
-    raise NotImplementedError
+    raise NotImplementedError(f"{type(self).__name__}.project")
 
+  @required_method
   def recur(self, params: Params, carry, px: jax.Array):
     """The recurrent half of a step: ``(params, carry, px_t) -> (carry, y_t)``."""
-    raise NotImplementedError
+    raise NotImplementedError(f"{type(self).__name__}.recur")
 
   def step(self, params: Params, carry, x: jax.Array):
     """One time step: ``(params, carry, x_t [..., I]) -> (carry, y_t [..., O])``."""
     check_step_input(self, params, carry, x)
     return self.recur(params, carry, self.project(params, x))
 
-  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
-    """One scan over ``xs [T, ..., I]`` (or, for LSTM and GRU, oneDNN's kernel when
-    ``options.kernel`` says so: :func:`rnn_jax.onednn.use_onednn`); the layer protocol
-    (:mod:`rnn_jax.layer`)."""
-    del rng  # A cell has no dropout of its own.
-    if onednn.use_onednn(self, xs, lengths, options.kernel, params, carry):
-      with jax.named_scope(self.name), jax.named_scope("onednn"):
-        return onednn.run(self, params, xs, carry, options.reverse)
-    options = options.resolve(self)
+  def scan(self, params, xs, carry, lengths, options: RunOptions):
+    """One ``jax.lax.scan`` over ``xs [T, ..., I]``, differentiated by autodiff or, with
+    ``options.vjp == "fused"`` for a :class:`~rnn_jax.fused.FusedVJP` cell, by the fused
+    backward: the ``"scan"`` kernel (:mod:`rnn_jax.kernels`)."""
     scan = (fused.fused_scan if options.vjp == "fused" and isinstance(self, fused.FusedVJP)
             else _scan.scan_layer)
-    with jax.named_scope(self.name):
-      return scan(self, params, xs, carry, lengths, reverse=options.reverse,
-                  unroll=options.unroll, hoist=options.hoist)
+    return scan(self, params, xs, carry, lengths, reverse=options.reverse,
+                unroll=options.unroll, hoist=options.hoist)
 
   def _weights(self, k_ih, k_hh, input_size: int, recurrent_init: Initializer) -> Params:
     """``w_ih [I, G*H]`` and ``w_hh [H, G*H]``, each gate block initialised separately."""
@@ -264,7 +255,6 @@ class LSTM(Cell, fused.FusedVJP):
 
   name: ClassVar[str] = "lstm"
   GATES: ClassVar[int] = 4
-  ONEDNN: ClassVar[bool] = True
   TUNED_UNROLL: ClassVar = {"cpu": 1, "gpu": 8}
   # CPU: autodiff, 1.1x faster than the fused backward with tcmalloc and 1.7x
   # with glibc's malloc, whose page faults the fused backward's extra buffers
@@ -357,7 +347,6 @@ class GRU(Cell, fused.FusedVJP):
 
   name: ClassVar[str] = "gru"
   GATES: ClassVar[int] = 3
-  ONEDNN: ClassVar[bool] = True
   TUNED_UNROLL: ClassVar = {"cpu": 2, "gpu": 8}
   TUNED_VJP: ClassVar = {"cpu": "autodiff", "gpu": "fused"}
   TORCH_MODULE: ClassVar[str] = "GRU"

@@ -74,11 +74,6 @@ class Stack(Layer):
     return self.layers
 
   @property
-  def cells(self) -> tuple:
-    """The layers (the name of this attribute before layers could be composites)."""
-    return self.layers
-
-  @property
   def output_size(self) -> int:
     return self.layers[-1].output_size
 
@@ -232,23 +227,44 @@ class Remat(Layer):
   only its inputs are kept between the forward and the backward pass. Outputs
   and gradients are those of the wrapped layer; its tuned ``unroll`` is kept;
   the gradient is always autodiff (of the checkpointed step).
+
+  With ``every=k`` the backward pass keeps the carry only every ``k`` steps
+  and recomputes each chunk of ``k`` steps from it
+  (:func:`rnn_jax._scan.scan_chunked`): about ``T / k`` carries plus one
+  chunk's residuals, so ``k`` near ``sqrt(T)`` makes memory grow as
+  ``sqrt(T)``. It applies to the sequential mode (a parallel linear
+  recurrence is already checkpointed whole).
+
+  Attributes:
+    layer: the leaf layer wrapped.
+    every: ``None`` (per-step checkpoints) or the chunk length ``k``, a
+      positive int (it need not divide ``T``).
   """
 
   FACTORY: ClassVar[str] = "remat"
 
   layer: Layer
+  every: int | None = None
 
   def __post_init__(self):
     check_layer("layer", self.layer)
+    if self.every is not None and (isinstance(self.every, bool)
+                                   or not isinstance(self.every, int) or self.every < 1):
+      raise ValueError(f"every must be a positive int (steps per recomputed chunk) or None, "
+                       f"got {self.every!r}")
 
   @property
   def name(self) -> str:
     """``remat_<the wrapped layer's name>``, the named scope of its run."""
     return f"remat_{self.layer.name}"
 
-  @property
-  def TUNED_UNROLL(self):  # pylint: disable=invalid-name
-    return self.layer.TUNED_UNROLL
+  def tuned_like(self) -> Layer:
+    """The wrapped layer's measurements apply (its tuned ``unroll`` and mode are kept)."""
+    return self.layer.tuned_like()
+
+  def runs_fused_vjp(self) -> bool:
+    """False: the gradient is autodiff of the checkpointed step."""
+    return False
 
   @property
   def output_size(self) -> int:
@@ -282,30 +298,40 @@ class Remat(Layer):
   def summarize(self, outputs, lengths, reverse):
     return self.layer.summarize(outputs, lengths, reverse)
 
-  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
-    options = options.resolve(self)
-    with jax.named_scope(self.name):
-      runs_parallel = getattr(self.layer, "runs_parallel", None)  # A linear recurrence's mode.
-      if runs_parallel is not None and runs_parallel():
-        run = lambda p, x, c: self.layer.run(p, x, c, lengths, options, rng)
-        return jax.checkpoint(run)(params, xs, carry)
-      return _scan.scan_layer(self, params, xs, carry, lengths, reverse=options.reverse,
-                              unroll=options.unroll)
+  def scan(self, params, xs, carry, lengths, options: RunOptions):
+    """The ``"scan"`` kernel (:mod:`rnn_jax.kernels`): the wrapped layer's steps, each under
+    ``jax.checkpoint``; a linear recurrence in its parallel mode, checkpointed whole."""
+    if options.parallel:
+      run = lambda p, x, c: self.layer.scan(p, x, c, lengths, options)
+      return jax.checkpoint(run)(params, xs, carry)
+    if self.every is not None:  # The wrapped layer's own steps, checkpointed by chunk.
+      return _scan.scan_layer(self.layer, params, xs, carry, lengths, reverse=options.reverse,
+                              unroll=options.unroll, checkpoint_every=self.every)
+    return _scan.scan_layer(self, params, xs, carry, lengths, reverse=options.reverse,
+                            unroll=options.unroll)
 
 
-def remat(layer: Layer) -> Layer:
+def remat(layer: Layer, every: int | None = None) -> Layer:
   """``layer`` with its backward pass rematerialised (:class:`Remat`), at any nesting depth.
 
   A ``stack`` or ``bidirectional`` keeps its structure (and dropout) with
-  each leaf layer wrapped; wrapping twice changes nothing. Params and carries
-  are those of ``layer``.
+  each leaf layer wrapped; wrapping a ``remat`` again sets its ``every``.
+  Params and carries are those of ``layer``.
+
+  Args:
+    layer: any layer.
+    every: ``None`` (default): checkpoint every time step, keeping each
+      step's carry and input. ``k``: keep the carry only every ``k`` steps
+      and recompute each chunk of ``k`` steps in the backward pass; ``k``
+      near ``sqrt(T)`` gives memory that grows as ``sqrt(T)`` (the
+      Performance guide measures it).
   """
   check_layer("layer", layer)
   if isinstance(layer, Remat):
-    return layer
+    return layer if layer.every == every else Remat(layer.layer, every)
   if isinstance(layer, Stack):
-    return dataclasses.replace(layer, layers=tuple(remat(sub) for sub in layer.layers))
+    return dataclasses.replace(layer, layers=tuple(remat(sub, every) for sub in layer.layers))
   if isinstance(layer, Bidirectional):
-    return dataclasses.replace(layer, forward=remat(layer.forward),
-                               backward=remat(layer.backward))
-  return Remat(layer)
+    return dataclasses.replace(layer, forward=remat(layer.forward, every),
+                               backward=remat(layer.backward, every))
+  return Remat(layer, every)

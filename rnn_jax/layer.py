@@ -10,17 +10,26 @@ as static arguments of ``jax.jit``), and offers:
 * ``input_size(params) -> I`` and the attribute ``output_size``;
 * ``run(params, xs [T, ..., I], carry, lengths, options, rng) -> (outputs
   [T, ..., O], carry)``: the whole sequence, time-major, no argument checks
-  (:func:`rnn_jax.rnn` checks and then calls it);
+  (:func:`rnn_jax.rnn` checks and then calls it). A leaf layer does not
+  write ``run``: it writes ``scan(params, xs, carry, lengths, options)``, its
+  own pure-JAX way through a sequence, and the inherited ``run`` resolves the
+  options and hands the sequence to the kernel they name
+  (:mod:`rnn_jax.kernels`; the scan kernel calls ``scan``). Composites
+  (``stack``, ``bidirectional``) write ``run`` and pass the options on;
 * ``step(params, carry, x_t) -> (carry, y_t)`` wherever stepping means
   something (everything but a bidirectional layer), for generation;
 * ``sublayers`` and ``dropout``, from which :func:`uses_dropout` answers at
   any depth whether a dropout key changes anything.
 
+A concrete subclass that lacks one of these is refused when the class is
+created, with a ``TypeError`` naming the method; intermediate bases say
+``class MyBase(Layer, abstract=True)``.
+
 How a run is done is one static record, :class:`RunOptions`, passed down
-unchanged through composites. Its ``None`` fields are resolved per layer in
-one place, :meth:`RunOptions.resolve`, from the values each layer class
-records as measured fastest per backend (``TUNED_UNROLL``, ``TUNED_VJP``,
-``TUNED_HOIST``).
+unchanged through composites. Its ``None`` fields become values in one
+place, :meth:`RunOptions.resolve`, from what each layer class records as
+measured fastest per backend (``TUNED_UNROLL``, ``TUNED_VJP``,
+``TUNED_HOIST``, ``TUNED_PARALLEL``, ``TUNED_KERNEL``).
 """
 
 from __future__ import annotations
@@ -32,15 +41,21 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import jax
 
+import rnn_jax.kernels as kernels
+from rnn_jax.fused import FusedVJP
 from rnn_jax.summary import first_or_last
 
 VJPS = ("autodiff", "fused")
-KERNELS = ("scan", "onednn")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
   """How to run a layer over a sequence; static (hashable), shared by every sublayer.
+
+  :func:`rnn_jax.rnn` takes one (``options=``), as do the Flax layers and the
+  training toolkit; ``rnn``'s keyword arguments of the same names are sugar
+  for its fields (:meth:`of`). ``None`` means "what was measured fastest for
+  this layer on this backend", decided by :meth:`resolve`.
 
   Attributes:
     reverse: read each sequence from its last valid step to its first;
@@ -52,14 +67,19 @@ class RunOptions:
       :mod:`rnn_jax.fused`, for cells that have one) or ``None``: the layer's
       tuned choice for the backend.
     hoist: compute the input projection of all steps as one matmul before
-      the scan; ``None``: the layer's tuned choice for the backend.
-    kernel: what runs an LSTM or GRU cell: ``"scan"`` (``jax.lax.scan`` of
-      its step), ``"onednn"`` (oneDNN's RNN primitives through the optional
-      ``rnn_jax_onednn`` extension; ``ValueError`` when it cannot, e.g. with
-      lengths) or ``None``: the scan, or oneDNN where the cell's
-      ``TUNED_KERNEL`` names it for the backend and it can run. Decided at run time by
-      :func:`rnn_jax.onednn.use_onednn` (it needs the inputs), so
-      :meth:`resolve` leaves it as is. Other layers always scan.
+      the scan; ``None``: the layer's tuned choice for the backend (and input
+      size: see ``HOIST_MIN_INPUT_SIZE``).
+    kernel: what runs each leaf layer, a name registered in
+      :mod:`rnn_jax.kernels`: ``"scan"`` (the layer's own ``jax.lax.scan``),
+      ``"onednn"`` (oneDNN's RNN primitives for LSTM and GRU cells, from the
+      optional ``rnn_jax_onednn`` extension; ``ValueError`` when it cannot
+      run a layer, e.g. with lengths) or ``None``: the kernel the layer's
+      ``TUNED_KERNEL`` names for the backend where it can run, else the scan.
+    parallel: for linear recurrences (minGRU, minLSTM, LRU) whose own
+      ``parallel`` is ``None``: one associative scan over time (``True``) or
+      a sequential scan (``False``); ``None``: ``TUNED_PARALLEL`` for the
+      backend. A layer's own ``parallel=True/False`` wins. Other layers
+      ignore it.
   """
 
   reverse: bool = False
@@ -67,6 +87,7 @@ class RunOptions:
   vjp: str | None = None
   hoist: bool | None = None
   kernel: str | None = None
+  parallel: bool | None = None
 
   def __post_init__(self):
     if self.vjp not in VJPS + (None,):
@@ -76,8 +97,10 @@ class RunOptions:
       raise ValueError(f"unroll must be a positive int or None, got {self.unroll!r}")
     if self.hoist not in (True, False, None):
       raise ValueError(f"hoist must be True, False or None, got {self.hoist!r}")
-    if self.kernel not in KERNELS + (None,):
-      raise ValueError(f"kernel must be one of {KERNELS} or None, got {self.kernel!r}")
+    if self.kernel is not None:
+      kernels.get(self.kernel)  # ValueError naming the registered kernels.
+    if self.parallel is not None and not isinstance(self.parallel, bool):
+      raise ValueError(f"parallel must be True, False or None, got {self.parallel!r}")
 
   @classmethod
   def of(cls, options: RunOptions | None = None, **fields) -> RunOptions:
@@ -102,22 +125,64 @@ class RunOptions:
     """The same options reading the other way (the backward half of a bidirectional layer)."""
     return dataclasses.replace(self, reverse=not self.reverse)
 
-  def resolve(self, layer: Layer, backend: str | None = None) -> RunOptions:
-    """These options with ``unroll``, ``vjp`` and ``hoist`` filled in from ``layer``'s tuned values.
+  def resolve(self, layer: Layer, backend: str | None = None, *, xs: Any = None,
+              lengths: Any = None, params: Any = None, carry: Any = None) -> RunOptions:
+    """These options with every ``None`` field decided for ``layer``: the one place that does.
 
-    The one place where ``None`` becomes a value: ``layer.TUNED_UNROLL``,
-    ``layer.TUNED_VJP`` and ``layer.TUNED_HOIST`` (per JAX backend), or 1,
-    ``"autodiff"`` and ``False`` for a backend a layer has no entry for.
+    ``unroll``, ``vjp``, ``hoist`` and ``parallel`` come from the tables of
+    ``layer.tuned_like()`` (the layer itself; a ``remat`` answers for the
+    layer it wraps): ``TUNED_UNROLL``, ``TUNED_VJP``, ``TUNED_HOIST`` (only
+    for inputs of at least ``HOIST_MIN_INPUT_SIZE`` features) and
+    ``TUNED_PARALLEL``, per backend, or 1, ``"autodiff"``, ``False`` and
+    ``False`` where a table has no entry; a layer's own ``parallel``
+    hyperparameter, when set, wins over these options. The kernel is the one
+    ``TUNED_KERNEL`` names where that kernel can run these inputs, else
+    ``"scan"``; an explicitly named kernel that cannot run them is an error.
 
     Args:
-      layer: the layer about to run.
+      layer: the leaf layer about to run.
       backend: ``"cpu"``, ``"gpu"``, ...; defaults to ``jax.default_backend()``.
+      xs: the time-major inputs ``[T, ..., I]`` (arrays or shape structs),
+        when known: the input size and the kernels' checks need them.
+        Without them a tuned kernel other than the scan is not chosen.
+      lengths, params, carry: the rest of the run's inputs, for the kernels'
+        checks.
+
+    Raises:
+      ValueError: ``kernel`` names a kernel that cannot run ``layer`` on
+        ``xs`` (the message says why).
     """
     backend = backend or jax.default_backend()
-    unroll = self.unroll if self.unroll is not None else layer.TUNED_UNROLL.get(backend, 1)
-    vjp = self.vjp if self.vjp is not None else layer.TUNED_VJP.get(backend, "autodiff")
-    hoist = self.hoist if self.hoist is not None else layer.TUNED_HOIST.get(backend, False)
-    return dataclasses.replace(self, unroll=unroll, vjp=vjp, hoist=hoist)
+    tuned = layer.tuned_like()
+    unroll = self.unroll if self.unroll is not None else tuned.TUNED_UNROLL.get(backend, 1)
+    vjp = self.vjp if self.vjp is not None else tuned.TUNED_VJP.get(backend, "autodiff")
+    hoist = self.hoist
+    if hoist is None:
+      wide_enough = xs is None or xs.shape[-1] >= tuned.HOIST_MIN_INPUT_SIZE
+      hoist = bool(tuned.TUNED_HOIST.get(backend, False)) and wide_enough
+    parallel = getattr(tuned, "parallel", None)
+    if parallel is None:
+      parallel = (self.parallel if self.parallel is not None
+                  else bool(tuned.TUNED_PARALLEL.get(backend, False)))
+    kernel = self.kernel
+    if kernel is None:
+      kernel = tuned.TUNED_KERNEL.get(backend, kernels.SCAN.name)
+      if kernel != kernels.SCAN.name and (
+          xs is None or kernel not in kernels.names()
+          or kernels.get(kernel).unsupported(layer, params, xs, carry, lengths, backend)):
+        kernel = kernels.SCAN.name
+    elif xs is not None:
+      reason = kernels.get(kernel).unsupported(layer, params, xs, carry, lengths, backend)
+      if reason is not None:
+        raise ValueError(f"kernel={kernel!r}: {reason}")
+    return dataclasses.replace(self, unroll=unroll, vjp=vjp, hoist=hoist, kernel=kernel,
+                               parallel=parallel)
+
+
+def required_method(method: Callable) -> Callable:
+  """Marks a base-class method that every concrete layer class must define itself."""
+  method.required_by_layer_protocol = True
+  return method
 
 
 class Layer:
@@ -138,10 +203,34 @@ class Layer:
   """Backend -> the gradient mode measured fastest."""
   TUNED_HOIST: ClassVar[Mapping[str, bool]] = {}
   """Backend -> whether hoisting the input projection out of the scan was measured faster."""
+  HOIST_MIN_INPUT_SIZE: ClassVar[int] = 1
+  """The fewest input features for which ``TUNED_HOIST`` applies (below: no hoist)."""
+  TUNED_PARALLEL: ClassVar[Mapping[str, bool]] = {}
+  """Backend -> whether the parallel (associative-scan) mode was measured faster."""
+  TUNED_KERNEL: ClassVar[Mapping[str, str]] = {}
+  """Backend -> the kernel (:mod:`rnn_jax.kernels`) ``kernel=None`` runs where it can."""
   sublayers: ClassVar[tuple] = ()
   dropout: ClassVar[float] = 0.0
 
   output_size: int
+
+  def __init_subclass__(cls, abstract: bool = False, **kwargs):
+    """Refuses a concrete layer class that lacks a method of the protocol, naming it."""
+    super().__init_subclass__(**kwargs)
+    if abstract:
+      return
+    missing = [name for name in dir(cls)
+               if getattr(getattr(cls, name, None), "required_by_layer_protocol", False)]
+    if cls.run is Layer.run and getattr(cls.scan, "required_by_layer_protocol", False):
+      missing.append("scan (or run)")
+    missing = [name for name in missing if name != "scan"]
+    if not any("output_size" in vars(klass) or "output_size" in vars(klass).get(
+        "__annotations__", {}) for klass in cls.__mro__ if klass is not Layer):
+      missing.append("output_size (a field or property)")
+    if missing:
+      raise TypeError(f"{cls.__qualname__} does not define {', '.join(sorted(missing))}, "
+                      "which every rnn_jax layer needs (see rnn_jax.layer); a base class "
+                      "meant to be derived from says `abstract=True`")
 
   def __repr__(self) -> str:
     """The factory call that builds an equal layer, e.g. ``stack([lstm(16), gru(8)], dropout=0.2)``."""
@@ -155,18 +244,31 @@ class Layer:
         parts.append(f"{field.name}={_show(value)}")
     return f"{self.FACTORY or type(self).__name__}({', '.join(parts)})"
 
+  @required_method
   def init(self, key: jax.Array, input_size: int) -> Any:
     """Fresh parameters for inputs of size ``input_size``: a plain pytree of arrays."""
-    raise NotImplementedError
+    raise NotImplementedError(f"{type(self).__name__}.init")
 
+  @required_method
   def initial_carry(self, batch_shape=(), dtype=None) -> Any:
     """The carry before the first step: zeros with leaves ``[*batch_shape, ...]``
     (an int ``batch_shape`` is one batch axis)."""
-    raise NotImplementedError
+    raise NotImplementedError(f"{type(self).__name__}.initial_carry")
 
+  @required_method
   def input_size(self, params: Any) -> int:
     """``I``, the input size ``params`` were built for."""
-    raise NotImplementedError
+    raise NotImplementedError(f"{type(self).__name__}.input_size")
+
+  def tuned_like(self) -> Layer:
+    """The layer whose measured tables (``TUNED_*``) apply to this one: itself, except
+    for wrappers such as ``remat`` that run another layer's computation."""
+    return self
+
+  def runs_fused_vjp(self) -> bool:
+    """Whether ``vjp="fused"`` changes how any part of this layer is differentiated
+    (a cell with a hand-written backward, at any depth)."""
+    return isinstance(self, FusedVJP) or any(sub.runs_fused_vjp() for sub in self.sublayers)
 
   def run(self, params: Any, xs: jax.Array, carry: Any, lengths: jax.Array | None,
           options: RunOptions, rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
@@ -175,8 +277,21 @@ class Layer:
 
     No argument checks (:func:`rnn_jax.rnn` checks, then calls this);
     ``lengths`` is ``[...]`` or ``None``, ``rng`` the dropout key or ``None``.
+    For a leaf layer: resolves ``options`` for it and these inputs
+    (:meth:`RunOptions.resolve`) and runs the kernel they name
+    (:mod:`rnn_jax.kernels`), by default its own :meth:`scan`.
     """
-    raise NotImplementedError
+    del rng  # A leaf layer has no dropout of its own.
+    options = options.resolve(self, xs=xs, lengths=lengths, params=params, carry=carry)
+    with jax.named_scope(getattr(self, "name", type(self).__name__.lower())):
+      return kernels.get(options.kernel).run(self, params, xs, carry, lengths, options)
+
+  @required_method
+  def scan(self, params: Any, xs: jax.Array, carry: Any, lengths: jax.Array | None,
+           options: RunOptions) -> tuple[jax.Array, Any]:
+    """A leaf layer's own pure-JAX run over ``xs [T, ..., I]``, with ``options`` resolved:
+    the ``"scan"`` kernel. ``(outputs [T, ..., O], final carry)``, outputs in input order."""
+    raise NotImplementedError(f"{type(self).__name__}.scan")
 
   def step(self, params: Any, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
     """One time step, for generation: ``(params, carry, x_t [..., I]) -> (carry, y_t [..., O])``.

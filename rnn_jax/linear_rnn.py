@@ -59,10 +59,10 @@ import jax.numpy as jnp
 import rnn_jax._scan as _scan
 from rnn_jax.cells import (Initializer, affine_input, blockwise, check_size, glorot_uniform,
                            zeros, zeros_carry)
-from rnn_jax.layer import Layer, RunOptions, check_step_input, compiled_init
+from rnn_jax.layer import Layer, RunOptions, check_step_input, compiled_init, required_method
 
 
-class LinearRNN(Layer):
+class LinearRNN(Layer, abstract=True):
   """A recurrence linear in its state, ``h_t = a_t * h_{t-1} + b_t``; see the module doc.
 
   Subclasses (frozen dataclasses) define ``name``, ``hidden_size`` (the state
@@ -80,9 +80,12 @@ class LinearRNN(Layer):
   """Backend -> whether the parallel mode was measured faster there
   (``experiments/bench_parallel.py``); backends not listed run sequentially."""
   # The sequential mode on CPU: projecting all steps in one matmul before the
-  # scan is faster for forward+backward with several input features (I = 128,
-  # T = 784: minGRU 1.9x, minLSTM 1.9x, LRU 1.2x); one feature: see run().
+  # scan is faster for forward+backward with several input features; with a
+  # single feature the per-gate projection inside the step
+  # (rnn_jax.cells.affine_input) measured as fast or faster, so no hoist there
+  # (experiments/bench_parallel.py; figures in the Performance guide).
   TUNED_HOIST: ClassVar[Mapping[str, bool]] = {"cpu": True}
+  HOIST_MIN_INPUT_SIZE: ClassVar[int] = 2
   hidden_size: int
   parallel: bool | None
 
@@ -96,11 +99,15 @@ class LinearRNN(Layer):
     return dataclasses.replace(self, parallel=parallel)
 
   def runs_parallel(self, backend: str | None = None) -> bool:
-    """Whether a run on ``backend`` (default: JAX's) takes the parallel mode:
-    ``parallel`` if set, else ``TUNED_PARALLEL`` for the backend."""
-    if self.parallel is not None:
-      return self.parallel
-    return self.TUNED_PARALLEL.get(backend or jax.default_backend(), False)
+    """Whether a run on ``backend`` (default: JAX's) with default options takes the
+    parallel mode: ``parallel`` if set, else ``TUNED_PARALLEL`` for the backend
+    (decided by :meth:`rnn_jax.RunOptions.resolve`)."""
+    return RunOptions().resolve(self, backend).parallel
+
+  @required_method
+  def project(self, params, x):
+    """``(a, b, skip)`` of ``h_t = a_t * h_{t-1} + b_t`` from ``x_t [..., I]`` alone."""
+    raise NotImplementedError(f"{type(self).__name__}.project")
 
   def readout(self, params, h, skip):
     """``y_t`` from the state ``h_t`` and the skip term of ``project``: ``h_t`` itself here."""
@@ -118,29 +125,19 @@ class LinearRNN(Layer):
     check_step_input(self, params, carry, x)
     return self.recur(params, carry, self.project(params, x))
 
-  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
-    """The layer protocol over ``xs [T, ..., I]`` (:mod:`rnn_jax.layer`).
+  def scan(self, params, xs, carry, lengths, options: RunOptions):
+    """The ``"scan"`` kernel over ``xs [T, ..., I]`` (:mod:`rnn_jax.kernels`), in the mode
+    ``options.parallel`` says: one associative scan, or the sequential ``jax.lax.scan``.
 
     ``unroll`` and ``hoist`` apply to the sequential mode only (the parallel
     mode always projects all steps at once); ``vjp`` does not apply: the
     parallel mode has its own backward scan and the sequential mode is
-    differentiated by autodiff. There is no dropout inside the layer.
-
-    ``hoist=None`` takes ``TUNED_HOIST``, except with a single input feature,
-    which is never hoisted: there the per-gate projection inside the step
-    (``rnn_jax.cells.affine_input``) measured as fast or faster (minLSTM
-    2.5x forward+backward, minGRU and LRU even or better;
-    ``experiments/bench_parallel.py``).
+    differentiated by autodiff.
     """
-    del rng
-    if options.hoist is None and xs.shape[-1] == 1:
-      options = dataclasses.replace(options, hoist=False)
-    options = options.resolve(self)
-    with jax.named_scope(self.name):
-      if not self.runs_parallel():
-        return _scan.scan_layer(self, params, xs, carry, lengths, reverse=options.reverse,
-                                unroll=options.unroll, hoist=options.hoist)
+    if options.parallel:
       return parallel_run(self, params, xs, carry, lengths, options.reverse)
+    return _scan.scan_layer(self, params, xs, carry, lengths, reverse=options.reverse,
+                            unroll=options.unroll, hoist=options.hoist)
 
 
 def check_parallel(parallel) -> None:
@@ -256,7 +253,7 @@ CANDIDATES = {"linear": lambda x: x, "g": g}
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class GatedLinearRNN(LinearRNN):
+class GatedLinearRNN(LinearRNN, abstract=True):
   """minGRU and minLSTM: gates and candidate from one matmul of ``x_t``; see :func:`mingru`.
 
   Params: ``w_ih [I, GATES*H]``, ``b [GATES*H]``. Carry: ``h [..., H]``.

@@ -8,19 +8,16 @@ builds the extension, which registers XLA FFI targets for oneDNN's
 (``rnn_jax.gru(reset_after=True)``) and ``vanilla_gru``
 (``reset_after=False``), forward and backward, float32.
 
-Which kernel runs is :class:`rnn_jax.layer.RunOptions`' ``kernel``
-(``rnn(..., kernel=...)``), decided per cell by :func:`use_onednn`:
-``"scan"`` always scans; ``"onednn"`` runs oneDNN or raises ``ValueError``
-saying why it cannot; ``None`` (the default) runs oneDNN only where the
-cell's ``TUNED_KERNEL`` names it for the backend (and the extension is
-installed and :func:`unsupported_reason` is ``None``), and scans otherwise.
-No cell names it today: on our 2-core CPU the scan was faster for the GRU
-at every benchmark shape and for the LSTM's training step at the MNIST
-shape, and oneDNN faster only for an LSTM's forward pass at small shapes
-and its forward+backward at (64, 256, 128, 256) under glibc's malloc
-(``python -m experiments.bench_rnn``; figures in the Performance guide).
-So oneDNN is opt-in: ``rnn(..., kernel="onednn")``. With oneDNN the
-``unroll``, ``hoist`` and ``vjp`` options have no effect.
+This module registers the kernel :data:`ONEDNN` (named ``"onednn"``) in
+:mod:`rnn_jax.kernels`; which kernel runs is :class:`rnn_jax.RunOptions`'
+``kernel`` (``rnn(..., kernel=...)``), decided per leaf layer by
+:meth:`rnn_jax.RunOptions.resolve`: ``"onednn"`` runs oneDNN or raises
+``ValueError`` saying why it cannot (:func:`unsupported_reason`, or the
+extension missing); ``None`` (the default) runs it only where the layer's
+``TUNED_KERNEL`` names it for the backend and it can run. No cell names it
+today: the scan measured faster for training on our CPU (the Performance
+guide has the figures), so oneDNN is opt-in: ``rnn(..., kernel="onednn")``.
+With oneDNN the ``unroll``, ``hoist`` and ``vjp`` options have no effect.
 
 :func:`run` converts the parameters to oneDNN's gate order and layout inside
 the traced function (so gradients flow back through the conversion) and
@@ -48,7 +45,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["available", "run", "set_num_threads", "unsupported_reason", "use_onednn"]
+import rnn_jax.kernels as kernels
+from rnn_jax.cells import GRU, LSTM
+
+__all__ = ["ONEDNN", "available", "run", "set_num_threads", "unsupported_reason"]
 
 INSTALL_HINT = "rnn_jax_onednn is not installed: pip install ./rnn_jax_onednn"
 
@@ -80,23 +80,23 @@ def set_num_threads(num_threads: int) -> None:
 
 
 def _kind(cell) -> int | None:
-  """The extension's ``kind`` for ``cell`` (0 LSTM, 1 lbr GRU, 2 vanilla GRU), or None.
-
-  Cells say whether oneDNN implements them (``Cell.ONEDNN``: LSTM and GRU).
-  """
-  if not getattr(type(cell), "ONEDNN", False):
-    return None
-  if cell.name == "lstm":
+  """The extension's ``kind`` for ``cell`` (0 LSTM, 1 lbr GRU, 2 vanilla GRU), or None:
+  the cells oneDNN implements, by class."""
+  if type(cell) is LSTM:  # pylint: disable=unidiomatic-typecheck  # Not subclasses.
     return 0
-  return 1 if cell.reset_after else 2
+  if type(cell) is GRU:  # pylint: disable=unidiomatic-typecheck
+    return 1 if cell.reset_after else 2
+  return None
 
 
-def unsupported_reason(cell, xs, lengths, params=None, carry=None) -> str | None:
+def unsupported_reason(cell, xs, lengths, params=None, carry=None,
+                       backend: str | None = None) -> str | None:
   """Why oneDNN cannot run ``cell`` over ``xs [T, ..., I]``, or ``None`` when it can.
 
   oneDNN runs LSTM and GRU cells (both GRU variants) over whole, non-empty
   float32 sequences on CPU: no ``lengths``, float32 inputs, parameters and
-  carry. Does not check whether the extension is installed (:func:`available`).
+  carry. ``backend`` defaults to JAX's. Does not check whether the extension
+  is installed (:func:`available`).
   """
   if _kind(cell) is None:
     return f"oneDNN kernels run LSTM and GRU cells only, not {type(cell).__name__} ({cell!r})"
@@ -110,30 +110,17 @@ def unsupported_reason(cell, xs, lengths, params=None, carry=None) -> str | None
       return f"oneDNN kernels need float32 {name}, got {', '.join(sorted(dtypes))}"
   if math.prod(xs.shape) == 0:
     return f"oneDNN kernels need non-empty inputs, got xs of shape {xs.shape}"
-  if jax.default_backend() != "cpu":
-    return f"oneDNN kernels run on CPU only (the default backend is {jax.default_backend()})"
+  backend = backend or jax.default_backend()
+  if backend != "cpu":
+    return f"oneDNN kernels run on CPU only (the backend is {backend})"
   return None
 
 
-def use_onednn(cell, xs, lengths, kernel: str | None, params=None, carry=None) -> bool:
-  """Whether ``cell`` runs with oneDNN, given ``RunOptions.kernel``; the one place that decides.
-
-  ``"scan"``: no. ``"onednn"``: yes, or ``ValueError`` with the reason.
-  ``None``: when ``cell.TUNED_KERNEL`` names oneDNN for the backend, the
-  extension is installed and :func:`unsupported_reason` has nothing against it.
-  """
-  if kernel == "scan":
-    return False
-  if kernel == "onednn":
-    reason = unsupported_reason(cell, xs, lengths, params, carry)
-    if reason is None and not available():
-      reason = INSTALL_HINT
-    if reason is not None:
-      raise ValueError(f"kernel='onednn': {reason}")
-    return True
-  tuned = getattr(cell, "TUNED_KERNEL", {}).get(jax.default_backend(), "scan")
-  return (tuned == "onednn" and unsupported_reason(cell, xs, lengths, params, carry) is None
-          and available())
+def _unsupported(layer, params, xs, carry, lengths, backend) -> str | None:
+  reason = unsupported_reason(layer, xs, lengths, params, carry, backend)
+  if reason is None and not available():
+    reason = INSTALL_HINT
+  return reason
 
 
 # ---------------------------------------------------------------------------
@@ -226,7 +213,7 @@ def run(cell, params, xs, carry, reverse: bool = False):
   final carry)``, outputs in input time order; ``reverse`` reads from the last
   step to the first (oneDNN's right2left direction). Leading batch axes are
   flattened into oneDNN's one batch axis and restored. Callers check
-  :func:`unsupported_reason` first (:func:`use_onednn` does).
+  :func:`unsupported_reason` first (the kernel's resolution does).
   """
   kind, wl, wi, bias = onednn_params(cell, params)
   steps, batch_shape, hidden = xs.shape[0], xs.shape[1:-1], cell.hidden_size
@@ -242,3 +229,13 @@ def run(cell, params, xs, carry, reverse: bool = False):
   if kind == 0:
     return outputs, type(carry)(h_t, c_t.reshape(*batch_shape, hidden))
   return outputs, h_t
+
+
+def _kernel_run(layer, params, xs, carry, lengths, options):
+  del lengths  # None: unsupported_reason refuses lengths.
+  with jax.named_scope("onednn"):
+    return run(layer, params, xs, carry, options.reverse)
+
+
+ONEDNN = kernels.register(kernels.Kernel("onednn", _unsupported, _kernel_run))
+"""oneDNN's RNN primitives as the kernel ``"onednn"`` (:mod:`rnn_jax.kernels`)."""

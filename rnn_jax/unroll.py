@@ -23,11 +23,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnn_jax._scan import reverse_padded
 from rnn_jax.layer import Layer, RunOptions, check_layer
-from rnn_jax.summary import last_output, summary
 
-__all__ = ["last_output", "reverse_padded", "rnn", "summary"]
+__all__ = ["rnn"]
 
 _UNSET = object()
 
@@ -110,10 +108,12 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
     vjp: how gradients of a cell's scan are computed: ``"autodiff"`` (JAX
       differentiates the scan) or ``"fused"`` (:mod:`rnn_jax.fused`'s custom
       VJP: one reverse scan, weight gradients batched over time; cells
-      without one use autodiff); ``None`` (the default) uses the one measured
+      without one use autodiff, and a ``UserWarning`` says so when no cell of
+      ``layer`` has one); ``None`` (the default) uses the one measured
       fastest for each cell on the current backend (its ``TUNED_VJP``).
       Composites pass it to every layer.
-    kernel: what runs LSTM and GRU cells: ``"scan"`` (the scan above),
+    kernel: what runs each leaf layer, a name registered in
+      :mod:`rnn_jax.kernels`: ``"scan"`` (the scan above),
       ``"onednn"`` (oneDNN's RNN primitives over the whole sequence, from the
       optional extension ``pip install ./rnn_jax_onednn``; float32, no
       ``lengths``, CPU; ``unroll``, ``hoist`` and ``vjp`` then do nothing) or
@@ -144,6 +144,10 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
   check_layer("layer (the first argument)", layer)
   options = RunOptions.of(options, reverse=reverse, unroll=unroll, vjp=vjp, hoist=hoist,
                           kernel=kernel)
+  if options.vjp == "fused" and not layer.runs_fused_vjp():
+    warnings.warn(f"rnn: vjp='fused' does nothing for {layer!r}: none of its cells has a fused "
+                  "backward, so its gradient is autodiff (vjp=None picks the measured best)",
+                  UserWarning, stacklevel=2)
   xs = jnp.asarray(xs)
   if xs.ndim < 2:
     raise ValueError(f"xs: expected shape [..., T, I] (rank >= 2), got shape {xs.shape}")

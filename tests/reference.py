@@ -13,7 +13,11 @@ A "sequence function" here is ``(xs [T, I], carry, length, reverse) ->
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import numpy as np
+
+import rnn_jax  # Only for the classes that key the registry below.
 
 
 def sigmoid(v):
@@ -80,26 +84,50 @@ def gru_step(params, h, x, reset_after=True):
   return h, h
 
 
+class Reference(NamedTuple):
+  """What the tests know of one cell class, registered once with :func:`register`.
+
+  Attributes:
+    step: ``(cell, params float64) -> ((carry, x [I]) -> (carry, y [O]))``.
+    zero_carry: ``cell -> `` the zero carry of one sequence (arrays or tuples of them).
+    examples: test-case name -> ``hidden_size -> cell``: the instances every
+      parametrised test of a cell runs (tests/test_cells.py and others).
+    gates: how many ``[*, H]`` gate blocks its fused weights hold, from its equations.
+  """
+
+  step: Callable
+  zero_carry: Callable
+  examples: dict
+  gates: int
+
+
+REFERENCES: dict[type, Reference] = {}
+
+
+def register(cell_class: type, step: Callable, zero_carry: Callable, examples: dict,
+             gates: int) -> None:
+  """Gives ``cell_class`` its reference step, zero carry, test cases and gate count: all a new
+  cell needs to be run by every parametrised cell test."""
+  REFERENCES[cell_class] = Reference(step, zero_carry, examples, gates)
+
+
+def example_cells() -> dict:
+  """Every registered test case, ``{name: hidden_size -> cell}``."""
+  return {name: make for ref in REFERENCES.values() for name, make in ref.examples.items()}
+
+
 def step_function(cell, params):
-  """The reference step ``(carry, x [I]) -> (carry, y [H])`` for a built-in cell value."""
-  params = as_float64(params)
-  if cell.name == "simple_rnn":
-    return lambda h, x: elman_step(params, h, x, cell.activation)
-  if cell.name == "lstm":
-    return lambda carry, x: lstm_step(params, carry, x, cell.forget_bias)
-  if cell.name == "gru":
-    return lambda h, x: gru_step(params, h, x, cell.reset_after)
-  raise ValueError(cell.name)
+  """The reference step ``(carry, x [I]) -> (carry, y [H])`` for a registered cell value."""
+  return REFERENCES[type(cell)].step(cell, as_float64(params))
 
 
-def zero_carry(cell):
-  """The zero carry of one sequence for a built-in cell or a composite (by structure)."""
-  if hasattr(cell, "cells"):
-    return tuple(zero_carry(c) for c in cell.cells)
-  if hasattr(cell, "forward"):
-    return (zero_carry(cell.forward), zero_carry(cell.backward))
-  zeros = np.zeros(cell.hidden_size)
-  return (zeros, zeros.copy()) if cell.name == "lstm" else zeros
+def zero_carry(layer):
+  """The zero carry of one sequence for a registered cell or a composite (by structure)."""
+  if isinstance(layer, rnn_jax.Stack):
+    return tuple(zero_carry(sub) for sub in layer.layers)
+  if isinstance(layer, rnn_jax.Bidirectional):
+    return (zero_carry(layer.forward), zero_carry(layer.backward))
+  return REFERENCES[type(layer)].zero_carry(layer)
 
 
 def clip_length(length, num_steps):
@@ -154,9 +182,9 @@ def bidirectional_layers(forward, backward, merge="concat"):
 
 def model_layer(model, params):
   """The sequence function of a cell or an rnn_jax composite, built from its structure."""
-  if hasattr(model, "cells"):
-    return stack_layers([model_layer(c, p) for c, p in zip(model.cells, params)])
-  if hasattr(model, "forward"):
+  if isinstance(model, rnn_jax.Stack):
+    return stack_layers([model_layer(c, p) for c, p in zip(model.layers, params)])
+  if isinstance(model, rnn_jax.Bidirectional):
     return bidirectional_layers(model_layer(model.forward, params["forward"]),
                                 model_layer(model.backward, params["backward"]), model.merge)
   return cell_layer(model, params)
@@ -292,3 +320,24 @@ def central_differences(loss, theta, eps=1e-6):
   values = np.asarray(loss(np.concatenate([theta + basis, theta - basis])), np.float64)
   plus, minus = np.split(values, 2)
   return (plus - minus) / (2 * eps)
+
+
+# ---------------------------------------------------------------------------
+# The registered cells: a new cell gets every parametrised cell test from one call.
+
+_zeros = lambda cell: np.zeros(cell.hidden_size)
+register(rnn_jax.SimpleRNN, lambda cell, p: (lambda h, x: elman_step(p, h, x, cell.activation)),
+         _zeros, {
+             "tanh": lambda h: rnn_jax.simple_rnn(h, "tanh"),
+             "relu": lambda h: rnn_jax.simple_rnn(h, "relu"),
+             "irnn": lambda h: rnn_jax.simple_rnn(h, "relu", recurrent_init="identity"),
+         }, gates=1)
+register(rnn_jax.LSTM, lambda cell, p: (lambda carry, x: lstm_step(p, carry, x, cell.forget_bias)),
+         lambda cell: (_zeros(cell), _zeros(cell)), {
+             "lstm_fb0": lambda h: rnn_jax.lstm(h, forget_bias=0.0),
+             "lstm_fb1": lambda h: rnn_jax.lstm(h, forget_bias=1.0),
+         }, gates=4)
+register(rnn_jax.GRU, lambda cell, p: (lambda h, x: gru_step(p, h, x, cell.reset_after)), _zeros, {
+    "gru_after": lambda h: rnn_jax.gru(h, reset_after=True),
+    "gru_before": lambda h: rnn_jax.gru(h, reset_after=False),
+}, gates=3)

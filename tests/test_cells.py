@@ -13,15 +13,7 @@ import rnn_jax
 from rnn_jax import cells
 import reference
 
-CELLS = {
-    "tanh": lambda h: rnn_jax.simple_rnn(h, "tanh"),
-    "relu": lambda h: rnn_jax.simple_rnn(h, "relu"),
-    "irnn": lambda h: rnn_jax.simple_rnn(h, "relu", recurrent_init="identity"),
-    "lstm_fb0": lambda h: rnn_jax.lstm(h, forget_bias=0.0),
-    "lstm_fb1": lambda h: rnn_jax.lstm(h, forget_bias=1.0),
-    "gru_after": lambda h: rnn_jax.gru(h, reset_after=True),
-    "gru_before": lambda h: rnn_jax.gru(h, reset_after=False),
-}
+CELLS = reference.example_cells()  # Every registered cell (tests/reference.py).
 
 
 def test_textbook_example():
@@ -56,7 +48,7 @@ def test_textbook_example():
 def test_step_matches_reference(name, random_params):
   cell = CELLS[name](4)
   params = random_params(cell, 3, seed=1)
-  if name == "irnn":  # keep the identity recurrent matrix
+  if cell.recurrent_init == "identity":  # keep the identity recurrent matrix
     params["w_hh"] = cell.init(jax.random.key(0), 3)["w_hh"]
   rng = np.random.default_rng(2)
   x = rng.standard_normal((3, 3)).astype(np.float32)
@@ -69,8 +61,8 @@ def test_step_matches_reference(name, random_params):
     ref_carry, ref_y = ref_step(jax.tree.map(lambda leaf: np.asarray(leaf[b], np.float64), carry),
                                 x[b].astype(np.float64))
     np.testing.assert_allclose(y[b], ref_y, atol=1e-5)
-    got, want = jax.tree.leaves(jax.tree.map(lambda leaf: leaf[b], new_carry)), list(
-        ref_carry) if cell.name == "lstm" else [ref_carry]
+    got = jax.tree.leaves(jax.tree.map(lambda leaf: leaf[b], new_carry))
+    want = reference.leaves(ref_carry)
     assert len(got) == len(want)
     for g, w in zip(got, want):
       np.testing.assert_allclose(g, w, atol=1e-5)
@@ -113,9 +105,9 @@ def test_init_shapes_dtypes_and_orthogonal_blocks(name):
   hidden, inputs = 5, 3
   cell = CELLS[name](hidden)
   params = cell.init(jax.random.key(4), inputs)
-  gates = {"simple_rnn": 1, "lstm": 4, "gru": 3}[cell.name]
+  gates = reference.REFERENCES[type(cell)].gates
   expected = {"w_ih": (inputs, gates * hidden), "w_hh": (hidden, gates * hidden)}
-  if cell.name == "gru" and cell.reset_after:
+  if getattr(cell, "reset_after", False):
     expected.update(b_ih=(gates * hidden,), b_hh=(gates * hidden,))
   else:
     expected.update(b=(gates * hidden,))
@@ -126,7 +118,7 @@ def test_init_shapes_dtypes_and_orthogonal_blocks(name):
 
   for k in range(gates):
     block = np.asarray(params["w_hh"][:, k * hidden:(k + 1) * hidden], np.float64)
-    if name == "irnn":
+    if cell.recurrent_init == "identity":
       np.testing.assert_array_equal(block, np.eye(hidden))
     else:
       np.testing.assert_allclose(block.T @ block, np.eye(hidden), atol=1e-5)

@@ -225,3 +225,59 @@ def test_remat_any_layer_same_outputs_and_gradients(name):
                grads, grads_remat)
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: loss(wrapped, p)))(params))
   assert "remat" in jaxpr or "checkpoint" in jaxpr
+
+
+_CHUNKED = jax.jit(jax.value_and_grad(
+    lambda model, p, xs, carry, lengths, reverse: (lambda out: jnp.sum(jnp.sin(out[0])) + sum(
+        jnp.sum(leaf * leaf) for leaf in jax.tree.leaves(out[1])))(
+            rnn_jax.rnn(model, p, xs, initial_carry=carry, lengths=lengths, reverse=reverse)),
+    argnums=(1, 2, 3)), static_argnums=(0, 5))
+
+
+@pytest.mark.parametrize("every", [1, 3, 4, 5, 9])  # T = 12: 1, divisors, a non-divisor, > T/2
+@pytest.mark.parametrize("layer", [rnn_jax.lstm(3), rnn_jax.gru(2, reset_after=False),
+                                   rnn_jax.minlstm(3, parallel=False),
+                                   rnn_jax.stack([rnn_jax.gru(2), rnn_jax.mingru(3)])], ids=repr)
+def test_remat_every_k_steps_has_the_gradients_of_the_plain_layer(layer, every):
+  """Gradients w.r.t. params, inputs and the initial carry, with lengths and reverse."""
+  chunked = rnn_jax.remat(layer, every=every)
+  params = layer.init(jax.random.key(0), 2)
+  xs = jnp.asarray(normal(3, (3, 12, 2)))
+  carry = random_carry(layer, (3,), seed=4)
+  for lengths in (None, jnp.array([12, 7, 0])):
+    for reverse in (False, True):
+      want = _CHUNKED(layer, params, xs, carry, lengths, reverse)
+      got = _CHUNKED(chunked, params, xs, carry, lengths, reverse)
+      jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6), got, want)
+
+
+def test_remat_every_longer_than_the_sequence_and_its_value():
+  layer = rnn_jax.lstm(3)
+  params = layer.init(jax.random.key(0), 2)
+  xs = jnp.asarray(normal(5, (2, 6, 2)))
+  want = _CHUNKED(layer, params, xs, layer.initial_carry(2), None, False)
+  got = _CHUNKED(rnn_jax.remat(layer, every=50), params, xs, layer.initial_carry(2), None, False)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6), got, want)
+  assert repr(rnn_jax.remat(rnn_jax.stack([layer]), every=7)) == "stack([remat(lstm(3), every=7)])"
+  assert rnn_jax.remat(rnn_jax.remat(layer, every=7)) == rnn_jax.remat(layer)
+  assert rnn_jax.remat(layer, every=7) == rnn_jax.remat(layer, every=7)
+  for bad in (0, -3, 2.5, True):
+    with pytest.raises(ValueError, match="every must be a positive int"):
+      rnn_jax.remat(layer, every=bad)
+
+
+def test_remat_every_sqrt_t_keeps_memory_to_a_twentieth():
+  """LSTM 128, batch 8, T = 20,000, loss on the final carry: the compiled gradient's temporary
+  memory (XLA's own figure, not a timing) with every=sqrt(T) is at most 1/20 of the default's."""
+  layer = rnn_jax.lstm(128)
+  params = jax.eval_shape(lambda key: layer.init(key, 1), jax.random.key(0))
+  xs = jax.ShapeDtypeStruct((8, 20_000, 1), jnp.float32)
+
+  def temporaries(model):
+    loss = lambda p, x: jnp.sum(rnn_jax.rnn(model, p, x)[1].h)
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  default, chunked = temporaries(layer), temporaries(rnn_jax.remat(layer, every=141))
+  assert default > 800 * 2**20  # About 20,000 steps x 12 residuals of [8, 128] float32.
+  assert chunked * 20 <= default, (chunked, default)

@@ -107,7 +107,7 @@ def test_structure_of_converted_modules():
   cell, params = interop.from_torch(_module("lstm", 0, num_layers=2, bidirectional=True,
                                             dropout=0.25))
   assert isinstance(cell, rnn_jax.Stack) and cell.dropout == 0.25 and not cell.variational
-  layer = cell.cells[0]
+  layer = cell.layers[0]
   assert isinstance(layer, rnn_jax.Bidirectional) and layer.merge == "concat"
   assert layer.forward == rnn_jax.lstm(HIDDEN, forget_bias=0.0)
   assert params[1]["backward"]["w_ih"].shape == (2 * HIDDEN, 4 * HIDDEN)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,8 @@ import pytest
 
 import rnn_jax
 from rnn_jax.layer import RunOptions
+
+import testing
 
 INPUTS = 3
 LEAVES = {
@@ -89,25 +92,122 @@ def test_uses_dropout_at_any_depth():
 
 def test_run_options_resolve_per_layer_and_backend():
   options = RunOptions()
-  assert options.resolve(rnn_jax.lstm(4), "gpu") == RunOptions(unroll=8, vjp="fused", hoist=False)
-  assert options.resolve(rnn_jax.gru(4), "cpu") == RunOptions(unroll=2, vjp="autodiff",
-                                                              hoist=False)
-  assert options.resolve(rnn_jax.mingru(4), "gpu") == RunOptions(unroll=1, vjp="autodiff",
-                                                                 hoist=False)
+  assert options.resolve(rnn_jax.lstm(4), "gpu") == RunOptions(
+      unroll=8, vjp="fused", hoist=False, kernel="scan", parallel=False)
+  assert options.resolve(rnn_jax.gru(4), "cpu") == RunOptions(
+      unroll=2, vjp="autodiff", hoist=False, kernel="scan", parallel=False)
+  assert options.resolve(rnn_jax.mingru(4), "gpu") == RunOptions(
+      unroll=1, vjp="autodiff", hoist=False, kernel="scan", parallel=True)
   # The sequential linear recurrences hoist on CPU (measured faster there); the cells do not.
   assert options.resolve(rnn_jax.minlstm(4), "cpu").hoist is True
   assert options.resolve(rnn_jax.lru(4, 4), "cpu").hoist is True
   assert options.resolve(rnn_jax.lstm(4), "cpu").hoist is False
   assert RunOptions(hoist=False).resolve(rnn_jax.minlstm(4), "cpu").hoist is False
-  explicit = RunOptions(reverse=True, unroll=3, vjp="autodiff", hoist=True)
+  # ... but never with a single input feature (HOIST_MIN_INPUT_SIZE), unless asked to.
+  one_feature, two_features = jnp.zeros((5, 3, 1)), jnp.zeros((5, 3, 2))
+  assert options.resolve(rnn_jax.mingru(4), "cpu", xs=one_feature).hoist is False
+  assert options.resolve(rnn_jax.mingru(4), "cpu", xs=two_features).hoist is True
+  assert RunOptions(hoist=True).resolve(rnn_jax.mingru(4), "cpu", xs=one_feature).hoist is True
+  explicit = RunOptions(reverse=True, unroll=3, vjp="autodiff", hoist=True, kernel="scan",
+                        parallel=False)
   assert explicit.resolve(rnn_jax.lstm(4), "gpu") == explicit
-  assert explicit.flipped() == RunOptions(reverse=False, unroll=3, vjp="autodiff", hoist=True)
+  assert explicit.flipped() == dataclasses.replace(explicit, reverse=False)
   with pytest.raises(ValueError, match="vjp"):
     RunOptions(vjp="manual")
   with pytest.raises(ValueError, match="unroll must be a positive int"):
     RunOptions(unroll=0)
   with pytest.raises(ValueError, match="hoist must be True, False or None"):
     RunOptions(hoist="yes")
+  with pytest.raises(ValueError, match="parallel must be True, False or None"):
+    RunOptions(parallel=1)
+
+
+def test_the_mode_of_a_linear_recurrence_is_resolved_with_the_options():
+  """The layer's own ``parallel`` wins; else the options'; else TUNED_PARALLEL per backend."""
+  for backend, tuned in (("cpu", False), ("gpu", True)):
+    assert RunOptions().resolve(rnn_jax.mingru(4), backend).parallel is tuned
+    assert rnn_jax.mingru(4).runs_parallel(backend) is tuned
+    for mode in (True, False):
+      assert RunOptions(parallel=mode).resolve(rnn_jax.minlstm(4), backend).parallel is mode
+      assert RunOptions(parallel=not mode).resolve(rnn_jax.lru(4, 4, parallel=mode),
+                                                   backend).parallel is mode
+      assert RunOptions().resolve(rnn_jax.remat(rnn_jax.mingru(4, parallel=mode)),
+                                  backend).parallel is mode
+  # Through rnn: a stack of linear recurrences run in the sequential mode by the options.
+  layer = rnn_jax.stack([rnn_jax.mingru(3, parallel=None), rnn_jax.lru(3, 3)])
+  params = layer.init(jax.random.key(0), 3)
+  xs = jnp.asarray(testing.normal(0, (2, 6, 3)))
+  scans = lambda mode: len(re.findall(r"\bscan\[", str(jax.make_jaxpr(
+      lambda p, x: rnn_jax.rnn(layer, p, x, options=RunOptions(parallel=mode)))(params, xs))))
+  assert scans(False) == 2 and scans(True) == 0  # jax.lax.scan primitives, one per layer.
+  np.testing.assert_allclose(rnn_jax.rnn(layer, params, xs, options=RunOptions(parallel=True))[0],
+                             rnn_jax.rnn(layer, params, xs, options=RunOptions(parallel=False))[0],
+                             atol=1e-5)
+
+
+def test_rnn_takes_one_options_record_and_keywords_replace_its_fields():
+  layer = rnn_jax.gru(3)
+  params = layer.init(jax.random.key(0), 2)
+  xs = jnp.asarray(testing.normal(1, (2, 5, 2)))
+  lengths = jnp.array([5, 3])
+  backwards = rnn_jax.rnn(layer, params, xs, lengths=lengths, reverse=True)
+  through_options = rnn_jax.rnn(layer, params, xs, lengths=lengths,
+                                options=RunOptions(reverse=True, unroll=2))
+  jax.tree.map(np.testing.assert_array_equal, through_options, backwards)
+  # A keyword given replaces the field; one left at None keeps it.
+  forwards = rnn_jax.rnn(layer, params, xs, lengths=lengths,
+                         options=RunOptions(reverse=True), reverse=False)
+  jax.tree.map(np.testing.assert_array_equal, forwards,
+               rnn_jax.rnn(layer, params, xs, lengths=lengths))
+  assert RunOptions.of(RunOptions(unroll=4), vjp="fused", hoist=None) == RunOptions(
+      unroll=4, vjp="fused")
+  with pytest.raises(TypeError, match="options: expected an rnn_jax.RunOptions, got dict"):
+    rnn_jax.rnn(layer, params, xs, options={"reverse": True})
+
+
+def test_vjp_fused_for_a_layer_without_a_fused_backward_says_so():
+  layer = rnn_jax.stack([rnn_jax.mingru(2), rnn_jax.remat(rnn_jax.lstm(2))])
+  params = layer.init(jax.random.key(0), 2)
+  with pytest.warns(UserWarning, match=r"vjp='fused' does nothing for stack\(\[mingru\(2\)"):
+    rnn_jax.rnn(layer, params, jnp.ones((1, 3, 2)), vjp="fused")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    mixed = rnn_jax.stack([rnn_jax.mingru(2), rnn_jax.lstm(2)])
+    rnn_jax.rnn(mixed, mixed.init(jax.random.key(0), 2), jnp.ones((1, 3, 2)), vjp="fused")
+
+
+def test_a_layer_class_missing_a_protocol_method_is_refused_when_created():
+  with pytest.raises(TypeError, match=r"Half does not define input_size, output_size \(a field "
+                                      r"or property\), scan \(or run\), which every"):
+    @dataclasses.dataclass(frozen=True)
+    class Half(rnn_jax.Layer):  # pylint: disable=unused-variable
+      def init(self, key, input_size):
+        return {}
+
+      def initial_carry(self, batch_shape=(), dtype=None):
+        return jnp.zeros(batch_shape)
+
+      def recur(self, params, carry, px):  # Not a method of the protocol: ignored.
+        return carry, carry
+
+  with pytest.raises(TypeError, match=r"NoRecur does not define recur"):
+    @dataclasses.dataclass(frozen=True)
+    class NoRecur(rnn_jax.Cell):  # pylint: disable=unused-variable
+      hidden_size: int
+
+      def init(self, key, input_size):
+        return {}
+
+      def project(self, params, x):
+        return x
+
+  # An intermediate base says so and is not checked; its concrete subclasses are.
+  class Base(rnn_jax.Cell, abstract=True):
+    pass
+
+  with pytest.raises(TypeError, match="Concrete does not define init, project, recur"):
+    class Concrete(Base):  # pylint: disable=unused-variable
+      hidden_size = 2
 
 
 def test_remat_keeps_the_tuned_unroll():

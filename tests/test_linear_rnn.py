@@ -218,8 +218,8 @@ def test_stack_and_bidirectional(parallel, reverse, rnn_jit, random_params):
   layer = reference.stack_layers([
       reference.bidirectional_layers(linear_layer(bidir.forward, params[0]["forward"]),
                                      linear_layer(bidir.backward, params[0]["backward"])),
-      reference.cell_layer(model.cells[1], params[1]),
-      linear_layer(model.cells[2], params[2]),
+      reference.cell_layer(model.layers[1], params[1]),
+      linear_layer(model.layers[2], params[2]),
   ])
   zero = ((np.zeros(5), np.zeros(6, complex)), (np.zeros(3), np.zeros(3)), np.zeros(5))
   want, want_finals = reference.run_batch(layer, xs, None, LENGTHS, reverse, zero)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rnn_jax
-from rnn_jax.unroll import reverse_padded
+from rnn_jax import reverse_padded
 import reference
 from testing import assert_close, normal, random_carry
 

@@ -11,17 +11,16 @@ Importing this package loads ``_rnn_jax_onednn.so`` (built from
 The operand layouts are documented at the top of the C++ source; rnn_jax's
 adapter (``rnn_jax/onednn.py``) converts its parameters to them inside the
 traced function. This package has no Python API beyond the ctypes helpers
-below; use it through ``rnn_jax.rnn(..., kernel="onednn")`` (or the default,
-which picks oneDNN on CPU when this package is installed).
+below; use it through ``rnn_jax.rnn(..., kernel="onednn")`` (the default,
+``kernel=None``, runs the scan: see ``rnn_jax.onednn`` for why).
 
 Threads: oneDNN runs its own OpenMP threads inside each call (beside XLA's
 thread pool; the count is set per calling thread, so nothing else's OpenMP
 changes). ``RNN_JAX_ONEDNN_THREADS`` (read at import) or
 :func:`set_num_threads` sets how many; the default, ``DEFAULT_THREADS = 0``,
-is OpenMP's own (``OMP_NUM_THREADS``, else all cores): on our 2-core CPU
-forward+backward ran up to 1.4x faster on 2 threads than on 1, while the
-forward alone was as fast or faster on 1, so inference-only programs may
-prefer ``RNN_JAX_ONEDNN_THREADS=1``.
+is OpenMP's own (``OMP_NUM_THREADS``, else all cores); the Performance
+guide has the measurements behind it (inference-only programs may prefer
+``RNN_JAX_ONEDNN_THREADS=1``).
 """
 
 from __future__ import annotations
