@@ -15,6 +15,7 @@ from the checkout (or a dependency of it), never the unrelated ``rnn_jax`` on Py
 from __future__ import annotations
 
 import html
+import inspect
 import os
 import pathlib
 import re
@@ -24,6 +25,8 @@ import sys
 import textwrap
 
 import pytest
+
+import rnn_jax
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
@@ -135,6 +138,9 @@ def test_links_render_as_links(site):
   assert not faults, "\n".join(faults)
 
 
+SIGNATURE = r'<div class="doc-signature[^"]*"[^>]*>(.*?)</div>'  # mkdocstrings' signature block
+
+
 def test_signatures_are_formatted_whole(site):
   """Ruff breaks each signature longer than ``line_length`` one parameter a line, so none runs
   off the right edge; the one exception is a value with nothing to break (a long URL)."""
@@ -143,11 +149,10 @@ def test_signatures_are_formatted_whole(site):
   line_length = int(configured[1]) if configured else 60  # mkdocstrings' default.
   faults = []
   for path in sorted(site.rglob("*.html")):
-    for block in re.findall(r'<div class="doc-signature[^"]*"[^>]*>(.*?)</div>', path.read_text(),
-                            flags=re.DOTALL):
+    for block in re.findall(SIGNATURE, path.read_text(), flags=re.DOTALL):
       signature = _text(block)
-      # A default that names a private object (a sentinel) says nothing to the reader.
       if re.match(r"\w+\(", signature):  # A function's or class's (not an attribute's value).
+        # A default that names a private object (a sentinel) says nothing to the reader.
         faults += [f"{path.relative_to(site)}: private default {default!r} in {signature[:40]!r}"
                    for default in re.findall(r"=\s*(_\w+)", signature)]
         # A class variable is no constructor parameter (griffe needs ClassVar[...] to see it).
@@ -157,22 +162,24 @@ def test_signatures_are_formatted_whole(site):
                  for line in signature.splitlines()
                  if len(line) > line_length and " " in line.split(" = ", 1)[-1].strip()]
   assert not faults, "\n".join(faults)
-  rnn = _text(re.search(r'id="rnn_jax.unroll.rnn".*?<div class="doc-signature[^"]*"[^>]*>(.*?)</div>',
-                        (site / "api" / "rnn" / "index.html").read_text(), flags=re.DOTALL)[1])
+  page = (site / "api" / "rnn" / "index.html").read_text()
+  rnn = _text(re.search(r'id="rnn_jax.unroll.rnn".*?' + SIGNATURE, page, flags=re.DOTALL)[1])
   assert rnn.startswith("rnn(\n") and "    backward: str | None = None,\n" in rnn, rnn
 
 
-# Material gives every header cell min-width 5rem; docs/stylesheets/extra.css lowers it to 2.5rem
-# and lets a table scroll in its own box: 8 columns of 2.5rem plus padding (about 660 px at
-# Material's 20 px rem) fit the content column of a 1280-pixel-wide screen.
+# Material gives every table header cell min-width 5rem (100 px); docs/stylesheets/extra.css
+# lowers it to 2.5rem, so that 8 columns of short numbers (about 32 px of padding and 45 px of
+# text each) fit the content column of a 1280-pixel-wide screen beside both sidebars (690 px).
 MAX_TABLE_COLUMNS = 8
 
 
 def test_tables_fit_the_page(site):
+  """No table has more columns than fit the content column at the header cells' minimum width
+  (wider content scrolls inside the table's own box, as Material does)."""
   assert (site / "stylesheets" / "extra.css").exists(), "docs/stylesheets/extra.css is missing"
   css = (site / "stylesheets" / "extra.css").read_text()
-  rule = re.search(r"\.md-typeset table:not\(\[class\]\) \{([^}]*)\}", css)
-  assert rule and "overflow-x: auto" in rule[1] and "max-width: 100%" in rule[1], css
+  rule = re.search(r"\.md-typeset table:not\(\[class\]\) th \{([^}]*)\}", css)
+  assert rule and "min-width: 2.5rem" in rule[1], css
   faults = []
   for page, text in _pages(site).items():
     if "stylesheets/extra.css" not in text:
@@ -217,23 +224,26 @@ def _html_code(text: str) -> list[str]:
   return [_text(code) for code in re.findall(r"<code\b[^>]*>(.*?)</code>", text, flags=re.DOTALL)]
 
 
+def _distribution(requirement: str) -> str:
+  """The normalised distribution name of a requirement (``'Orbax_Checkpoint[x]>=1'`` ->
+  ``orbax-checkpoint``)."""
+  name = re.split(r"[<>=!~;\[ @]", requirement, maxsplit=1)[0]
+  return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _refused_install(argument: str, dependencies: set[str]) -> bool:
   """Whether an install argument is neither a path (this checkout, ``.[extra]``, an extension
   folder) nor one of this project's own dependencies (``pip install torch`` for a CPU build)."""
-  if argument.startswith((".", "/")):
-    return False
-  name = re.split(r"[<>=!~;\[ @]", argument, maxsplit=1)[0]
-  return re.sub(r"[-_.]+", "-", name).lower() not in dependencies
+  return not argument.startswith((".", "/")) and _distribution(argument) not in dependencies
 
 
 @pytest.fixture(scope="module")
 def dependencies() -> set[str]:
-  """The normalised names of every distribution this project depends on, extras included."""
+  """The distributions this project depends on, extras included."""
   tomllib = pytest.importorskip("tomllib")
   project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
   requirements = project["dependencies"] + sum(project["optional-dependencies"].values(), [])
-  names = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0] for r in requirements}
-  return {re.sub(r"[-_.]+", "-", name).lower() for name in names}
+  return {_distribution(requirement) for requirement in requirements}
 
 
 def test_install_line_scanner():
@@ -264,6 +274,7 @@ def test_install_lines_install_this_project(site, dependencies):
 # ---- The README and the docs home page agree ----------------------------------------------------
 
 def _shell_lines(text: str) -> list[str]:
+  """The non-empty lines of the ```bash blocks of a Markdown page."""
   return [line.strip() for match in FENCE.finditer(text) if match["info"].strip() == "bash"
           for line in match["body"].splitlines() if line.strip()]
 
@@ -283,8 +294,6 @@ def test_home_page_and_readme_give_the_same_commands():
 
 def test_linear_rnn_page_states_the_default_the_code_uses():
   """``parallel=None`` is the default: the mode measured faster per backend, not ``True``."""
-  import inspect  # pylint: disable=import-outside-toplevel
-  import rnn_jax  # pylint: disable=import-outside-toplevel
   for make in (rnn_jax.mingru, rnn_jax.minlstm, rnn_jax.lru):
     assert inspect.signature(make).parameters["parallel"].default is None
   page = (ROOT / "docs" / "api" / "linear_rnn.md").read_text()
