@@ -189,8 +189,8 @@ class SimpleRNN(Cell, fused.FusedVJP):
   FACTORY: ClassVar[str] = "simple_rnn"
 
   name: ClassVar[str] = "simple_rnn"
-  TUNED_UNROLL: ClassVar = {"cpu": 1, "gpu": 8}
-  TUNED_VJP: ClassVar = {"cpu": "fused", "gpu": "fused"}
+  TUNED_UNROLL: ClassVar[Mapping[str, int]] = {"cpu": 1, "gpu": 8}
+  TUNED_VJP: ClassVar[Mapping[str, str]] = {"cpu": "fused", "gpu": "fused"}
   TORCH_MODULE: ClassVar[str] = "RNN"
 
   hidden_size: int
@@ -255,11 +255,11 @@ class LSTM(Cell, fused.FusedVJP):
 
   name: ClassVar[str] = "lstm"
   GATES: ClassVar[int] = 4
-  TUNED_UNROLL: ClassVar = {"cpu": 1, "gpu": 8}
+  TUNED_UNROLL: ClassVar[Mapping[str, int]] = {"cpu": 1, "gpu": 8}
   # CPU: autodiff, 1.1x faster than the fused backward with tcmalloc and 1.7x
   # with glibc's malloc, whose page faults the fused backward's extra buffers
   # pay for (experiments/bench_rnn.py, both allocators).
-  TUNED_VJP: ClassVar = {"cpu": "autodiff", "gpu": "fused"}
+  TUNED_VJP: ClassVar[Mapping[str, str]] = {"cpu": "autodiff", "gpu": "fused"}
   TORCH_MODULE: ClassVar[str] = "LSTM"
 
   hidden_size: int
@@ -347,8 +347,8 @@ class GRU(Cell, fused.FusedVJP):
 
   name: ClassVar[str] = "gru"
   GATES: ClassVar[int] = 3
-  TUNED_UNROLL: ClassVar = {"cpu": 2, "gpu": 8}
-  TUNED_VJP: ClassVar = {"cpu": "autodiff", "gpu": "fused"}
+  TUNED_UNROLL: ClassVar[Mapping[str, int]] = {"cpu": 2, "gpu": 8}
+  TUNED_VJP: ClassVar[Mapping[str, str]] = {"cpu": "autodiff", "gpu": "fused"}
   TORCH_MODULE: ClassVar[str] = "GRU"
 
   hidden_size: int

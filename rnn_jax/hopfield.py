@@ -279,7 +279,7 @@ def unit_orders(key, sweep, batch_shape: tuple[int, ...], num_units: int) -> jax
     num_units: ``N``.
 
   Returns:
-    ``int32 [..., N]``: each row a permutation of ``0..N-1``.
+    ``int32 [..., N]``, each row a permutation of ``0..N-1``.
   """
   batch_shape = tuple(batch_shape)
   num_states = int(np.prod(batch_shape, dtype=np.int64))
@@ -302,7 +302,7 @@ def sweep_trajectory(W, states, order) -> jax.Array:  # pylint: disable=invalid-
       a permutation of ``0..N-1``; any unit indices are accepted).
 
   Returns:
-    ``[N, ..., N]``: entry ``t`` is the states after update ``t``; the last is
+    ``[N, ..., N]``; entry ``t`` is the states after update ``t``; the last is
     the result of the sweep.
 
   Raises:
@@ -385,7 +385,7 @@ def recall(W, states, *, mode: str = "async", max_sweeps=100,  # pylint: disable
       Ignored by ``mode="sync"``.
 
   Returns:
-    ``(states [..., N], sweeps int32 [...])``: the final states (in the input
+    ``(states [..., N], sweeps int32 [...])``, the final states (in the input
     float dtype; W's dtype for integer input) and, per state, the number of
     sweeps that changed it (0 for a state that was already a fixed point).
     The sweep that finds a state unchanged is not counted, so a state is a

@@ -131,7 +131,7 @@ def from_torch(module) -> tuple[Any, Any]:
       or ``GRUCell``.
 
   Returns:
-    ``(cell, params)``: a plain cell for one layer in one direction, a
+    ``(cell, params)``, cell being a plain cell for one layer in one direction, a
     ``bidirectional(cell, cell)`` layer for ``bidirectional=True``, a
     ``stack`` of those (``dropout=module.dropout``) for ``num_layers > 1``;
     params are ``jax.Array`` pytrees as ``cell.init`` would return

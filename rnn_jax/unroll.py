@@ -27,8 +27,6 @@ from rnn_jax.layer import Layer, RunOptions, check_layer
 
 __all__ = ["rnn"]
 
-_UNSET = object()
-
 
 def _leaves_by_path(tree) -> dict:
   return {jax.tree_util.keystr(path): leaf
@@ -72,7 +70,7 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
         options: RunOptions | None = None, reverse: bool | None = None, time_major: bool = False,
         unroll: int | None = None, dropout_rng: jax.Array | None = None,
         hoist: bool | None = None, vjp: str | None = None, kernel: str | None = None,
-        backward: Any = _UNSET):
+        backward: str | None = None):
   """Runs a layer (a cell, a linear recurrence, a ``stack``, ``bidirectional`` or ``remat``)
   over a sequence.
 
@@ -124,7 +122,7 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
     backward: the old name of ``vjp``; deprecated.
 
   Returns:
-    ``(outputs, final_carry)``: outputs ``[..., T, O]`` (``[T, ..., O]`` if
+    ``(outputs, final_carry)``; outputs ``[..., T, O]`` (``[T, ..., O]`` if
     ``time_major``), float32 for float32 parameters; the final carry is the
     carry after each sequence's last valid step.
 
@@ -135,12 +133,12 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
       an unknown ``vjp`` or ``kernel``, or ``kernel="onednn"`` where oneDNN
       cannot run a cell (the message says why).
   """
-  if backward is not _UNSET:
+  if backward is not None:
     warnings.warn("rnn(backward=...) is deprecated; use vjp=... (backward is also the name "
                   "of a bidirectional layer's second half)", DeprecationWarning, stacklevel=2)
-    if vjp is not None and backward is not None and vjp != backward:
+    if vjp is not None and vjp != backward:
       raise ValueError(f"rnn: backward={backward!r} and vjp={vjp!r} disagree; pass only vjp")
-    vjp = vjp if backward is None else backward
+    vjp = backward
   check_layer("layer (the first argument)", layer)
   options = RunOptions.of(options, reverse=reverse, unroll=unroll, vjp=vjp, hoist=hoist,
                           kernel=kernel)

@@ -69,6 +69,23 @@ def test_core_runs_with_only_jax_and_numpy():
   assert "core ok" in result.stdout
 
 
+def test_distribution_name_is_ours(pyproject):
+  """``rnn_jax`` / ``rnn-jax`` on PyPI is an unrelated project (0.0.1, 0.0.2): the distribution
+  is ``rnnjax-toolkit`` (free on PyPI when chosen), the import name stays ``rnn_jax``."""
+  name = pyproject["project"]["name"]
+  assert name == "rnnjax-toolkit"
+  packages = setuptools.find_namespace_packages(
+      where=str(ROOT), include=pyproject["tool"]["setuptools"]["packages"]["find"]["include"])
+  assert "rnn_jax" in packages
+
+
+def test_docs_extra_formats_signatures(pyproject):
+  """mkdocstrings needs Black or Ruff to break API signatures over lines; without either it
+  renders each on one line, cut off at the page's right edge."""
+  docs = {_requirement_name(r) for r in pyproject["project"]["optional-dependencies"]["docs"]}
+  assert docs & {"ruff", "black"}, docs
+
+
 def test_wheel_holds_only_rnn_jax(pyproject):
   include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
   assert include == ["rnn_jax", "rnn_jax.*"]

@@ -1,6 +1,6 @@
 """The training toolkit: a generic training loop, and the tasks built on it (MNIST, char LM).
 
-Needs the ``train`` extra (``pip install 'rnn_jax[train]'``: optax,
+Needs the ``train`` extra (``pip install -e '.[train]'`` in the checkout: optax,
 orbax-checkpoint, absl-py, matplotlib); the core library does not import it.
 
 One module per idea:

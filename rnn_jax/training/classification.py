@@ -355,6 +355,7 @@ def evaluate(eval_step, params, inputs: np.ndarray, labels: np.ndarray,
       over the whole (global) batch.
 
   Returns:
+    The metrics,
     ``{"loss": mean loss, "accuracy": correct / N, "correct": int, "count": N}``.
   """
   count = len(labels)

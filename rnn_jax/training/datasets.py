@@ -31,7 +31,7 @@ that holds all four:
 7. a download of the four original ``.gz`` files by tensorflow-datasets'
    download manager, from the URLs and with the SHA-256 checksums it
    registers for the dataset, copied into place 3. Tried only when
-   ``tensorflow-datasets`` is installed (``pip install 'rnn_jax[data]'``) and
+   ``tensorflow-datasets`` is installed (``pip install -e '.[data]'``) and
    the download host answers a 2-second connection attempt. (Preparing a TFDS
    copy with ``tfds.data_source(..., download=True)`` would need TensorFlow:
    tensorflow-datasets 4.9.10 reads the MNIST files with ``tf.io.gfile`` and

@@ -85,7 +85,7 @@ def make_data_mesh(num_devices: int = 0) -> Mesh:
       local devices. 0: every device of every process.
 
   Returns:
-    A ``jax.sharding.Mesh`` of shape ``(num_devices,)`` with an ``Auto`` axis:
+    A ``jax.sharding.Mesh`` of shape ``(num_devices,)`` with an ``Auto`` axis;
     jitted code keeps XLA's sharding propagation, so the model code needs no
     sharding annotations.
 
@@ -150,7 +150,7 @@ def process_rows(mesh: Mesh, global_batch_size: int) -> np.ndarray:
     global_batch_size: ``B``, a multiple of ``mesh.size``.
 
   Returns:
-    Read-only int64 ``[B * local devices / mesh.size]``, increasing: positions
+    Read-only int64 ``[B * local devices / mesh.size]``, the increasing positions
     in the global batch, in the order ``jax.make_array_from_process_local_data``
     expects this process's rows. All of ``range(B)`` for a single process.
   """

@@ -221,6 +221,7 @@ def evaluate(model: CharLM, params, ids: np.ndarray, num_streams: int = 32,
       device), each process loading only its own streams.
 
   Returns:
+    The metrics,
     ``{"loss": nats/char, "bpc": bits/char, "count": N - 1}``.
   """
   inputs, targets, mask = evaluation_streams(np.asarray(ids), num_streams, window)

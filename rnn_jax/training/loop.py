@@ -130,7 +130,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     ema_decay: decay of the parameter average ``ema_params`` (0: no average).
 
   Returns:
-    ``train_step(state, batch) -> (state, {"loss", **metrics})``: one
+    ``train_step(state, batch) -> (state, {"loss", **metrics})``, one
     optimizer update on ``batch``. ``state`` is donated: do not use the
     argument after the call.
   """
