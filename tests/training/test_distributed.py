@@ -131,6 +131,8 @@ def test_one_device_mesh_and_batches():
     (lambda d: d.make_data_mesh(8), "num_devices=8: this run has 1 devices"),
     (lambda d: d.initialize(None, 2, 0), "num_processes=2: needs a coordinator_address"),
     (lambda d: d.initialize("127.0.0.1:1", 2, 2), r"process_id=2: must be in 0\.\.1"),
+    (lambda d: d.initialize("127.0.0.1:1", 2, 0, heartbeat_timeout_seconds=0),
+     "heartbeat_timeout_seconds=0: must be >= 1"),
 ])
 def test_argument_errors_name_the_numbers(call, message):
   from rnn_jax.training import distributed  # pylint: disable=import-outside-toplevel
