@@ -11,7 +11,9 @@ same way through these:
 * a run's directory has one writer: :func:`open_run` refuses a second run on a
   directory another process is writing (:mod:`rnn_jax.training.workdir_lock`);
 * :func:`with_exit_codes` maps failures to one line on stderr and an exit
-  status: data errors and a non-finite loss 1, SIGINT/SIGTERM ``128 + signum``.
+  status: data errors and a non-finite loss 1, SIGINT/SIGTERM ``128 + signum``,
+  and in a run of several processes a JAX runtime error (another process died)
+  1 at once (:func:`stop_lost_run`).
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ def parse_flags(argv):
 
 def with_exit_codes(main: Callable[[list], None]) -> Callable[[list], None]:
   """``main`` with every failure as one line on stderr and its exit status (see the module doc)."""
+  import jax  # pylint: disable=import-outside-toplevel
   from rnn_jax.training import loop  # pylint: disable=import-outside-toplevel
 
   def main_with_exit_codes(argv):
@@ -123,8 +126,30 @@ def with_exit_codes(main: Callable[[list], None]) -> Callable[[list], None]:
       print("interrupted: SIGINT received outside the training loop; the checkpoints already "
             "saved are kept; rerun the same command to resume", file=sys.stderr)
       sys.exit(128 + signal.SIGINT)
+    except jax.errors.JaxRuntimeError as error:
+      if jax.process_count() == 1:
+        raise
+      stop_lost_run(error)
 
   return main_with_exit_codes
+
+
+def stop_lost_run(error: Exception) -> None:
+  """Ends a process of a multi-process run after a runtime error: one line, exit status 1, now.
+
+  When another process dies, the survivors' next collective fails with a
+  ``JaxRuntimeError`` (gloo's "Connection reset by peer" on CPU). Exiting
+  normally would then wait in JAX's shutdown barrier for the dead process until
+  the heartbeat timeout and abort with a C++ stack trace; ``os._exit`` skips it.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  print(f"stopped: process {jax.process_index()} of {jax.process_count()}: {first_line}; if "
+        "another process of the run died, rerun the same command on every host: it resumes "
+        "from the newest complete checkpoint", file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)  # pylint: disable=protected-access
 
 
 def data_mesh(options, batch_size: int):
