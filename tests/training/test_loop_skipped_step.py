@@ -1,4 +1,4 @@
-"""A skipped (non-finite) step of rnn_jax.training.loop.make_train_step leaves the whole state as it was.
+"""A skipped (non-finite) step of loop.make_train_step leaves the whole train state as it was.
 
 The task is a linear regression trained with Adam whose ``aux`` changes at
 every step (a step counter and a running mean of the predictions), so a step

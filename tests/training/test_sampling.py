@@ -29,7 +29,7 @@ def frequencies(logits, temperature, top_k=0, top_p=1.0, seed=0):
 
 
 def reference_distribution(logits, temperature, top_k=0, top_p=1.0):
-  """float64 NumPy: softmax(logits / T), kept to the top ``k``, then to the nucleus, renormalised."""
+  """float64 NumPy: softmax(logits / T), kept to the top ``k``, then the nucleus, renormalised."""
   scaled = np.asarray(logits, np.float64) / temperature
   order = np.argsort(-scaled, kind="stable")
   if top_k > 0:
