@@ -25,7 +25,7 @@ import json
 import os
 import signal
 import sys
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, NoReturn
 
 from rnn_jax.training.idx import DataError
 
@@ -134,7 +134,7 @@ def with_exit_codes(main: Callable[[list], None]) -> Callable[[list], None]:
   return main_with_exit_codes
 
 
-def stop_lost_run(error: Exception) -> None:
+def stop_lost_run(error: Exception) -> NoReturn:
   """Ends a process of a multi-process run after a runtime error: one line, exit status 1, now.
 
   When another process dies, the survivors' next collective fails with a
