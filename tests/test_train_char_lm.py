@@ -49,7 +49,7 @@ def test_run_writes_everything_and_reports_json_figures(trained):
   vocabulary = text.Vocabulary.load(os.path.join(workdir, "vocabulary.json"))
   assert summary["val_loss"] < np.log(vocabulary.size) - 0.25  # Below uniform.
   assert summary["chars_per_second"] > 0 and summary["val_chars"] > 100
-  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "curves.png",
+  assert sorted(os.listdir(workdir)) == [".lock", "checkpoints", "config.json", "curves.png",
                                          "metrics.jsonl", "sample.txt", "vocabulary.json"]
   progress = [line for line in lines if line.startswith("step 8/16")]
   assert progress and " bits/char " in progress[0] and " chars/s  ETA " in progress[0]

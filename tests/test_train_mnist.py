@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -152,15 +153,19 @@ def test_run_checkpointed_on_four_devices_resumes_on_two(run_on_four_devices, tm
   assert resumed["test_loss"] == pytest.approx(four["test_loss"], rel=1e-5)
 
 
-@pytest.mark.slow
-def test_two_processes_of_two_devices_match_one_process_of_four(run_on_four_devices, tmp_path):
-  args, _, four = run_on_four_devices
+def _start_two_processes(*args):
+  """The script as processes 0 and 1 of a run on a free local port, 2 forced devices each."""
   with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
-  processes = [_script(*args, f"--workdir={tmp_path}", f"--coordinator_address=127.0.0.1:{port}",
-                       "--num_processes=2", f"--process_id={index}", devices=2, popen=True)
-               for index in range(2)]
+  return [_script(*args, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                  f"--process_id={index}", devices=2, popen=True) for index in range(2)]
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_match_one_process_of_four(run_on_four_devices, tmp_path):
+  args, _, four = run_on_four_devices
+  processes = _start_two_processes(*args, f"--workdir={tmp_path}")
   outputs = [process.communicate(timeout=180) for process in processes]
   for process, (_, stderr) in zip(processes, outputs):
     assert process.returncode == 0, stderr[-3000:]
@@ -177,6 +182,37 @@ def test_two_processes_of_two_devices_match_one_process_of_four(run_on_four_devi
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in records if r["kind"] == "train"] == [4, 8, 12]  # Written once.
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "4", "8"]
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_other_in_one_line_and_a_rerun_resumes(run_on_four_devices,
+                                                                          tmp_path):
+  """kill -9 of process 1: process 0 ends at once, one line, status 1; rerunning both resumes
+  and ends as the uninterrupted run does."""
+  args, _, four = run_on_four_devices
+  processes = _start_two_processes(*args, f"--workdir={tmp_path}")
+  for line in processes[0].stdout:
+    if line.startswith("step 8/12"):
+      break
+  processes[1].kill()
+  killed = time.monotonic()
+  processes[1].communicate(timeout=60)
+  _, stderr = processes[0].communicate(timeout=180)
+  assert processes[0].returncode == 1, stderr[-3000:]
+  assert time.monotonic() - killed < 30  # Not the coordination service's heartbeat timeout.
+  assert "Traceback" not in stderr and "Fatal Python error" not in stderr, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]  # After gloo's and the coordination service's logs.
+  assert last.startswith("stopped: process 0 of 2: ") and last.endswith(
+      "rerun the same command on every host: it resumes from the newest complete checkpoint")
+
+  processes = _start_two_processes(*args, f"--workdir={tmp_path}")
+  outputs = [process.communicate(timeout=180) for process in processes]
+  for process, (_, stderr) in zip(processes, outputs):
+    assert process.returncode == 0, stderr[-3000:]
+  summary = json.loads(outputs[0][0].strip().splitlines()[-1])
+  assert summary["resumed_from"] in (4, 8) and summary["steps"] == 12
+  assert summary["test_accuracy"] == four["test_accuracy"]
+  assert summary["test_loss"] == pytest.approx(four["test_loss"], rel=1e-5)
 
 
 def test_missing_matplotlib_is_refused_before_any_work(tmp_path):

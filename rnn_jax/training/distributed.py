@@ -45,20 +45,26 @@ DATA_AXIS = "data"
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int = 1,
-               process_id: int = 0) -> None:
+               process_id: int = 0,
+               heartbeat_timeout_seconds: int | None = None) -> None:
   """Joins a run of ``num_processes`` processes (``jax.distributed.initialize``); no-op for one.
 
   Call it before anything else uses JAX. Every process passes the same
   ``coordinator_address`` (``host:port`` of process 0, which serves it) and
   ``num_processes``, and its own ``process_id``. On CPU the cross-process
-  collectives are gloo's.
+  collectives are gloo's. ``heartbeat_timeout_seconds``: JAX's coordination
+  service declares a process that has sent no heartbeat for that long dead and
+  stops the others (``None``: JAX's default, 100 s in jax 0.10; the many-devices
+  guide shows what the stop looks like).
 
   Raises:
     ValueError: ``"<argument>=<value>: why"``: a missing address, a process id
-      out of range.
+      out of range, a heartbeat timeout under 1 second.
   """
   if num_processes < 1:
     raise ValueError(f"num_processes={num_processes}: must be >= 1")
+  if heartbeat_timeout_seconds is not None and heartbeat_timeout_seconds < 1:
+    raise ValueError(f"heartbeat_timeout_seconds={heartbeat_timeout_seconds}: must be >= 1")
   if num_processes == 1:
     return
   if not coordinator_address:
@@ -67,8 +73,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int = 1,
   if not 0 <= process_id < num_processes:
     raise ValueError(f"process_id={process_id}: must be in 0..{num_processes - 1}")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  timeouts = ({} if heartbeat_timeout_seconds is None
+              else {"heartbeat_timeout_seconds": heartbeat_timeout_seconds})
   jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+                             num_processes=num_processes, process_id=process_id, **timeouts)
 
 
 def is_primary() -> bool:

@@ -8,8 +8,12 @@ same way through these:
   line on stderr and exit status 2, before any work;
 * a run's directory remembers its config (``config.json``) and a rerun with
   another one is refused instead of silently resuming;
+* a run's directory has one writer: :func:`open_run` refuses a second run on a
+  directory another process is writing (:mod:`rnn_jax.training.workdir_lock`);
 * :func:`with_exit_codes` maps failures to one line on stderr and an exit
-  status: data errors and a non-finite loss 1, SIGINT/SIGTERM ``128 + signum``.
+  status: data errors and a non-finite loss 1, SIGINT/SIGTERM ``128 + signum``,
+  and in a run of several processes a JAX runtime error (another process died)
+  1 at once (:func:`stop_lost_run`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import json
 import os
 import signal
 import sys
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, NoReturn
 
 from rnn_jax.training.idx import DataError
 
@@ -100,6 +104,7 @@ def parse_flags(argv):
 
 def with_exit_codes(main: Callable[[list], None]) -> Callable[[list], None]:
   """``main`` with every failure as one line on stderr and its exit status (see the module doc)."""
+  import jax  # pylint: disable=import-outside-toplevel
   from rnn_jax.training import loop  # pylint: disable=import-outside-toplevel
 
   def main_with_exit_codes(argv):
@@ -121,8 +126,30 @@ def with_exit_codes(main: Callable[[list], None]) -> Callable[[list], None]:
       print("interrupted: SIGINT received outside the training loop; the checkpoints already "
             "saved are kept; rerun the same command to resume", file=sys.stderr)
       sys.exit(128 + signal.SIGINT)
+    except jax.errors.JaxRuntimeError as error:
+      if jax.process_count() == 1:
+        raise
+      stop_lost_run(error)
 
   return main_with_exit_codes
+
+
+def stop_lost_run(error: Exception) -> NoReturn:
+  """Ends a process of a multi-process run after a runtime error: one line, exit status 1, now.
+
+  When another process dies, the survivors' next collective fails with a
+  ``JaxRuntimeError`` (gloo's "Connection reset by peer" on CPU). Exiting
+  normally would then wait in JAX's shutdown barrier for the dead process until
+  the heartbeat timeout and abort with a C++ stack trace; ``os._exit`` skips it.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  print(f"stopped: process {jax.process_index()} of {jax.process_count()}: {first_line}; if "
+        "another process of the run died, rerun the same command on every host: it resumes "
+        "from the newest complete checkpoint", file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)  # pylint: disable=protected-access
 
 
 def data_mesh(options, batch_size: int):
@@ -146,7 +173,7 @@ def data_mesh(options, batch_size: int):
   from rnn_jax.training import distributed  # pylint: disable=import-outside-toplevel
   try:
     distributed.initialize(options.coordinator_address, options.num_processes,
-                           options.process_id)
+                           options.process_id, options.heartbeat_timeout_seconds)
   except ValueError as error:
     raise UsageError(f"flag --{error}") from error
   if options.platform:
@@ -211,12 +238,24 @@ def open_run(workdir: str, state, *, keep_checkpoints: int, primary: bool,
              say: Callable[[str], None]) -> RunFiles:
   """Opens a run's checkpoints and metrics, and resumes from the newest readable checkpoint.
 
-  Also says, on the CPU, when tcmalloc is not preloaded. ``state`` is the fresh state (its
-  shardings are the restore's target); non-primary processes get no metrics log and a
-  ``write_metrics`` that does nothing.
+  The primary process first becomes the run directory's one writer
+  (:func:`rnn_jax.training.workdir_lock.hold`, kept until the process ends). Also says, on
+  the CPU, when tcmalloc is not preloaded. ``state`` is the fresh state (its shardings are
+  the restore's target); non-primary processes get no metrics log and a ``write_metrics``
+  that does nothing.
+
+  Raises:
+    UsageError: another process is writing ``workdir``; the line names it.
   """
   import jax  # pylint: disable=import-outside-toplevel
-  from rnn_jax.training import checkpoint, metrics, runtime  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from rnn_jax.training import checkpoint, metrics, runtime, workdir_lock
+  if primary:
+    try:
+      workdir_lock.hold(workdir)
+    except workdir_lock.WorkdirLocked as error:
+      raise UsageError(f"flag --workdir={workdir}: another run is writing it ({error.holder}); "
+                       "wait for it to end, or stop it, or use another --workdir") from error
   if jax.devices()[0].platform == "cpu" and not runtime.fast_allocator_active():
     say("note: running with glibc malloc; installing tcmalloc (Debian: apt-get install "
         "libtcmalloc-minimal4) speeds up CPU training steps up to ~1.4x, picked up automatically")
@@ -247,6 +286,9 @@ class DeviceOptions:
     coordinator_address: ``host:port`` of process 0, for several processes.
     num_processes: the processes of the run (1: this one alone).
     process_id: this process's index, ``0..num_processes - 1``.
+    heartbeat_timeout_seconds: with several processes, how long a process may
+      send no heartbeat before JAX's coordination service declares it dead and
+      stops the run's other processes (``None``: JAX's default, 100 s in jax 0.10).
   """
 
   platform: str | None = None
@@ -254,6 +296,7 @@ class DeviceOptions:
   coordinator_address: str | None = None
   num_processes: int = 1
   process_id: int = 0
+  heartbeat_timeout_seconds: int | None = None
 
 
 def define_device_flags() -> None:
@@ -270,3 +313,7 @@ def define_device_flags() -> None:
                        lower_bound=1)
   flags.DEFINE_integer("process_id", defaults.process_id, "This process's index in the run.",
                        lower_bound=0)
+  flags.DEFINE_integer("heartbeat_timeout_seconds", defaults.heartbeat_timeout_seconds,
+                       "Several processes: seconds without a heartbeat after which a process "
+                       "counts as dead and the others stop (default: JAX's, 100).",
+                       lower_bound=1)

@@ -9,27 +9,19 @@ The checks of argument errors run in-process, on this process's one device.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+import forced_devices
+
 COLLECTIVE = re.compile(r"\b(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute|"
                         r"collective-broadcast)(?:-start)?\(")
 
 
 def _run_scenario(name: str, *args: str, devices: int = 4) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  result = subprocess.run([sys.executable, os.path.abspath(__file__), name, *args], cwd=HERE,
-                          env=env, text=True, capture_output=True, timeout=120)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return json.loads(result.stdout.strip().splitlines()[-1])
+  return forced_devices.run_scenario(__file__, name, *args, devices=devices)
 
 
 # --- Scenarios, run in a subprocess with forced devices. --------------------------------------
@@ -139,6 +131,8 @@ def test_one_device_mesh_and_batches():
     (lambda d: d.make_data_mesh(8), "num_devices=8: this run has 1 devices"),
     (lambda d: d.initialize(None, 2, 0), "num_processes=2: needs a coordinator_address"),
     (lambda d: d.initialize("127.0.0.1:1", 2, 2), r"process_id=2: must be in 0\.\.1"),
+    (lambda d: d.initialize("127.0.0.1:1", 2, 0, heartbeat_timeout_seconds=0),
+     "heartbeat_timeout_seconds=0: must be >= 1"),
 ])
 def test_argument_errors_name_the_numbers(call, message):
   from rnn_jax.training import distributed  # pylint: disable=import-outside-toplevel
@@ -149,4 +143,4 @@ def test_argument_errors_name_the_numbers(call, message):
 if __name__ == "__main__":
   _SCENARIOS = {"four_devices": _scenario_four_devices,
                 "collectives_of_sharded_gradients": _scenario_collectives_of_sharded_gradients}
-  print(json.dumps(_SCENARIOS[sys.argv[1]](*sys.argv[2:])))
+  forced_devices.main(_SCENARIOS)
