@@ -127,8 +127,9 @@ def check_exportable(layer: Layer) -> None:
   check_layer("layer", layer)
   kind = type(layer)
   if kind not in KNOWN_FIELDS:
-    raise ValueError(f"to_onnx: cannot export {layer!r}: {kind.__name__} has no ONNX mapping "
-                     f"(exportable: {', '.join(sorted(k.__name__ for k in KNOWN_FIELDS))})")
+    raise ValueError(f"to_onnx: cannot export {kind.__name__} {layer!r}: no ONNX mapping for "
+                     f"this kind of layer (exportable: "
+                     f"{', '.join(sorted(k.__name__ for k in KNOWN_FIELDS))})")
   for field in dataclasses.fields(layer):
     if field.name in KNOWN_FIELDS[kind]:
       continue
@@ -136,7 +137,7 @@ def check_exportable(layer: Layer) -> None:
                else field.default_factory() if field.default_factory is not dataclasses.MISSING
                else dataclasses.MISSING)
     if getattr(layer, field.name) != default:
-      raise ValueError(f"to_onnx: cannot export {layer!r}: its {field.name}="
+      raise ValueError(f"to_onnx: cannot export {kind.__name__} {layer!r}: its {field.name}="
                        f"{getattr(layer, field.name)!r} has no ONNX mapping yet")
   for sub in getattr(layer, "sublayers", ()):
     check_exportable(sub)
@@ -287,7 +288,7 @@ class _Graph:
     return self.unsqueeze(positive, 1)
 
   def reverse_valid(self, sequence: str) -> str:
-    """``sequence [time, batch, F]`` with each valid prefix (the whole, without lengths) reversed."""
+    """``sequence [time, batch, F]``, each valid prefix (without lengths, the whole) reversed."""
     if self._sequence_lens is None:
       if self.lengths is None:
         self._sequence_lens = self.op("Expand", [self.time, self.batch], "sequence_lens")
