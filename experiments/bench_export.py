@@ -3,6 +3,7 @@
     python -m experiments.bench_export                    # the three benchmark shapes, LSTM and GRU
     python -m experiments.bench_export --quick            # tiny, a smoke run
     python -m experiments.bench_export --cells lstm --rounds 10
+    python -m experiments.bench_export --threads 1        # onnxruntime and torch on one thread
 
 For each cell (``lstm``: ``rnn_jax.lstm(H, forget_bias=0.0)``, ``gru``: ``rnn_jax.gru(H)``,
 PyTorch's equations) and shape (B, T, I, H) it times, side by side in one process and
@@ -13,8 +14,14 @@ pass over a whole float32 batch from a zero carry of:
   time-major inputs, the default options);
 * ``onnxruntime``: the same cell and parameters written by :func:`rnn_jax.export.to_onnx`
   (batch-major inputs, the model transposes them), in an ``onnxruntime.InferenceSession`` on the
-  CPU execution provider with its default threads, fetching ``outputs`` only;
+  CPU execution provider, fetching ``outputs`` only;
 * ``torch``: ``torch.nn.LSTM`` / ``GRU`` under ``no_grad`` (when torch is installed).
+
+``--threads N`` sets onnxruntime's ``intra_op_num_threads`` and ``torch.set_num_threads`` (0,
+the default: each library's own default, one thread per core); JAX keeps its own thread pool.
+On a machine shared with other work, torch's OpenMP threads at its default wait on each other
+(on the project's loaded 2-core VM, an LSTM forward took 3 to 10 times longer with 2 threads
+than with 1), so compare at ``--threads 1`` there.
 
 It checks once that onnxruntime's outputs equal rnn_jax's (to 1e-4), then prints the median ms
 of each and its ratio to rnn_jax's as a Markdown table, and writes ``bench_export.json`` to
@@ -43,7 +50,7 @@ CELLS = ("lstm", "gru")
 QUICK_SHAPE = (4, 6, 3, 8)
 
 
-def build_onnxruntime(cell_name: str, shape, directory: str):
+def build_onnxruntime(cell_name: str, shape, directory: str, threads: int = 0):
   """``(forward, args, check)``: the rnn_jax cell of ``build_rnn_jax`` (same parameters)
   exported and served by onnxruntime; ``check()`` asserts it equals rnn_jax's forward."""
   import onnxruntime  # pylint: disable=import-outside-toplevel
@@ -53,6 +60,7 @@ def build_onnxruntime(cell_name: str, shape, directory: str):
   export.to_onnx(cell, params, path)
   options = onnxruntime.SessionOptions()
   options.log_severity_level = 3  # Not the note on the overridable initial-carry inputs.
+  options.intra_op_num_threads = threads
   session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
   batch_major = np.ascontiguousarray(np.swapaxes(np.asarray(xs), 0, 1))
 
@@ -66,10 +74,10 @@ def build_onnxruntime(cell_name: str, shape, directory: str):
   return forward, (batch_major,), check
 
 
-def time_shape(cell_name: str, shape, rounds: int, directory: str) -> list:
+def time_shape(cell_name: str, shape, rounds: int, directory: str, threads: int = 0) -> list:
   """One row per runtime: median and min ms, compile (first call) s, ratio to rnn_jax's median."""
   forward, _, args = benchmarking.build_rnn_jax(cell_name, shape)
-  ort_forward, ort_args, check = build_onnxruntime(cell_name, shape, directory)
+  ort_forward, ort_args, check = build_onnxruntime(cell_name, shape, directory, threads)
   check()
   cases = {"rnn_jax": (forward, args), "onnxruntime": (ort_forward, ort_args)}
   if benchmarking.torch_available():
@@ -83,7 +91,7 @@ def time_shape(cell_name: str, shape, rounds: int, directory: str) -> list:
     rows.append({"cell": cell_name, "shape": list(shape), "runtime": name, "median_ms": ms,
                  "min_ms": result["min_s"] * 1e3, "first_call_s": result["warmup_s"],
                  "repeats": result["repeats"], "vs_rnn_jax": ms / reference_ms})
-    print(f"  {cell_name:4s} {str(shape):20s} {name:12s} {ms:9.2f} ms  x{ms / reference_ms:5.2f}"
+    print(f"  {cell_name:4s} {shape!s:20} {name:12s} {ms:9.2f} ms  x{ms / reference_ms:5.2f}"
           f" of rnn_jax", flush=True)
   return rows
 
@@ -111,6 +119,8 @@ def main(argv=None) -> None:
   parser.add_argument("--quick", action="store_true",
                       help=f"one tiny shape {QUICK_SHAPE}, 2 rounds; writes bench_export_quick.json")
   parser.add_argument("--out", default="experiments/results")
+  parser.add_argument("--threads", type=int, default=0,
+                      help="onnxruntime's and torch's threads (0: their defaults)")
   parser.add_argument("--label", default="", help="a name for the machine, printed and saved")
   args = parser.parse_args(argv)
   cells = args.cells.split(",")
@@ -119,20 +129,27 @@ def main(argv=None) -> None:
   shapes = [QUICK_SHAPE] if args.quick else list(benchmarking.DEFAULT_SHAPES)
   rounds = 2 if args.quick else args.rounds
 
+  if args.threads and benchmarking.torch_available():
+    import torch  # pylint: disable=import-outside-toplevel
+    torch.set_num_threads(args.threads)
   machine = describe_machine(args.label)
+  machine["threads"] = args.threads
   print(f"machine: {machine['device']} ({machine['backend']}, {machine['cpu_count']} cores, "
         f"{machine.get('cpu_model', '')}), allocator {machine['allocator']}, load average "
-        f"{machine['load_average_start'][0]:.1f}", flush=True)
+        f"{machine['load_average_start'][0]:.1f}, onnxruntime/torch threads "
+        f"{args.threads or 'default'}", flush=True)
   rows = []
   with tempfile.TemporaryDirectory() as directory:
     for cell_name in cells:
       for shape in shapes:
-        rows += time_shape(cell_name, shape, rounds, directory)
+        rows += time_shape(cell_name, shape, rounds, directory, args.threads)
   table = format_table(rows)
   print(table)
   machine["load_average_end"] = os.getloadavg()
   os.makedirs(args.out, exist_ok=True)
-  path = os.path.join(args.out, "bench_export_quick.json" if args.quick else "bench_export.json")
+  name = "bench_export_quick" if args.quick else "bench_export"
+  path = os.path.join(args.out, f"{name}_threads{args.threads}.json" if args.threads
+                      else f"{name}.json")
   with open(path, "w") as f:
     json.dump({"machine": machine, "rows": rows, "table": table}, f, indent=1)
   print(f"wrote {path}")

@@ -57,12 +57,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 
-from rnn_jax import cells, compose, linear_rnn
+import rnn_jax.cells as cells
+import rnn_jax.compose as compose
+import rnn_jax.linear_rnn as linear_rnn
 from rnn_jax.layer import Layer, check_layer
 from rnn_jax.unroll import rnn
 

@@ -4,12 +4,15 @@ One file per layer kind and lengths setting serves every batch size and length (
 the initial carry is fed (random, complex for the LRU) or left at its zero default.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import rnn_jax
+from experiments import bench_export
 from rnn_jax import export
 
 onnx = pytest.importorskip("onnx")
@@ -209,3 +212,12 @@ def test_refuses_params_of_another_layer(tmp_path):
   with pytest.raises(ValueError, match="params"):
     export.to_onnx(rnn_jax.lstm(HIDDEN), rnn_jax.gru(HIDDEN).init(jax.random.key(0), INPUT),
                    tmp_path / "m.onnx")
+
+
+def test_bench_export_quick(tmp_path, capsys):
+  """The benchmark script's smoke run: it checks onnxruntime against rnn_jax, then tabulates."""
+  bench_export.main(["--quick", "--cells", "lstm", "--threads", "1", "--out", str(tmp_path)])
+  rows = json.loads((tmp_path / "bench_export_quick_threads1.json").read_text())["rows"]
+  assert {row["runtime"] for row in rows} >= {"rnn_jax", "onnxruntime"}
+  assert all(row["median_ms"] > 0 for row in rows)
+  assert "| lstm | (4, 6, 3, 8) |" in capsys.readouterr().out
