@@ -117,7 +117,7 @@ def main(argv=None) -> None:
   parser.add_argument("--cells", default=",".join(CELLS), help="lstm and/or gru, comma-separated")
   parser.add_argument("--rounds", type=int, default=10, help="timed calls per runtime")
   parser.add_argument("--quick", action="store_true",
-                      help=f"one tiny shape {QUICK_SHAPE}, 2 rounds; writes bench_export_quick.json")
+                      help=f"one tiny shape {QUICK_SHAPE}, 2 rounds (bench_export_quick*.json)")
   parser.add_argument("--out", default="experiments/results")
   parser.add_argument("--threads", type=int, default=0,
                       help="onnxruntime's and torch's threads (0: their defaults)")

@@ -2,10 +2,11 @@
 
 ``to_onnx(layer, params, path)`` writes the layer's forward pass, with its parameters baked in as
 initializers, straight into ONNX operators (built with ``onnx.helper``; no tracing, no
-TensorFlow). It needs the ``export`` extra (``pip install 'rnn_jax[export]'``: ``onnx``, and
-``onnxruntime`` to run the result); ``onnx`` is imported only inside the functions here.
+TensorFlow). It needs the ``export`` extra (``pip install -e '.[export]'`` in the checkout):
+``onnx``, and ``onnxruntime`` to run the result; ``onnx`` is imported only inside the functions
+here.
 
-The model's interface::
+The model's interface:
 
     inputs   xs             [batch, time, I]  float32, batch and time dynamic
              lengths        [batch]           int32, only with lengths=True (clipped to [0, time])
@@ -14,14 +15,14 @@ The model's interface::
              <leaf>         [batch, H]        the final carry, after each sequence's last valid step
 
 Carry leaves are named after the carry's fields, joined by ``.`` with the position of the layer
-that holds them (:func:`carry_names`): ``h`` for a simple RNN, GRU, minGRU or minLSTM; ``h``
+that holds them (``carry_names``): ``h`` for a simple RNN, GRU, minGRU or minLSTM; ``h``
 and ``c`` for an LSTM; ``h_re`` and ``h_im`` (the real and imaginary parts) for the LRU's complex
 state; a stack prefixes its layer's index (``0.h``, ``1.h``, ``1.c``) and a bidirectional layer
 the half's name (``forward.h``, ``backward.h``), at any depth (``0.backward.c``). The initial
 carry inputs are these names prefixed with ``initial_`` (``initial_h``, ``initial_0.forward.c``).
 They are graph inputs that are also initializers holding zeros ``[1, H]`` (ONNX's overridable
 initializers, IR version 4 and later), broadcast to the batch: leave them out and the carry
-starts at zeros, as in :func:`rnn_jax.rnn`; feed them (``[batch, H]``) to continue from a given
+starts at zeros, as in ``rnn_jax.rnn``; feed them (``[batch, H]``) to continue from a given
 carry, as when streaming a sequence chunk by chunk. onnxruntime lists them under
 ``session.get_overridable_initializers()`` rather than ``get_inputs()``, and warns once per
 session that an initializer is also an input (this is that choice, not a problem).
@@ -35,7 +36,7 @@ What maps to which operator (each time-major inside the graph, ``xs`` transposed
   ``Wb``, ``Rb``) and ``0`` for ``reset_after=False``. ONNX's GRU keeps the old state where
   ``z`` is near 1, as rnn_jax's does. ``lengths`` is the operators' ``sequence_lens``: their
   outputs past a length are zero and ``Y_h`` is the state after the last valid step, and the
-  reverse direction reads each valid prefix backwards, as in :func:`rnn_jax.rnn`.
+  reverse direction reads each valid prefix backwards, as in ``rnn_jax.rnn``.
 * ``mingru``, ``minlstm``, ``lru`` -> their input projections as ``MatMul`` over the whole
   sequence, then one ``Scan`` of ``h = a * h + b`` (a complex product on two real tensors for
   the LRU), then the readout; with lengths, ``a = 1`` and ``b = 0`` past a length (the carry is
@@ -105,8 +106,8 @@ def _import_onnx():
   try:
     import onnx  # pylint: disable=g-import-not-at-top
   except ImportError as error:
-    raise ImportError("rnn_jax.export needs the onnx package: pip install 'rnn_jax[export]'"
-                      ) from error
+    raise ImportError("rnn_jax.export needs the onnx package: install the export extra "
+                      "(pip install -e '.[export]' in the checkout)") from error
   return onnx
 
 
@@ -184,10 +185,11 @@ def carry_inputs(layer: Layer, carry: Any) -> dict[str, np.ndarray]:
   Args:
     layer: the exported layer.
     carry: a carry of ``layer`` with one batch axis (leaves ``[batch, H]``), e.g. the final
-      carry of :func:`rnn_jax.rnn` or :func:`carry_from_outputs`.
+      carry of ``rnn_jax.rnn`` or ``carry_from_outputs``.
 
   Returns:
-    ``{"initial_<name>": array [batch, H]}`` for every name of :func:`carry_names`.
+    A dict of float32 arrays ``[batch, H]``, one per name of ``carry_names`` (keys
+    ``initial_<name>``).
   """
   arrays = []
   for leaf in jax.tree.leaves(carry):
@@ -543,7 +545,7 @@ def to_onnx(layer: Layer, params: Any, path: str | os.PathLike, *, lengths: bool
 
   Raises:
     ValueError: for a layer or parameters the exporter cannot write exactly (the message
-      names the layer; see :func:`check_exportable`), or an opset out of range.
+      names the layer; see ``check_exportable``), or an opset out of range.
     ImportError: without the ``onnx`` package.
   """
   onnx = _import_onnx()
