@@ -101,10 +101,10 @@ def test_onnxruntime_matches_rnn(name, tmp_path, rnn_jit, random_params):
           np.testing.assert_allclose(got_leaf, leaf, atol=1e-5, rtol=0)
 
 
-def test_interface_names_and_dynamic_axes(tmp_path):
+def test_interface_names_and_dynamic_axes(tmp_path, random_params):
   layer = rnn_jax.stack([rnn_jax.gru(HIDDEN),
                          rnn_jax.bidirectional(rnn_jax.lstm(2), rnn_jax.lru(3, 2, skip="none"))])
-  params = layer.init(jax.random.key(0), INPUT)
+  params = random_params(layer, INPUT, seed=0)
   model = export.to_onnx(layer, params, tmp_path / "m.onnx", lengths=True)
   names = ("0.h", "1.forward.h", "1.forward.c", "1.backward.h_re", "1.backward.h_im")
   assert export.carry_names(layer) == names
@@ -133,9 +133,9 @@ def test_interface_names_and_dynamic_axes(tmp_path):
     (rnn_jax.stack([rnn_jax.lstm(HIDDEN), rnn_jax.lru(2, 2, skip="dense")]),
      {"LSTM": ["forward"], "Scan": [None]}),
 ])
-def test_operators(layer, operators, tmp_path):
+def test_operators(layer, operators, tmp_path, random_params):
   """Same-kind halves share one operator with direction="bidirectional"; the rest, their own."""
-  model = export.to_onnx(layer, layer.init(jax.random.key(0), INPUT), tmp_path / "m.onnx")
+  model = export.to_onnx(layer, random_params(layer, INPUT, seed=0), tmp_path / "m.onnx")
   found = {}
   for node in model.graph.node:
     if node.op_type in ("RNN", "LSTM", "GRU", "Scan"):
@@ -162,9 +162,9 @@ def test_chunked_streaming_equals_one_call(tmp_path, random_params):
 
 
 @pytest.mark.parametrize("opset", [export.MIN_OPSET, 21])
-def test_opsets(opset, tmp_path, rnn_jit):
+def test_opsets(opset, tmp_path, rnn_jit, random_params):
   layer = rnn_jax.stack([rnn_jax.lstm(HIDDEN), rnn_jax.minlstm(HIDDEN)])
-  params = layer.init(jax.random.key(0), INPUT)
+  params = random_params(layer, INPUT, seed=0)
   model = export.to_onnx(layer, params, tmp_path / "m.onnx", lengths=True, opset=opset)
   assert model.opset_import[0].version == opset
   xs = np.random.default_rng(4).normal(size=(3, 5, INPUT)).astype(np.float32)
@@ -175,18 +175,18 @@ def test_opsets(opset, tmp_path, rnn_jit):
 
 
 @pytest.mark.parametrize("opset", [12, 10_000, 17.0, True])
-def test_refuses_an_opset_out_of_range(opset, tmp_path):
+def test_refuses_an_opset_out_of_range(opset, tmp_path, random_params):
   layer = rnn_jax.gru(HIDDEN)
   with pytest.raises(ValueError, match=r"opset must be an int from 13"):
-    export.to_onnx(layer, layer.init(jax.random.key(0), INPUT), tmp_path / "m.onnx", opset=opset)
+    export.to_onnx(layer, random_params(layer, INPUT, seed=0), tmp_path / "m.onnx", opset=opset)
 
 
-def test_refuses_a_layer_it_cannot_write_naming_it(tmp_path):
+def test_refuses_a_layer_it_cannot_write_naming_it(tmp_path, random_params):
   class PeepholeLSTM(rnn_jax.LSTM):  # A subclass may compute anything: refused by kind.
     pass
 
   layer = rnn_jax.stack([rnn_jax.gru(HIDDEN), PeepholeLSTM(HIDDEN)])
-  params = layer.init(jax.random.key(0), INPUT)
+  params = random_params(layer, INPUT, seed=0)
   with pytest.raises(ValueError, match=r"cannot export PeepholeLSTM lstm\(4\): no ONNX mapping"):
     export.to_onnx(layer, params, tmp_path / "m.onnx")
   assert not (tmp_path / "m.onnx").exists()
@@ -194,7 +194,7 @@ def test_refuses_a_layer_it_cannot_write_naming_it(tmp_path):
     export.to_onnx("lstm", params, tmp_path / "m.onnx")
 
 
-def test_refuses_a_hyperparameter_it_does_not_know(tmp_path, monkeypatch):
+def test_refuses_a_hyperparameter_it_does_not_know(tmp_path, monkeypatch, random_params):
   """A field added to a layer after the exporter (here: forget_bias made unknown) must keep its
   default; the default itself still exports."""
   known = dict(export.KNOWN_FIELDS)
@@ -203,17 +203,18 @@ def test_refuses_a_hyperparameter_it_does_not_know(tmp_path, monkeypatch):
   layer = rnn_jax.bidirectional(rnn_jax.gru(HIDDEN), rnn_jax.lstm(HIDDEN, forget_bias=0.0))
   with pytest.raises(ValueError, match=r"cannot export LSTM lstm\(4, forget_bias=0.0\): its "
                                        r"forget_bias=0.0 has no ONNX mapping"):
-    export.to_onnx(layer, layer.init(jax.random.key(0), INPUT), tmp_path / "m.onnx")
+    export.to_onnx(layer, random_params(layer, INPUT, seed=0), tmp_path / "m.onnx")
   default = rnn_jax.lstm(HIDDEN)
-  export.to_onnx(default, default.init(jax.random.key(0), INPUT), tmp_path / "m.onnx")
+  export.to_onnx(default, random_params(default, INPUT, seed=0), tmp_path / "m.onnx")
 
 
-def test_refuses_params_of_another_layer(tmp_path):
+def test_refuses_params_of_another_layer(tmp_path, random_params):
   with pytest.raises(ValueError, match="params"):
-    export.to_onnx(rnn_jax.lstm(HIDDEN), rnn_jax.gru(HIDDEN).init(jax.random.key(0), INPUT),
+    export.to_onnx(rnn_jax.lstm(HIDDEN), random_params(rnn_jax.gru(HIDDEN), INPUT, seed=0),
                    tmp_path / "m.onnx")
 
 
+@pytest.mark.slow  # Compiles two forwards and builds torch's module: about 10 s.
 def test_bench_export_quick(tmp_path, capsys):
   """The benchmark script's smoke run: it checks onnxruntime against rnn_jax, then tabulates."""
   bench_export.main(["--quick", "--cells", "lstm", "--threads", "1", "--out", str(tmp_path)])
