@@ -94,7 +94,7 @@ KNOWN_FIELDS = {
     compose.Remat: {"layer"},
 }
 
-# ONNX operator, gate count and the permutation of our gate blocks into ONNX's order.
+# The ONNX operator of each cell, and the permutation of its gate blocks into ONNX's order.
 CELL_OPERATORS = {
     cells.SimpleRNN: ("RNN", (0,)),
     cells.LSTM: ("LSTM", (0, 3, 1, 2)),  # (i, f, g, o) -> (i, o, f, c)
@@ -227,13 +227,19 @@ def carry_from_outputs(layer: Layer, outputs: dict[str, np.ndarray]) -> Any:
 
 
 class _Graph:
-  """Nodes, initializers and unique names of the graph being built."""
+  """Nodes, initializers and unique names of the graph being built.
 
-  def __init__(self, onnx, lengths: bool):
+  Args:
+    onnx: the onnx module.
+    lengths: whether the graph has the ``lengths`` input.
+    reserved: the graph's input and output names, which no internal value may take.
+  """
+
+  def __init__(self, onnx, lengths: bool, reserved):
     self.onnx = onnx
     self.helper = onnx.helper
     self.nodes, self.initializers, self.carry_inputs = [], [], []
-    self._names: dict[str, int] = {}
+    self._used = set(reserved)
     self.nodes.append(self.helper.make_node("Shape", ["xs"], ["xs_shape"]))
     self.batch = self.op("Gather", ["xs_shape", self.const([0], "index0")], "batch", axis=0)
     self.time = self.op("Gather", ["xs_shape", self.const([1], "index1")], "time", axis=0)
@@ -247,9 +253,13 @@ class _Graph:
                                       self.time_int32], "lengths_clipped")
 
   def name(self, hint: str) -> str:
-    count = self._names.get(hint, 0)
-    self._names[hint] = count + 1
-    return f"{hint}_{count}" if count else hint
+    """``hint``, or ``hint_<n>`` with the first ``n`` that no value of the graph has yet."""
+    name, count = hint, 0
+    while name in self._used:
+      count += 1
+      name = f"{hint}_{count}"
+    self._used.add(name)
+    return name
 
   def const(self, array, hint: str) -> str:
     array = np.asarray(array)
@@ -425,8 +435,13 @@ def _linear_coefficients(graph: _Graph, layer, params, xs: str):
 
 
 def _scan_body(graph: _Graph, complex_state: bool, size: int, hint: str):
-  """The ``Scan`` body of ``h = a * h + b``: states ``h`` (re, im), scan inputs ``a``, ``b``."""
+  """The ``Scan`` body of ``h = a * h + b``: states ``h`` (re, im), scan inputs ``a``, ``b``.
+
+  Its values are prefixed with the body's name, unique in the graph, so that none shadows a
+  value of the outer graph (ONNX's names are unique across a graph and its subgraphs).
+  """
   helper, float32 = graph.helper, graph.onnx.TensorProto.FLOAT
+  body = graph.name(hint)
   value = lambda name: helper.make_tensor_value_info(name, float32, ["batch", size])
   if not complex_state:
     nodes = [helper.make_node("Mul", ["a", "h"], ["a_h"]),
@@ -446,8 +461,11 @@ def _scan_body(graph: _Graph, complex_state: bool, size: int, hint: str):
              helper.make_node("Identity", ["h_im_new"], ["h_im_out"])]
     inputs = ["h_re", "h_im", "a_re", "a_im", "b_re", "b_im"]
     outputs = ["h_re_new", "h_im_new", "h_re_out", "h_im_out"]
-  return helper.make_graph(nodes, graph.name(hint), [value(n) for n in inputs],
-                           [value(n) for n in outputs])
+  prefix = lambda names: [f"{body}.{name}" for name in names]
+  nodes = [helper.make_node(node.op_type, prefix(node.input), prefix(node.output))
+           for node in nodes]
+  return helper.make_graph(nodes, body, [value(n) for n in prefix(inputs)],
+                           [value(n) for n in prefix(outputs)])
 
 
 def _emit_linear(graph: _Graph, layer, params, xs: str, path: str, reverse: bool):
@@ -559,13 +577,14 @@ def to_onnx(layer: Layer, params: Any, path: str | os.PathLike, *, lengths: bool
   # rnn's own checks of the parameters (tree and shapes), and the output size.
   output_size = jax.eval_shape(functools.partial(rnn, layer), params,
                                jax.ShapeDtypeStruct((1, 1, input_size), np.float32))[0].shape[-1]
-  graph = _Graph(onnx, lengths)
+  carry = _carry_paths(layer)
+  graph = _Graph(onnx, lengths, ["xs", "lengths", "outputs"]
+                 + [prefix + name for name, _ in carry for prefix in ("", "initial_")])
   time_major = graph.op("Transpose", ["xs"], "xs_time_major", perm=[1, 0, 2])
   outputs, finals = _emit(graph, layer, _as_numpy(params), time_major, "", False)
-  graph.op("Transpose", [outputs], "outputs", perm=[1, 0, 2])
+  graph.nodes.append(onnx.helper.make_node("Transpose", [outputs], ["outputs"], perm=[1, 0, 2]))
   float32 = onnx.TensorProto.FLOAT
   value = onnx.helper.make_tensor_value_info
-  carry = _carry_paths(layer)
   for (name, _), final in zip(carry, finals):
     graph.nodes.append(onnx.helper.make_node("Identity", [final], [name]))
   inputs = [value("xs", float32, ["batch", "time", input_size])]

@@ -142,6 +142,16 @@ def test_operators(layer, operators, tmp_path, random_params):
       direction = [a.s.decode() for a in node.attribute if a.name == "direction"]
       found.setdefault(node.op_type, []).append(direction[0] if direction else None)
   assert found == operators
+  # Every value has one name across the graph and the Scan bodies (none shadows another).
+  def names(graph):
+    for node in graph.node:
+      yield from node.output
+      for attribute in node.attribute:
+        if attribute.g.name:
+          yield from (value.name for value in attribute.g.input)
+          yield from names(attribute.g)
+  produced = list(names(model.graph)) + [value.name for value in model.graph.initializer]
+  assert len(produced) == len(set(produced))
 
 
 def test_chunked_streaming_equals_one_call(tmp_path, random_params):
