@@ -562,8 +562,10 @@ def to_onnx(layer: Layer, params: Any, path: str | os.PathLike, *, lengths: bool
     The ``onnx.ModelProto`` written (checked with ``onnx.checker.check_model``).
 
   Raises:
-    ValueError: for a layer or parameters the exporter cannot write exactly (the message
-      names the layer; see ``check_exportable``), or an opset out of range.
+    TypeError: when ``layer`` is not an rnn_jax layer.
+    ValueError: for a layer the exporter cannot write exactly (the message names it; see
+      ``check_exportable``), parameters that are not the layer's (``rnn_jax.rnn``'s own
+      checks), or an opset out of range.
     ImportError: without the ``onnx`` package.
   """
   onnx = _import_onnx()
