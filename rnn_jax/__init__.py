@@ -35,8 +35,8 @@ _OPTIONAL = ("export", "hopfield", "interop", "linen", "nnx", "training")
 
 
 def __getattr__(name):
-  """Imports the submodules ``export``, ``hopfield``, ``interop``, ``linen``, ``nnx`` and ``training`` on
-  first use."""
+  """Imports the optional submodules (``export``, ``hopfield``, ``interop``, ``linen``, ``nnx``,
+  ``training``) on first use."""
   if name in _OPTIONAL:
     import importlib  # pylint: disable=g-import-not-at-top
     return importlib.import_module(f"rnn_jax.{name}")
