@@ -33,11 +33,12 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-_OPTIONAL = ("hopfield", "interop", "linen", "nnx", "training")
+_OPTIONAL = ("export", "hopfield", "interop", "linen", "nnx", "training")
 
 
 def __getattr__(name):
-  """Imports the submodules ``hopfield``, ``interop``, ``linen``, ``nnx`` and ``training`` on first use."""
+  """Imports the optional submodules (``export``, ``hopfield``, ``interop``, ``linen``, ``nnx``,
+  ``training``) on first use."""
   if name in _OPTIONAL:
     import importlib  # pylint: disable=g-import-not-at-top
     return importlib.import_module(f"rnn_jax.{name}")
