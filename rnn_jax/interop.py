@@ -56,7 +56,8 @@ def _import_torch():
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as error:
-    raise ImportError("rnn_jax.interop needs PyTorch: pip install torch") from error
+    raise ImportError("rnn_jax.interop needs PyTorch: pip install torch (CPU only: add "
+                      "--index-url https://download.pytorch.org/whl/cpu)") from error
   return torch
 
 

@@ -312,4 +312,6 @@ def test_interop_imports_without_torch():
             "except ImportError as error: print(error)")
   result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True,
                           check=False)
-  assert result.stdout.strip() == "rnn_jax.interop needs PyTorch: pip install torch", result.stderr
+  assert result.stdout.strip() == ("rnn_jax.interop needs PyTorch: pip install torch (CPU only: "
+                                   "add --index-url https://download.pytorch.org/whl/cpu)"), \
+      result.stderr
