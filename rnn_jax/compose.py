@@ -138,7 +138,8 @@ MERGES = {
     "sum": jnp.add,
     "mean": lambda f, b: (f + b) / 2,
 }
-"""The named merges of :func:`bidirectional`; any function ``(forward, backward) -> outputs`` works too."""
+"""The named merges of :func:`bidirectional`; any function ``(forward, backward) -> outputs``
+works too."""
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -148,7 +149,7 @@ class Bidirectional(Layer):
   Attributes:
     forward: the layer reading each sequence first step first.
     backward: the layer reading it last valid step first.
-    merge: a name in :data:`MERGES` or a function ``(forward_outputs,
+    merge: ``"concat"``, ``"sum"``, ``"mean"`` or a function ``(forward_outputs,
       backward_outputs) -> outputs`` (compared and hashed by identity, so
       the layer stays hashable; ``repr`` shows its name).
   """

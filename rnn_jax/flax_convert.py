@@ -209,7 +209,8 @@ def to_flax(layer: Layer, params: Any, cell) -> Any:
                      "dense_h": {"kernel": params["w_hh"], "bias": bias}}
     else:
       inputs, hiddens = _lstm_names(layout)
-      flax_params = {name: {"kernel": kernel} for name, kernel in zip(inputs, split(params["w_ih"]))}
+      flax_params = {name: {"kernel": kernel}
+                     for name, kernel in zip(inputs, split(params["w_ih"]))}
       flax_params.update({name: {"kernel": kernel, "bias": b} for name, kernel, b in
                           zip(hiddens, split(params["w_hh"]), split(bias))})
   elif family == "gru":

@@ -33,8 +33,8 @@ MODELS = {
         rnn_jax.stack([rnn_jax.gru(2), rnn_jax.lstm(3)]),
         rnn_jax.stack([rnn_jax.simple_rnn(3), rnn_jax.gru(2)])),
 }
-OUTPUT_SIZES = {"stack2": 3, "stack3": 4, "bi_concat": 5, "bi_sum": 3, "bi_mean": 3, "bi_function": 6,
-                "stack_of_bi": 2, "bi_of_stacks": 5}
+OUTPUT_SIZES = {"stack2": 3, "stack3": 4, "bi_concat": 5, "bi_sum": 3, "bi_mean": 3,
+                "bi_function": 6, "stack_of_bi": 2, "bi_of_stacks": 5}
 # Every model with lengths + reverse; the other combinations for one stack and one bidirectional.
 CASES = [(name, True, True) for name in MODELS] + [
     (name, lengths, reverse) for name in ("stack2", "bi_concat")
