@@ -77,7 +77,7 @@ class RNN(nn.Module):
   def __post_init__(self):
     if self.cell is not None:
       warnings.warn("rnn_jax.linen.RNN(cell=...) is deprecated; use layer=... (the name "
-                    "rnn_jax.nnx.RNN uses)", DeprecationWarning, stacklevel=3)
+                    "rnn_jax.nnx.RNN uses)", DeprecationWarning, stacklevel=4)
       if self.layer is not None:
         raise ValueError("RNN: pass the layer once, as layer=... (cell is its deprecated name)")
       object.__setattr__(self, "layer", self.cell)
