@@ -240,7 +240,7 @@ class Cell(_LayerParams, nnx.RNNCellBase):
       TypeError: if ``layer`` is not an rnn_jax layer or is a bidirectional one.
     """
     self._init_params(layer, input_size, rngs, "layer (for a flax.nnx cell use it directly)")
-    check_steppable(layer, self.layer_params())
+    _check_steppable(layer, self.layer_params())
 
   def __call__(self, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
     """One step: ``(carry, x_t [..., I]) -> (carry, y_t [..., O])``, as :meth:`step`."""
@@ -270,7 +270,7 @@ class Cell(_LayerParams, nnx.RNNCellBase):
     return 1
 
 
-def check_steppable(layer: Layer, params: Any) -> None:
+def _check_steppable(layer: Layer, params: Any) -> None:
   """Raises ``TypeError`` now, not at the first call, when ``layer`` cannot be stepped
   (a bidirectional layer, at any depth); traces one step on shapes only."""
   x = jax.ShapeDtypeStruct((layer.input_size(params),), jax.numpy.float32)
