@@ -18,7 +18,7 @@ Parameters and carries nest as tuples and dicts:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -133,27 +133,51 @@ MERGES = {
     "sum": jnp.add,
     "mean": lambda f, b: (f + b) / 2,
 }
+"""The named merges of :func:`bidirectional`; any function ``(forward, backward) -> outputs``
+works too."""
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Bidirectional(Layer):
-  """A forward and a backward layer over the same inputs; built by :func:`bidirectional`."""
+  """A forward and a backward layer over the same inputs; built by :func:`bidirectional`.
+
+  Attributes:
+    forward: the layer reading each sequence first step first.
+    backward: the layer reading it last valid step first.
+    merge: ``"concat"``, ``"sum"``, ``"mean"`` or a function ``(forward_outputs,
+      backward_outputs) -> outputs`` (compared and hashed by identity, so
+      the layer stays hashable; ``repr`` shows its name).
+  """
 
   FACTORY: ClassVar[str] = "bidirectional"
   REPR_POSITIONAL: ClassVar[int] = 2
 
   forward: Layer
   backward: Layer
-  merge: str = "concat"
+  merge: str | Callable[[jax.Array, jax.Array], jax.Array] = "concat"
 
   def __post_init__(self):
     check_layer("forward", self.forward)
     check_layer("backward", self.backward)
+    if callable(self.merge):
+      self.output_size  # pylint: disable=pointless-statement  # Fails now if merge cannot run.
+      return
     if self.merge not in MERGES:
-      raise ValueError(f"merge must be one of {sorted(MERGES)}, got {self.merge!r}")
+      raise ValueError(f"merge must be one of {sorted(MERGES)} or a function (forward_outputs, "
+                       f"backward_outputs) -> outputs, got {self.merge!r}")
     if self.merge != "concat" and self.forward.output_size != self.backward.output_size:
       raise ValueError(f"merge={self.merge!r} needs equal output sizes, got "
                        f"{self.forward.output_size} and {self.backward.output_size}")
+
+  def __repr__(self) -> str:
+    """``bidirectional(lstm(4), gru(4), merge='sum')``; a merge function shows by name."""
+    merge = "" if self.merge == "concat" else f", merge={_name(self.merge)}"
+    return f"{self.FACTORY}({self.forward!r}, {self.backward!r}{merge})"
+
+  @property
+  def merge_fn(self) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The function merging the two halves' outputs ``[..., O_f]``, ``[..., O_b]``."""
+    return self.merge if callable(self.merge) else MERGES[self.merge]
 
   @property
   def sublayers(self) -> tuple:
@@ -161,6 +185,21 @@ class Bidirectional(Layer):
 
   @property
   def output_size(self) -> int:
+    """``O_f + O_b`` for ``"concat"``, ``O_f`` for ``"sum"``/``"mean"``; for a function, the
+    last axis of its output on ``[O_f]`` and ``[O_b]`` (``jax.eval_shape``, nothing runs)."""
+    if callable(self.merge):
+      shape = lambda size: jax.ShapeDtypeStruct((size,), jnp.float32)
+      try:
+        merged = jax.eval_shape(self.merge, shape(self.forward.output_size),
+                                shape(self.backward.output_size))
+      except Exception as error:  # pylint: disable=broad-except
+        raise ValueError(f"merge={_name(self.merge)}: cannot merge outputs of sizes "
+                         f"{self.forward.output_size} and {self.backward.output_size}: "
+                         f"{error}") from error
+      if not isinstance(merged, jax.ShapeDtypeStruct) or merged.ndim != 1:
+        raise ValueError(f"merge={_name(self.merge)}: expected one array [..., O] from the "
+                         f"forward and backward outputs, got {merged}")
+      return merged.shape[-1]
     if self.merge == "concat":
       return self.forward.output_size + self.backward.output_size
     return self.forward.output_size
@@ -183,11 +222,11 @@ class Bidirectional(Layer):
                                                   options, key_forward)
     out_backward, carry_backward = self.backward.run(params["backward"], xs, carry[1], lengths,
                                                      options.flipped(), key_backward)
-    return MERGES[self.merge](out_forward, out_backward), (carry_forward, carry_backward)
+    return self.merge_fn(out_forward, out_backward), (carry_forward, carry_backward)
 
   def summarize(self, outputs, lengths, reverse):
     if self.merge != "concat":
-      raise ValueError(f"summary: bidirectional(merge={self.merge!r}) mixed the two halves' "
+      raise ValueError(f"summary: bidirectional(merge={_name(self.merge)}) mixed the two halves' "
                        "outputs, so no summary can be read off them; use merge='concat'")
     forward_outputs, backward_outputs = jnp.split(outputs, [self.forward.output_size], axis=-1)
     return jnp.concatenate([self.forward.summarize(forward_outputs, lengths, reverse),
@@ -195,7 +234,14 @@ class Bidirectional(Layer):
                            axis=-1)
 
 
-def bidirectional(forward: Layer, backward: Layer, merge: str = "concat") -> Bidirectional:
+def _name(merge) -> str:
+  """How a merge shows in ``repr`` and messages: ``'sum'``, or a function's ``__name__``."""
+  return repr(merge) if isinstance(merge, str) else getattr(merge, "__name__", repr(merge))
+
+
+def bidirectional(forward: Layer, backward: Layer,
+                  merge: str | Callable[[jax.Array, jax.Array], jax.Array] = "concat"
+                  ) -> Bidirectional:
   """Runs ``forward`` over the sequence and ``backward`` over it reversed, then merges.
 
   With ``lengths`` the backward layer starts at each sequence's last valid
@@ -207,7 +253,14 @@ def bidirectional(forward: Layer, backward: Layer, merge: str = "concat") -> Bid
     forward: cell or composite reading the sequence first step first.
     backward: cell or composite reading it last step first.
     merge: ``"concat"`` (output size ``O_f + O_b``), ``"sum"`` or ``"mean"``
-      (both need ``O_f == O_b``).
+      (both need ``O_f == O_b``), or any function ``(forward_outputs [..., O_f],
+      backward_outputs [..., O_b]) -> outputs [..., O]`` (Flax's ``merge_fn``,
+      e.g. ``jnp.maximum``); ``O`` is found with ``jax.eval_shape``. Pass the same
+      function object to get equal layers (a new ``lambda`` is a new layer).
+
+  Raises:
+    ValueError: for an unknown merge name, unequal sizes with ``"sum"``/``"mean"``,
+      or a function that cannot merge the two halves' outputs.
 
   Params: ``{"forward": ..., "backward": ...}``. Carry:
   ``(forward_carry, backward_carry)``.

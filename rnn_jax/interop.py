@@ -56,7 +56,8 @@ def _import_torch():
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as error:
-    raise ImportError("rnn_jax.interop needs PyTorch: pip install torch") from error
+    raise ImportError("rnn_jax.interop needs PyTorch: pip install torch (CPU only: add "
+                      "--index-url https://download.pytorch.org/whl/cpu)") from error
   return torch
 
 
@@ -129,6 +130,12 @@ def from_torch(module) -> tuple[Any, Any]:
       ``bidirectional``, ``bias``; ``batch_first`` only decides the
       ``time_major`` flag to pass to ``rnn``), or an ``RNNCell``, ``LSTMCell``
       or ``GRUCell``.
+
+  A torch cell (``LSTMCell``...) and a one-layer, one-direction sequence
+  module (``LSTM``...) both become the plain rnn_jax cell: nothing in the
+  result says which it was, so ``to_torch(cell, params)`` gives a one-layer
+  sequence module back (``nn.LSTM``, which reads ``[B, I]`` as one unbatched
+  sequence); ``to_torch(cell, params, as_cell=True)`` gives the torch cell.
 
   Returns:
     ``(cell, params)``, cell being a plain cell for one layer in one direction, a
@@ -284,8 +291,30 @@ def _new_module(kind: str, structure, cell, params, batch_first: bool):
   return getattr(torch.nn, kind)(**kwargs)
 
 
-def to_torch(cell, params, module=None, *, batch_first: bool = False):
+def _torch_kind(cell: Cell) -> str | None:
+  """``"LSTM"``, ``"GRU"`` or ``"RNN"``: the torch module family of ``cell``; ``None`` if none
+  computes it (a ``gru(reset_after=False)``, a linear recurrence)."""
+  if getattr(cell, "reset_after", True) is False:
+    return None
+  return getattr(cell, "TORCH_MODULE", None)
+
+
+def _new_cell_module(kind: str, cell: Cell, params):
+  """A fresh torch ``LSTMCell``/``GRUCell``/``RNNCell`` of ``cell``'s sizes (with biases)."""
+  torch = _import_torch()
+  kwargs = dict(input_size=cell.input_size(params), hidden_size=cell.hidden_size)
+  if kind == "RNN":
+    kwargs["nonlinearity"] = cell.activation
+  return getattr(torch.nn, kind + "Cell")(**kwargs)
+
+
+def to_torch(cell, params, module=None, *, batch_first: bool = False, as_cell: bool = False):
   """Writes rnn_jax params into a torch module (the inverse of :func:`from_torch`).
+
+  A plain cell becomes a one-layer sequence module (``nn.LSTM``, ``nn.GRU``,
+  ``nn.RNN``) unless ``as_cell=True`` or ``module`` is a torch cell, also when
+  it came from a torch cell: called on ``[B, I]``, a sequence module reads one
+  unbatched sequence of ``B`` steps, not ``B`` single steps.
 
   Args:
     cell: a ``simple_rnn``, ``lstm`` (any ``forget_bias``: it is folded into
@@ -297,6 +326,9 @@ def to_torch(cell, params, module=None, *, batch_first: bool = False):
       of matching shape, or a torch cell for a plain rnn_jax cell). ``None``
       builds a new one with ``bias=True`` and the stack's dropout.
     batch_first: ``batch_first`` of the new module (ignored if ``module`` is given).
+    as_cell: build the single-step torch cell, ``nn.LSTMCell``, ``nn.GRUCell``
+      or ``nn.RNNCell`` (``cell`` must be a plain ``lstm``, ``gru`` or
+      ``simple_rnn``; ``module``, if given, a torch cell).
 
   Returns:
     The torch module. Our single bias ``b`` goes to ``bias_ih`` and
@@ -305,18 +337,28 @@ def to_torch(cell, params, module=None, *, batch_first: bool = False):
   Raises:
     ValueError: if the cell has no torch counterpart (e.g. ``gru(reset_after=False)``,
       mixed cell types), or does not match ``module``'s type or shapes, or has
-      non-zero biases for a module with ``bias=False``.
+      non-zero biases for a module with ``bias=False``; with ``as_cell``, for
+      anything but a plain LSTM, GRU or simple RNN cell (the message names it).
   """
   torch = _import_torch()
+  if as_cell:
+    if not isinstance(cell, Cell) or _torch_kind(cell) is None:
+      raise ValueError(f"to_torch(as_cell=True): {cell!r} is not an lstm, gru or simple_rnn "
+                       "cell; torch's single-step cells (nn.LSTMCell, nn.GRUCell, nn.RNNCell) "
+                       "hold one of those")
+    if module is not None and not isinstance(module, torch.nn.RNNCellBase):
+      raise ValueError(f"to_torch(as_cell=True): module must be a torch cell, got "
+                       f"{type(module).__name__}")
   structure = _torch_layers(cell)
   first = structure[0][0]
   if len({_torch_signature(part) for directions in structure for part in directions}) != 1:
     raise ValueError("to_torch: every layer and direction must use the same cell type and size")
-  kind = getattr(first, "TORCH_MODULE", None)
-  if kind is None or getattr(first, "reset_after", True) is False:
+  kind = _torch_kind(first)
+  if kind is None:
     raise ValueError(f"to_torch: {first!r} has no torch counterpart")
   if module is None:
-    module = _new_module(kind, structure, cell, params, batch_first)
+    module = (_new_cell_module(kind, cell, params) if as_cell
+              else _new_module(kind, structure, cell, params, batch_first))
   expected_cls = (getattr(torch.nn, kind + "Cell"), getattr(torch.nn, kind))
   if not isinstance(module, expected_cls):
     raise ValueError(f"to_torch: a {first.name} cell needs a torch.nn.{kind} or {kind}Cell, "

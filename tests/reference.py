@@ -169,7 +169,9 @@ def bidirectional_layers(forward, backward, merge="concat"):
   def run(xs, carry, length, reverse):
     out_f, carry_f = forward(xs, carry[0], length, reverse)
     out_b, carry_b = backward(xs, carry[1], length, not reverse)
-    if merge == "concat":
+    if callable(merge):
+      merged = np.asarray(merge(out_f, out_b))
+    elif merge == "concat":
       merged = np.concatenate([out_f, out_b], axis=-1)
     elif merge == "sum":
       merged = out_f + out_b

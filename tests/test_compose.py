@@ -13,6 +13,11 @@ T, I = 5, 3
 LENGTHS = np.array([[0, T, T + 4], [-2, 2, 4]], np.int32)  # batch shape (2, 3)
 
 
+def outer_product(forward, backward):
+  """A merge function of the kind Flax's ``merge_fn`` takes: ``[..., 3], [..., 2] -> [..., 6]``."""
+  return (forward[..., :, None] * backward[..., None, :]).reshape(*forward.shape[:-1], -1)
+
+
 MODELS = {
     "stack2": lambda: rnn_jax.stack([rnn_jax.lstm(4), rnn_jax.gru(3)]),
     "stack3": lambda: rnn_jax.stack([rnn_jax.simple_rnn(2, "relu"), rnn_jax.lstm(3, 0.0),
@@ -20,6 +25,7 @@ MODELS = {
     "bi_concat": lambda: rnn_jax.bidirectional(rnn_jax.lstm(3), rnn_jax.gru(2)),
     "bi_sum": lambda: rnn_jax.bidirectional(rnn_jax.gru(3), rnn_jax.simple_rnn(3), "sum"),
     "bi_mean": lambda: rnn_jax.bidirectional(rnn_jax.lstm(3), rnn_jax.lstm(3), "mean"),
+    "bi_function": lambda: rnn_jax.bidirectional(rnn_jax.lstm(3), rnn_jax.gru(2), outer_product),
     "stack_of_bi": lambda: rnn_jax.stack([
         rnn_jax.bidirectional(rnn_jax.lstm(2), rnn_jax.gru(3)),
         rnn_jax.bidirectional(rnn_jax.simple_rnn(2), rnn_jax.simple_rnn(2), "sum")]),
@@ -28,7 +34,7 @@ MODELS = {
         rnn_jax.stack([rnn_jax.simple_rnn(3), rnn_jax.gru(2)])),
 }
 OUTPUT_SIZES = {"stack2": 3, "stack3": 4, "bi_concat": 5, "bi_sum": 3, "bi_mean": 3,
-                "stack_of_bi": 2, "bi_of_stacks": 5}
+                "bi_function": 6, "stack_of_bi": 2, "bi_of_stacks": 5}
 # Every model with lengths + reverse; the other combinations for one stack and one bidirectional.
 CASES = [(name, True, True) for name in MODELS] + [
     (name, lengths, reverse) for name in ("stack2", "bi_concat")
@@ -157,9 +163,26 @@ def test_gradients_through_composites(x64, random_params, check_gradients):
   check_gradients(model, params, xs, carry, np.array([3, 1], np.int32), reverse=True)
 
 
+def test_merge_function_keeps_the_layer_a_value():
+  model = rnn_jax.bidirectional(rnn_jax.lstm(3), rnn_jax.gru(2), outer_product)
+  assert model == rnn_jax.bidirectional(rnn_jax.lstm(3), rnn_jax.gru(2), outer_product)
+  assert hash(model) == hash(rnn_jax.bidirectional(rnn_jax.lstm(3), rnn_jax.gru(2), outer_product))
+  assert model != rnn_jax.bidirectional(rnn_jax.lstm(3), rnn_jax.gru(2))
+  assert repr(model) == "bidirectional(lstm(3), gru(2), merge=outer_product)"
+  maximum = rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(2), jnp.maximum)
+  assert repr(maximum) == "bidirectional(gru(2), gru(2), merge=maximum)"
+  assert maximum.output_size == 2
+  with pytest.raises(ValueError, match="summary: bidirectional.merge=maximum. mixed"):
+    rnn_jax.summary(maximum, jnp.zeros((1, T, 2)), None)
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(2), "max"),
-     r"merge must be one of \['concat', 'mean', 'sum'\], got 'max'"),
+     r"merge must be one of \['concat', 'mean', 'sum'\] or a function .* got 'max'"),
+    (lambda: rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(3), jnp.add),
+     r"merge=add: cannot merge outputs of sizes 2 and 3"),
+    (lambda: rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(2), lambda f, b: (f, b)),
+     r"merge=<lambda>: expected one array"),
     (lambda: rnn_jax.bidirectional(rnn_jax.gru(2), rnn_jax.gru(3), "sum"),
      r"merge='sum' needs equal output sizes, got 2 and 3"),
     (lambda: rnn_jax.stack([rnn_jax.gru(2)], dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),

@@ -1,5 +1,6 @@
 """rnn_jax.interop against real torch.nn modules (seeded, tiny: I=3, H=4, T=5, B=3)."""
 
+import re
 import subprocess
 import sys
 
@@ -129,7 +130,7 @@ def test_bfloat16_module_is_widened():
 
 
 def test_torch_params_in_flax_linen_layer():
-  """from_torch's params are what rnn_jax.linen.RNN keeps under "cell"."""
+  """from_torch's params are what rnn_jax.linen.RNN keeps under "layer"."""
   from rnn_jax import linen as rnn_linen  # pylint: disable=g-import-not-at-top
   module = _module("lstm", 14, num_layers=2, batch_first=True)
   cell, params = interop.from_torch(module)
@@ -137,7 +138,7 @@ def test_torch_params_in_flax_linen_layer():
   with torch.no_grad():
     want, _ = _run_torch(module, torch.from_numpy(x), LENGTHS)
   layer = rnn_linen.RNN(cell)
-  got = jax.jit(layer.apply)({"params": {"cell": params}}, x, lengths=np.array(LENGTHS))
+  got = jax.jit(layer.apply)({"params": {"layer": params}}, x, lengths=np.array(LENGTHS))
   np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=0)
 
 
@@ -184,6 +185,53 @@ def test_single_step_torch_cells(kind):
   got = tuple(part[0] for part in got) if kind == "lstm" else got[0]
   _assert_state_close(got, _numpy(want))
   np.testing.assert_allclose(y, (want[0] if kind == "lstm" else want).numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["rnn_relu", "lstm", "gru"])
+def test_to_torch_as_cell_gives_the_torch_cell_back(kind):
+  """A converted torch cell comes back as a cell with as_cell=True, as a sequence module without."""
+  cells = {"rnn_relu": lambda: torch.nn.RNNCell(INPUT, HIDDEN, nonlinearity="relu"),
+           "lstm": lambda: torch.nn.LSTMCell(INPUT, HIDDEN),
+           "gru": lambda: torch.nn.GRUCell(INPUT, HIDDEN)}
+  torch.manual_seed(16)
+  source = cells[kind]()
+  cell, params = interop.from_torch(source)
+  back = interop.to_torch(cell, params, as_cell=True)
+  assert type(back) is type(source)
+  assert (back.input_size, back.hidden_size) == (INPUT, HIDDEN)
+  x = torch.randn(BATCH, INPUT)
+  state = _initial_state(kind, 1, 17)
+  state = tuple(part[0] for part in state) if kind == "lstm" else state[0]
+  with torch.no_grad():
+    want, got = source(x, state), back(x, state)
+  carry = interop.from_torch_state(cell, jax.tree.map(lambda s: s[None].numpy(), state))
+  _, y = cell.step(params, carry, x.numpy())
+  for part_got, part_want in zip(jax.tree.leaves(_numpy(got)), jax.tree.leaves(_numpy(want))):
+    np.testing.assert_allclose(part_got, part_want, atol=1e-6, rtol=0)
+  np.testing.assert_allclose(y, _numpy(want[0] if kind == "lstm" else want), atol=1e-5, rtol=0)
+  # Without as_cell the same cell becomes a one-layer sequence module.
+  sequence = interop.to_torch(cell, params)
+  assert type(sequence).__name__ == type(source).__name__.replace("Cell", "")
+  assert sequence.num_layers == 1 and not sequence.bidirectional
+
+
+@pytest.mark.parametrize("layer", [
+    rnn_jax.gru(HIDDEN, reset_after=False),
+    rnn_jax.stack([rnn_jax.lstm(HIDDEN)]),
+    rnn_jax.bidirectional(rnn_jax.gru(HIDDEN), rnn_jax.gru(HIDDEN)),
+    rnn_jax.mingru(HIDDEN),
+], ids=["gru-reset-before", "stack", "bidirectional", "mingru"])
+def test_to_torch_as_cell_refuses_what_is_not_a_torch_cell(layer):
+  params = jax.eval_shape(lambda key: layer.init(key, INPUT), jax.random.key(0))
+  with pytest.raises(ValueError, match=r"to_torch\(as_cell=True\): " + re.escape(repr(layer))):
+    interop.to_torch(layer, params, as_cell=True)
+
+
+def test_to_torch_as_cell_refuses_a_sequence_module():
+  cell = rnn_jax.lstm(HIDDEN)
+  with pytest.raises(ValueError, match=r"module must be a torch cell, got LSTM"):
+    interop.to_torch(cell, cell.init(jax.random.key(0), INPUT), torch.nn.LSTM(INPUT, HIDDEN),
+                     as_cell=True)
 
 
 def test_unbatched_input(rnn_jit):
@@ -264,4 +312,6 @@ def test_interop_imports_without_torch():
             "except ImportError as error: print(error)")
   result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True,
                           check=False)
-  assert result.stdout.strip() == "rnn_jax.interop needs PyTorch: pip install torch", result.stderr
+  assert result.stdout.strip() == ("rnn_jax.interop needs PyTorch: pip install torch (CPU only: "
+                                   "add --index-url https://download.pytorch.org/whl/cpu)"), \
+      result.stderr
