@@ -28,7 +28,8 @@ LOGGER = logging.getLogger("mkdocs.plugins.rnn_jax_docs")
 PUBLIC_MODULES = (
     "rnn_jax", "rnn_jax.cells", "rnn_jax.compose", "rnn_jax.layer", "rnn_jax.linear_rnn",
     "rnn_jax.unroll", "rnn_jax.summary", "rnn_jax.gradient_flow", "rnn_jax.hopfield",
-    "rnn_jax.interop", "rnn_jax.linen", "rnn_jax.nnx", "rnn_jax.training",
+    "rnn_jax.interop", "rnn_jax.linen", "rnn_jax.nnx", "rnn_jax.training", "rnn_jax.kernels",
+    "rnn_jax.checks", "rnn_jax.flax_convert", "rnn_jax.export", "rnn_jax.onednn",
     *(f"rnn_jax.training.{name}" for name in (
         "loop", "optim", "classification", "datasets", "idx", "batching", "checkpoint",
         "metrics", "plots", "distributed", "script", "runtime", "text", "language_model")),

@@ -282,8 +282,8 @@ class Remat(Layer):
   the gradient is always autodiff (of the checkpointed step).
 
   With ``every=k`` the backward pass keeps the carry only every ``k`` steps
-  and recomputes each chunk of ``k`` steps from it
-  (:func:`rnn_jax._scan.scan_chunked`): about ``T / k`` carries plus one
+  and recomputes each chunk of ``k`` steps from it (an outer scan over
+  chunks, each an inner scan under ``jax.checkpoint``): about ``T / k`` carries plus one
   chunk's residuals, so ``k`` near ``sqrt(T)`` makes memory grow as
   ``sqrt(T)``. It applies to the sequential mode (a parallel linear
   recurrence is already checkpointed whole).

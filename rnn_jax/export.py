@@ -91,7 +91,7 @@ KNOWN_FIELDS = {
                      "parallel", "param_dtype"},
     compose.Stack: {"layers", "dropout", "variational"},
     compose.Bidirectional: {"forward", "backward", "merge"},
-    compose.Remat: {"layer"},
+    compose.Remat: {"layer", "every"},  # Rematerialisation changes the backward pass only.
 }
 
 # The ONNX operator of each cell, and the permutation of its gate blocks into ONNX's order.
@@ -142,6 +142,9 @@ def check_exportable(layer: Layer) -> None:
     if getattr(layer, field.name) != default:
       raise ValueError(f"to_onnx: cannot export {kind.__name__} {layer!r}: its {field.name}="
                        f"{getattr(layer, field.name)!r} has no ONNX mapping yet")
+  if isinstance(layer, compose.Bidirectional) and layer.merge not in ("concat", "sum", "mean"):
+    raise ValueError(f"to_onnx: cannot export {kind.__name__} {layer!r}: its merge function "
+                     "has no ONNX mapping (exportable merges: 'concat', 'sum', 'mean')")
   for sub in getattr(layer, "sublayers", ()):
     check_exportable(sub)
 

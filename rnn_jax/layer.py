@@ -279,7 +279,8 @@ class Layer:
     ``lengths`` is ``[...]`` or ``None``, ``rng`` the dropout key or ``None``.
     For a leaf layer: resolves ``options`` for it and these inputs
     (:meth:`RunOptions.resolve`) and runs the kernel they name
-    (:mod:`rnn_jax.kernels`), by default its own :meth:`scan`.
+    (:mod:`rnn_jax.kernels`), by default its own ``scan``. Composites write
+    their own ``run`` and pass the options on.
     """
     del rng  # A leaf layer has no dropout of its own.
     options = options.resolve(self, xs=xs, lengths=lengths, params=params, carry=carry)

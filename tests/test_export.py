@@ -46,7 +46,9 @@ LAYERS = {
         rnn_jax.stack([rnn_jax.minlstm(HIDDEN), rnn_jax.simple_rnn(HIDDEN)]),
         rnn_jax.bidirectional(rnn_jax.simple_rnn(HIDDEN),
                               rnn_jax.simple_rnn(HIDDEN, "relu"), "sum")),
-    "remat": rnn_jax.remat(rnn_jax.stack([rnn_jax.lstm(HIDDEN), rnn_jax.mingru(HIDDEN)])),
+    # Rematerialisation (per step or every k steps) changes only the backward pass.
+    "remat": rnn_jax.remat(rnn_jax.stack([rnn_jax.lstm(HIDDEN), rnn_jax.mingru(HIDDEN)]),
+                           every=3),
 }
 
 
@@ -216,6 +218,16 @@ def test_refuses_a_hyperparameter_it_does_not_know(tmp_path, monkeypatch, random
     export.to_onnx(layer, random_params(layer, INPUT, seed=0), tmp_path / "m.onnx")
   default = rnn_jax.lstm(HIDDEN)
   export.to_onnx(default, random_params(default, INPUT, seed=0), tmp_path / "m.onnx")
+
+
+def test_refuses_a_merge_function(tmp_path, random_params):
+  def halves_product(forward, backward):
+    return forward * backward
+
+  layer = rnn_jax.bidirectional(rnn_jax.gru(HIDDEN), rnn_jax.gru(HIDDEN), halves_product)
+  with pytest.raises(ValueError, match=r"cannot export Bidirectional .*halves_product.*: its "
+                                       r"merge function has no ONNX mapping"):
+    export.to_onnx(layer, random_params(layer, INPUT, seed=0), tmp_path / "m.onnx")
 
 
 def test_refuses_params_of_another_layer(tmp_path, random_params):
