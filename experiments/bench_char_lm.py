@@ -113,7 +113,7 @@ def compare(config: dict, rounds: int = 20, warmup: int = 3) -> dict:
 def define_flags() -> None:
   """The script's flags (defined only when it runs, so that importing it defines none)."""
   flags.DEFINE_enum("cell", "lstm", ["lstm", "gru"], "Recurrent cell (both libraries).")
-  flags.DEFINE_integer("hidden_size", train_char_lm.DEFAULTS["hidden_size"], "Units.")
+  flags.DEFINE_integer("hidden_size", train_char_lm.CharLMConfig.hidden_size, "Units.")
   flags.DEFINE_integer("rounds", 20, "Interleaved rounds (one step of each per round).")
   flags.DEFINE_string("output", None, "Also write the JSON line to this file.")
 

@@ -66,7 +66,7 @@ def load_run(workdir: str) -> tuple[language_model.CharLM, dict, text.Vocabulary
   except (OSError, ValueError) as error:
     raise text.DataError(f"--workdir={workdir}: no readable config.json; is it a run of "
                          "experiments.train_char_lm?") from error
-  if set(config) != set(train_char_lm.DEFAULTS):
+  if set(config) != set(train_char_lm.CharLMConfig().to_dict()):
     raise text.DataError(f"--workdir={workdir}: not a run of experiments.train_char_lm (its "
                          "config.json has other settings)")
   vocabulary = text.Vocabulary.load(os.path.join(workdir, "vocabulary.json"))

@@ -72,23 +72,49 @@ try:
   from rnn_jax.layer import VJPS
   from rnn_jax.training import (classification, distributed, language_model, loop, optim,
                                 script, text)
+  from rnn_jax.training import config as config_lib
+  from rnn_jax.training.config import setting
 except ImportError as missing:  # The `train` extra is not installed.
   runtime.exit_for_missing_extra(missing, __name__, "the training toolkit")
 
 UsageError = script.UsageError
 
-DEFAULTS = {
-    "text_file": None, "cell": "lstm", "hidden_size": 512, "num_layers": 1, "embed_size": 64,
-    "dropout": 0.1, "batch_size": 32, "window": 64, "steps": 4000, "learning_rate": 3e-3,
-    "warmup_steps": 100, "clip_norm": 1.0, "tbptt": True, "seed": 0, "unroll": None,
-    "backward": "auto",
-}
-"""The default run's config (the README's Tiny Shakespeare model). A workdir remembers its
-config; a rerun with another one is refused instead of silently resuming."""
+@dataclasses.dataclass(frozen=True)
+class CharLMConfig(config_lib.Config):
+  """What a run trains (its identity: ``config.json``, the default workdir's hash); the
+  defaults are the README's Tiny Shakespeare model. Each field is a flag of the same name;
+  ``vjp`` is ``backward`` in ``config.json`` (``--backward``: a deprecated alias)."""
+
+  text_file: str | None = setting(None, "UTF-8 text to train on (default: Tiny Shakespeare).",
+                                  path=True)
+  cell: str = setting("lstm", "Recurrent cell: a key of "
+                      "rnn_jax.training.classification.CELLS.",
+                      choices=lambda: sorted(classification.CELLS))
+  hidden_size: int = setting(512, "Units per layer.", lower=1)
+  num_layers: int = setting(1, "Stacked layers.", lower=1)
+  embed_size: int = setting(64, "Embedding width.", lower=1)
+  dropout: float = setting(0.1, "Drop rate of the embeddings, between layers and of the "
+                           "core's outputs, in training.", lower=0.0, below=1.0)
+  batch_size: int = setting(32, "Streams (windows per step).", lower=1)
+  window: int = setting(64, "Characters per window (the truncation length K of BPTT).",
+                        lower=1)
+  steps: int = setting(4000, "Training steps.", lower=1)
+  learning_rate: float = setting(3e-3, "Peak Adam learning rate (warmup, then cosine decay "
+                                 "to 0).", above=0.0)
+  warmup_steps: int = setting(100, "Linear warmup steps.", lower=0)
+  clip_norm: float = setting(1.0, "Clip gradients to this global norm; 0 disables.", lower=0.0)
+  tbptt: bool = setting(True, "Truncated BPTT over stateful streams; false: random windows "
+                        "from a zero state.")
+  seed: int = setting(0, "Seed of the initialisation, data and dropout.", lower=0)
+  unroll: int | None = setting(None, "Time steps per scan iteration (default: the cell's "
+                               "tuned value).", lower=1)
+  vjp: str = setting("auto", "Gradient of the scan (rnn_jax.rnn's vjp=); auto: the cell's "
+                     "tuned choice.", choices=("auto", *VJPS), key="backward",
+                     aliases=("backward",))
 
 
 @dataclasses.dataclass(frozen=True)
-class Options(script.DeviceOptions):
+class Options(config_lib.DeviceOptions):
   """How a run is carried out and reported; unlike the config, a rerun may change them.
 
   Attributes:
@@ -101,85 +127,35 @@ class Options(script.DeviceOptions):
     sample_length: characters of the final sample (0: none).
     sample_temperature: its temperature.
     plots: write ``curves.png`` (needs matplotlib).
-    platform: the JAX platform (``None``: JAX's choice).
-    num_devices: the global device count to train on (0: all; on several
-      processes, each contributes the same number of its devices).
-    coordinator_address: ``host:port`` of process 0, for several processes.
-    num_processes: the processes of the run (1: this one alone).
-    process_id: this process's index, ``0..num_processes - 1``.
+    platform, num_devices, coordinator_address, num_processes, process_id:
+      where the run computes (:class:`rnn_jax.training.config.DeviceOptions`).
   """
 
-  log_every: int = 100
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 3
-  eval_every: int = 1000
-  eval_streams: int = 32
-  eval_window: int = 256
-  sample_length: int = 300
-  sample_temperature: float = 0.8
-  plots: bool = True
+  log_every: int = setting(100, "Steps between progress lines.", lower=1)
+  checkpoint_every: int = setting(500, "Steps between checkpoints.", lower=1)
+  keep_checkpoints: int = setting(3, "Checkpoints kept.", lower=1)
+  eval_every: int = setting(1000, "Steps between validation evaluations (0: only at the end).",
+                            lower=0)
+  eval_streams: int = setting(32, "Streams a split is cut into for evaluation (each character "
+                              "is predicted once, the carry passed along each stream).", lower=1)
+  eval_window: int = setting(256, "Characters per evaluation window.", lower=1)
+  sample_length: int = setting(300, "Characters of the final sample (0: none).", lower=0)
+  sample_temperature: float = setting(0.8, "Temperature of the final sample (0: greedy).",
+                                      lower=0.0)
+  plots: bool = setting(True, "Write curves.png (needs matplotlib).")
 
 
 def define_flags() -> None:
   """The script's absl flags (defined only when it runs as a script, so importing it is free)."""
-  flags.DEFINE_string("text_file", None, "UTF-8 text to train on (default: Tiny Shakespeare).")
-  flags.DEFINE_enum("cell", DEFAULTS["cell"], sorted(classification.CELLS), "Recurrent cell.")
-  flags.DEFINE_integer("hidden_size", DEFAULTS["hidden_size"], "Units per layer.", lower_bound=1)
-  flags.DEFINE_integer("num_layers", DEFAULTS["num_layers"], "Stacked layers.", lower_bound=1)
-  flags.DEFINE_integer("embed_size", DEFAULTS["embed_size"], "Embedding width.", lower_bound=1)
-  flags.DEFINE_float("dropout", DEFAULTS["dropout"], "Drop rate of the embeddings, between "
-                     "layers and of the core's outputs, in training.", lower_bound=0.0,
-                     upper_bound=0.99)
-  flags.DEFINE_integer("batch_size", DEFAULTS["batch_size"], "Streams (windows per step).",
-                       lower_bound=1)
-  flags.DEFINE_integer("window", DEFAULTS["window"], "Characters per window (the truncation "
-                       "length K of BPTT).", lower_bound=1)
-  flags.DEFINE_integer("steps", DEFAULTS["steps"], "Training steps.", lower_bound=1)
-  flags.DEFINE_float("learning_rate", DEFAULTS["learning_rate"], "Peak Adam learning rate "
-                     "(warmup, then cosine decay to 0).", lower_bound=0.0)
-  flags.DEFINE_integer("warmup_steps", DEFAULTS["warmup_steps"], "Linear warmup steps.",
-                       lower_bound=0)
-  flags.DEFINE_float("clip_norm", DEFAULTS["clip_norm"], "Clip gradients to this global norm; "
-                     "0 disables.", lower_bound=0.0)
-  flags.DEFINE_boolean("tbptt", DEFAULTS["tbptt"], "Truncated BPTT over stateful streams; "
-                       "false: random windows from a zero state.")
-  flags.DEFINE_integer("seed", DEFAULTS["seed"], "Seed of the initialisation, data and dropout.",
-                       lower_bound=0)
-  flags.DEFINE_integer("unroll", DEFAULTS["unroll"], "Time steps per scan iteration (default: "
-                       "the cell's tuned value).", lower_bound=1)
-  flags.DEFINE_enum("backward", DEFAULTS["backward"], ["auto", *VJPS], "Gradient of the scan "
-                    "(rnn_jax.rnn's vjp=); auto: the cell's tuned choice.")
+  CharLMConfig.define_flags()
+  Options.define_flags()
   flags.DEFINE_string("workdir", None, "Run directory (default runs/char_lm-<config hash>).")
-  script.define_device_flags()
-  for field in dataclasses.fields(Options):
-    if field.name in {f.name for f in dataclasses.fields(script.DeviceOptions)}:
-      continue
-    define = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer,
-              float: flags.DEFINE_float}[type(field.default)]
-    define(field.name, field.default, f"Options.{field.name} (see the module doc).")
 
 
-def resolve_config(config: Mapping = ()) -> dict:
-  """:data:`DEFAULTS` overridden by ``config``, checked; :class:`UsageError` naming the flag."""
-  unknown = sorted(set(dict(config)) - set(DEFAULTS))
-  if unknown:
-    raise UsageError(f"unknown config keys {unknown}; the keys are those of DEFAULTS")
-  resolved = {**DEFAULTS, **dict(config)}
-  if resolved["cell"] not in classification.CELLS:
-    raise UsageError(f"flag --cell={resolved['cell']}: unknown cell; choose one of "
-                     f"{', '.join(sorted(classification.CELLS))}")
-  if resolved["backward"] not in ("auto", *VJPS):
-    raise UsageError(f"flag --backward={resolved['backward']}: choose auto or one of {VJPS}")
-  for name in ("hidden_size", "num_layers", "embed_size", "batch_size", "window", "steps"):
-    if not isinstance(resolved[name], int) or resolved[name] < 1:
-      raise UsageError(f"flag --{name}={resolved[name]}: must be a positive integer")
-  if resolved["learning_rate"] <= 0:
-    raise UsageError(f"flag --learning_rate={resolved['learning_rate']}: must be > 0")
-  if not 0.0 <= resolved["dropout"] < 1.0:
-    raise UsageError(f"flag --dropout={resolved['dropout']}: must be in [0, 1)")
-  if resolved["text_file"] is not None:
-    resolved["text_file"] = os.path.abspath(resolved["text_file"])
-  return resolved
+def resolve_config(config: Mapping | CharLMConfig = ()) -> dict:
+  """The run's config as a dict of identity keys (what ``config.json`` holds): the defaults of
+  :class:`CharLMConfig` overridden by ``config``, checked (:class:`UsageError` naming the flag)."""
+  return CharLMConfig.resolve(config).to_dict()
 
 
 def build_model(config: Mapping, vocab_size: int) -> language_model.CharLM:
@@ -222,7 +198,8 @@ def plot_loss_curves(records, path: str, title: str) -> None:
   from rnn_jax.training.plots import pyplot  # pylint: disable=import-outside-toplevel
   plt = pyplot()
   train = [r for r in records if r.get("kind") == "train"]
-  evals = [r for r in records if r.get("kind") == "eval"]
+  # "eval": the kind of validation records before it said what they are.
+  evals = [r for r in records if r.get("kind") in ("validation", "eval")]
   figure, axis = plt.subplots(figsize=(7, 4))
   axis.plot([r["step"] for r in train], [r["loss"] for r in train], label="train (interval mean)")
   axis.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
@@ -264,7 +241,7 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
                                   config["seed"]))
   except ValueError as error:
     raise UsageError(str(error)) from error
-  workdir = workdir or script.default_workdir(config, "char_lm")
+  workdir = workdir or CharLMConfig.resolve(config).default_workdir("char_lm")
   if primary:  # The workdir is shared; the other processes go by process 0's check.
     script.check_workdir_config(workdir, config)
     check_vocabulary(workdir, vocabulary)
@@ -298,7 +275,7 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
 
   def run_eval(step, current):
     result = evaluate(current.params, "validation")
-    write_metrics("eval", {"step": step, "val_loss": result["loss"], "val_bpc": result["bpc"]})
+    write_metrics("validation", {"step": step, "val_loss": result["loss"], "val_bpc": result["bpc"]})
     say(f"step {step}: validation loss {result['loss']:.4f} nats/char, "
         f"{result['bpc']:.4f} bits/char")
     return result
@@ -385,10 +362,9 @@ def main(argv):
     raise UsageError(f"unexpected arguments {argv[1:]}; all settings are --flags")
   started = time.perf_counter()
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  explicit = {name: flags.FLAGS[name].value for name in DEFAULTS if flags.FLAGS[name].present}
-  options = Options(**{field.name: flags.FLAGS[field.name].value
-                       for field in dataclasses.fields(Options)})
-  summary = run(explicit, flags.FLAGS.workdir, options)
+  config, _ = CharLMConfig.from_flags()
+  options, _ = Options.from_flags()
+  summary = run(config, flags.FLAGS.workdir, options)
   summary["wall_seconds"] = round(time.perf_counter() - started, 2)
   if distributed.is_primary():
     print(json.dumps(summary), flush=True)

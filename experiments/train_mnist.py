@@ -53,8 +53,8 @@ not part of the config: a run checkpointed on 4 devices resumes on 2. On one
 device and one process the run is exactly the single-device one (the
 training split stays on the device).
 
-From Python, without flags, :func:`run` takes a config (:data:`DEFAULTS`
-overridden by a preset's values and then by the given ones) and
+From Python, without flags, :func:`run` takes a config (:class:`MnistConfig`'s
+defaults overridden by a preset's values and then by the given ones) and
 :class:`Options`::
 
     from experiments import train_mnist
@@ -84,49 +84,88 @@ try:
   from rnn_jax.layer import VJPS
   from rnn_jax.training import (classification, datasets, distributed, loop, optim, plots,
                                 script)
+  from rnn_jax.training import config as config_lib
+  from rnn_jax.training.config import setting
 except ImportError as missing:  # The `train` extra is not installed.
   runtime.exit_for_missing_extra(missing, __name__, "the training toolkit")
 
-DEFAULTS = {
-    "dataset": "mnist", "view": "rows", "permutation_seed": 0, "cell": "gru", "hidden_size": 128,
-    "num_layers": 1, "dropout": 0.0, "optimizer": "adam", "learning_rate": 2e-3, "decay": 0.9,
-    "momentum": 0.9, "schedule": "cosine", "warmup_steps": 100, "clip_norm": 1.0,
-    "batch_size": 128, "epochs": 5.0, "steps": 0, "seed": 0, "unroll": None, "backward": "auto",
-    "remat": False, "ema_decay": 0.0, "max_train_examples": 0, "validation_examples": 0,
-}
-"""The default run's config. The config is what is trained: a workdir remembers it, a rerun
-with another one is refused instead of silently resuming, and the default workdir's name
-hashes it (see :func:`run_identity`)."""
+@dataclasses.dataclass(frozen=True)
+class MnistConfig(config_lib.Config):
+  """What a run trains (its identity: ``config.json``, the default workdir's hash).
 
-ADDED_KEYS = {"validation_examples": 0}
-"""Config keys added after runs had been published, with the value that trains as before.
+  Each field is a flag of the same name; :data:`PRESETS` are partial configs
+  (see the module doc). ``vjp`` is ``backward`` in ``config.json`` and the
+  final JSON line (its name when the runs were published; ``--backward`` is a
+  deprecated alias of ``--vjp``).
+  """
 
-At that value a key is left out of the run's identity (:func:`run_identity`),
-so the workdirs of earlier runs keep their names and their ``config.json``
-still matches."""
+  PRESETS = {
+      "lstm100": dict(cell="lstm", hidden_size=100, learning_rate=1e-4, batch_size=100,
+                      epochs=10.0, schedule="constant", warmup_steps=0, clip_norm=0.0),
+      "lstm256x2": dict(cell="lstm", hidden_size=256, num_layers=2, dropout=0.5,
+                        learning_rate=1e-3, batch_size=64, steps=2000, schedule="constant",
+                        warmup_steps=0, clip_norm=0.0),
+      "rnn150": dict(cell="rnn", hidden_size=150, optimizer="rmsprop", learning_rate=1e-3,
+                     steps=3000, schedule="constant", warmup_steps=0, clip_norm=0.0,
+                     ema_decay=0.999),
+      "rnn50": dict(cell="rnn", hidden_size=50, optimizer="sgd", momentum=0.0,
+                    learning_rate=0.3, batch_size=100, steps=2500, schedule="cosine",
+                    warmup_steps=0, clip_norm=1.0),
+      "best": dict(hidden_size=256, epochs=10.0, warmup_steps=200),
+  }
 
-PRESETS = {
-    "lstm100": dict(cell="lstm", hidden_size=100, learning_rate=1e-4, batch_size=100,
-                    epochs=10.0, schedule="constant", warmup_steps=0, clip_norm=0.0),
-    "lstm256x2": dict(cell="lstm", hidden_size=256, num_layers=2, dropout=0.5,
-                      learning_rate=1e-3, batch_size=64, steps=2000, schedule="constant",
-                      warmup_steps=0, clip_norm=0.0),
-    "rnn150": dict(cell="rnn", hidden_size=150, optimizer="rmsprop", learning_rate=1e-3,
-                   steps=3000, schedule="constant", warmup_steps=0, clip_norm=0.0,
-                   ema_decay=0.999),
-    "rnn50": dict(cell="rnn", hidden_size=50, optimizer="sgd", momentum=0.0,
-                  learning_rate=0.3, batch_size=100, steps=2500, schedule="cosine",
-                  warmup_steps=0, clip_norm=1.0),
-    "best": dict(hidden_size=256, epochs=10.0, warmup_steps=200),
-}
-"""Named configs: the values that differ from :data:`DEFAULTS`."""
+  dataset: str = setting("mnist", "Dataset.", choices=datasets.DATASETS)
+  view: str = setting("rows", "How an image becomes a sequence.", choices=datasets.VIEWS)
+  permutation_seed: int = setting(0, "Pixel order of the permuted_pixels view.", lower=0)
+  cell: str = setting("gru", "Cell: a key of rnn_jax.training.classification.CELLS.",
+                      choices=lambda: sorted(classification.CELLS))
+  hidden_size: int = setting(128, "Hidden units per layer.", lower=1)
+  num_layers: int = setting(1, "Stacked recurrent layers.", lower=1)
+  dropout: float = setting(0.0, "Drop rate (1 - keep) between layers and after the last one, "
+                           "in training.", lower=0.0, below=1.0)
+  optimizer: str = setting("adam", "Optimizer.", choices=optim.OPTIMIZERS)
+  learning_rate: float = setting(2e-3, "Peak learning rate.", above=0.0)
+  decay: float = setting(0.9, "RMSProp decay of the mean square.", lower=0.0, upper=1.0)
+  momentum: float = setting(0.9, "SGD momentum (0: plain gradient descent).", lower=0.0,
+                            upper=1.0)
+  schedule: str = setting("cosine", "Learning-rate schedule after the warmup.",
+                          choices=optim.SCHEDULES)
+  warmup_steps: int = setting(100, "Linear warmup steps from 0.", lower=0)
+  clip_norm: float = setting(1.0, "Clip gradients to this global norm; 0 disables.", lower=0.0)
+  batch_size: int = setting(128, "Training batch size.", lower=1)
+  epochs: float = setting(5.0, "Training epochs (ignored when --steps > 0).", lower=0.0)
+  steps: int = setting(0, "Training steps; 0: use --epochs.", lower=0)
+  seed: int = setting(0, "Seed of the initialisation, data order and dropout.", lower=0)
+  unroll: int | None = setting(None, "Time steps per scan iteration (default: the value "
+                               "measured fastest for the cell on this backend, its "
+                               "TUNED_UNROLL).", lower=1)
+  vjp: str = setting("auto", "Gradient of the scan (rnn_jax.rnn's vjp=): JAX autodiff, "
+                     "rnn_jax.fused's hand-written reverse scan, or auto: the one measured "
+                     "fastest for the cell on this backend.", choices=("auto", *VJPS),
+                     key="backward", aliases=("backward",))
+  remat: bool = setting(False, "Rematerialise each scan step in the backward pass (up to 1/3 "
+                        "more compute for much less memory; see the Performance guide).")
+  ema_decay: float = setting(0.0, "Evaluate a moving average of the parameters with this decay "
+                             "(0: the final parameters).", lower=0.0, upper=0.99999)
+  max_train_examples: int = setting(0, "Use only the first N training examples (0: all; for "
+                                    "tests).", lower=0)
+  validation_examples: int = setting(0, "Hold out the last N images of the training file as a "
+                                     "validation split, evaluated during training (0: none, "
+                                     "train on all).", lower=0, added=True)
 
-_RECORD_KINDS = {"test": "eval", "validation": "validation"}
-"""The ``metrics.jsonl`` kind of each split's evaluation records."""
+  def check(self) -> None:
+    if not self.steps and not self.epochs:
+      raise UsageError("flag --epochs=0 with --steps=0: give a positive --epochs or --steps")
+    if self.max_train_examples and self.batch_size > self.max_train_examples:
+      raise UsageError(f"flag --batch_size={self.batch_size}: larger than "
+                       f"--max_train_examples={self.max_train_examples}")
+
+
+PRESETS = MnistConfig.PRESETS
 
 
 @dataclasses.dataclass(frozen=True)
-class Options(script.DeviceOptions):
+class Options(config_lib.DeviceOptions):
   """How a run is carried out and reported; unlike the config, a rerun may change them.
 
   Attributes:
@@ -142,130 +181,30 @@ class Options(script.DeviceOptions):
     eval_batch_size: evaluation batch size.
     plots: write ``curves.png`` and ``prediction_by_step.png`` (needs matplotlib).
     platform, num_devices, coordinator_address, num_processes, process_id:
-      where the run computes (:class:`rnn_jax.training.script.DeviceOptions`).
+      where the run computes (:class:`rnn_jax.training.config.DeviceOptions`).
   """
 
-  data_dir: str | None = None
-  max_test_examples: int = 0
-  log_every: int = 100
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 3
-  eval_every: int = 0
-  eval_batch_size: int = 1000
-  plots: bool = True
+  data_dir: str | None = setting(None, "Folder with the IDX files (default: searched).")
+  max_test_examples: int = setting(0, "Evaluate only the first N test examples (0: all; for "
+                                   "tests).", lower=0)
+  log_every: int = setting(100, "Steps between progress lines.", lower=1)
+  checkpoint_every: int = setting(500, "Steps between checkpoints.", lower=1)
+  keep_checkpoints: int = setting(3, "Checkpoints kept.", lower=1)
+  eval_every: int = setting(0, "Steps between evaluations during training: of the validation "
+                            "split with --validation_examples (0: every epoch), else of the test "
+                            "set (0: none; the test set is always evaluated at the end).",
+                            lower=0)
+  eval_batch_size: int = setting(1000, "Evaluation batch size.", lower=1)
+  plots: bool = setting(True, "Write curves.png and prediction_by_step.png.")
 
 
 UsageError = script.UsageError
 
 
 FLAGS = flags.FLAGS
-_OPTIONS = Options()
-flags.DEFINE_enum("preset", None, sorted(PRESETS), "A tutorial configuration (see the module doc).")
-flags.DEFINE_enum("cell", DEFAULTS["cell"], sorted(classification.CELLS),
-                  "Cell: a key of rnn_jax.training.classification.CELLS.")
-flags.DEFINE_integer("hidden_size", DEFAULTS["hidden_size"], "Hidden units per layer.",
-                     lower_bound=1)
-flags.DEFINE_integer("num_layers", DEFAULTS["num_layers"], "Stacked recurrent layers.",
-                     lower_bound=1)
-flags.DEFINE_float("dropout", DEFAULTS["dropout"], "Drop rate (1 - keep) between layers and "
-                   "after the last one, in training.", lower_bound=0.0, upper_bound=0.99)
-flags.DEFINE_enum("optimizer", DEFAULTS["optimizer"], optim.OPTIMIZERS, "Optimizer.")
-flags.DEFINE_float("learning_rate", DEFAULTS["learning_rate"], "Peak learning rate.",
-                   lower_bound=0.0)
-flags.DEFINE_float("decay", DEFAULTS["decay"], "RMSProp decay of the mean square.",
-                   lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_float("momentum", DEFAULTS["momentum"], "SGD momentum (0: plain gradient "
-                   "descent).", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_enum("schedule", DEFAULTS["schedule"], optim.SCHEDULES,
-                  "Learning-rate schedule after the warmup.")
-flags.DEFINE_integer("warmup_steps", DEFAULTS["warmup_steps"], "Linear warmup steps from 0.",
-                     lower_bound=0)
-flags.DEFINE_float("clip_norm", DEFAULTS["clip_norm"], "Clip gradients to this global norm; "
-                   "0 disables.", lower_bound=0.0)
-flags.DEFINE_float("ema_decay", DEFAULTS["ema_decay"], "Evaluate a moving average of the "
-                   "parameters with this decay (0: the final parameters).", lower_bound=0.0,
-                   upper_bound=0.99999)
-flags.DEFINE_integer("batch_size", DEFAULTS["batch_size"], "Training batch size.", lower_bound=1)
-flags.DEFINE_float("epochs", DEFAULTS["epochs"], "Training epochs (ignored when --steps > 0).",
-                   lower_bound=0.0)
-flags.DEFINE_integer("steps", DEFAULTS["steps"], "Training steps; 0: use --epochs.",
-                     lower_bound=0)
-flags.DEFINE_enum("view", DEFAULTS["view"], datasets.VIEWS, "How an image becomes a sequence.")
-flags.DEFINE_integer("permutation_seed", DEFAULTS["permutation_seed"], "Pixel order of the "
-                     "permuted_pixels view.", lower_bound=0)
-flags.DEFINE_enum("dataset", DEFAULTS["dataset"], datasets.DATASETS, "Dataset.")
-flags.DEFINE_integer("seed", DEFAULTS["seed"], "Seed of the initialisation, data order and "
-                     "dropout.", lower_bound=0)
+MnistConfig.define_flags()
+Options.define_flags()
 flags.DEFINE_string("workdir", None, "Run directory (default runs/<preset>-<config hash>).")
-flags.DEFINE_string("data_dir", _OPTIONS.data_dir, "Folder with the IDX files (default: "
-                    "searched).")
-flags.DEFINE_integer("unroll", DEFAULTS["unroll"], "Time steps per scan iteration (default: the "
-                     "value measured fastest for the cell on this backend, its TUNED_UNROLL).",
-                     lower_bound=1)
-flags.DEFINE_enum("backward", DEFAULTS["backward"], ["auto", *VJPS], "Gradient of the scan "
-                  "(rnn_jax.rnn's vjp=): JAX autodiff, rnn_jax.fused's hand-written reverse "
-                  "scan, or auto: the one measured fastest for the cell on this backend.")
-flags.DEFINE_boolean("remat", DEFAULTS["remat"], "Rematerialise each scan step in the backward "
-                     "pass (pixel view, LSTM 128, batch 256: 3.5x less XLA scratch memory; up "
-                     "to 1/3 more compute, no slowdown measured on our CPU).")
-flags.DEFINE_integer("log_every", _OPTIONS.log_every, "Steps between progress lines.",
-                     lower_bound=1)
-flags.DEFINE_integer("checkpoint_every", _OPTIONS.checkpoint_every, "Steps between checkpoints.",
-                     lower_bound=1)
-flags.DEFINE_integer("keep_checkpoints", _OPTIONS.keep_checkpoints, "Checkpoints kept.",
-                     lower_bound=1)
-flags.DEFINE_integer("eval_every", _OPTIONS.eval_every, "Steps between evaluations during "
-                     "training: of the validation split with --validation_examples (0: every "
-                     "epoch), else of the test set (0: none; the test set is always evaluated at "
-                     "the end).", lower_bound=0)
-flags.DEFINE_integer("eval_batch_size", _OPTIONS.eval_batch_size, "Evaluation batch size.",
-                     lower_bound=1)
-flags.DEFINE_integer("max_train_examples", DEFAULTS["max_train_examples"], "Use only the first "
-                     "N training examples (0: all; for tests).", lower_bound=0)
-flags.DEFINE_integer("validation_examples", DEFAULTS["validation_examples"], "Hold out the last "
-                     "N images of the training file as a validation split, evaluated during "
-                     "training (0: none, train on all).", lower_bound=0)
-flags.DEFINE_integer("max_test_examples", _OPTIONS.max_test_examples, "Evaluate only the first "
-                     "N test examples (0: all; for tests).", lower_bound=0)
-flags.DEFINE_boolean("plots", _OPTIONS.plots, "Write curves.png and prediction_by_step.png.")
-script.define_device_flags()
-
-
-def resolve_config(config: Mapping = (), preset: str | None = None) -> dict:
-  """The run's config: :data:`DEFAULTS`, then the preset's values, then ``config``'s; checked.
-
-  Raises:
-    UsageError: an unknown preset or key, or a value out of range (see :func:`validate`).
-  """
-  if preset is not None and preset not in PRESETS:
-    raise UsageError(f"flag --preset={preset}: unknown preset; choose one of "
-                     f"{', '.join(sorted(PRESETS))}")
-  unknown = sorted(set(dict(config)) - set(DEFAULTS))
-  if unknown:
-    raise UsageError(f"unknown config keys {unknown}; the keys are those of DEFAULTS")
-  resolved = {**DEFAULTS, **PRESETS.get(preset, {}), **dict(config)}
-  validate(resolved)
-  return resolved
-
-
-def validate(config: dict) -> None:
-  """Checks what absl's bounds and choices cannot; raises :class:`UsageError` naming the flag."""
-  choices = {"cell": sorted(classification.CELLS), "dataset": datasets.DATASETS,
-             "view": datasets.VIEWS, "optimizer": optim.OPTIMIZERS,
-             "schedule": optim.SCHEDULES, "backward": ("auto", *VJPS)}
-  for name, allowed in choices.items():
-    if config[name] not in allowed:
-      raise UsageError(f"flag --{name}={config[name]}: unknown {name}; choose one of "
-                       f"{', '.join(allowed)}")
-  if not config["steps"] and not config["epochs"]:
-    raise UsageError("flag --epochs=0 with --steps=0: give a positive --epochs or --steps")
-  if config["learning_rate"] <= 0:
-    raise UsageError(f"flag --learning_rate={config['learning_rate']}: must be > 0")
-  if not 0.0 <= config["dropout"] < 1.0:
-    raise UsageError(f"flag --dropout={config['dropout']}: must be in [0, 1)")
-  if config["max_train_examples"] and config["batch_size"] > config["max_train_examples"]:
-    raise UsageError(f"flag --batch_size={config['batch_size']}: larger than "
-                     f"--max_train_examples={config['max_train_examples']}")
 
 
 def check_extras(options: Options) -> None:
@@ -273,25 +212,9 @@ def check_extras(options: Options) -> None:
   script.check_extras(options.plots)
 
 
-select_platform = script.select_platform
-check_workdir_config = script.check_workdir_config
-_say = script.say
-
-
-data_mesh = script.data_mesh
-"""See :func:`rnn_jax.training.script.data_mesh`."""
-
-
-def run_identity(config: Mapping) -> dict:
-  """What names and guards a run's workdir: ``config`` without the :data:`ADDED_KEYS` at their
-  old value, so that ``--validation_examples=0`` is the run it was before the flag existed."""
-  return {name: value for name, value in config.items()
-          if not (name in ADDED_KEYS and value == ADDED_KEYS[name])}
-
-
-def default_workdir(config: dict, preset: str | None = None) -> str:
-  """``runs/<preset or "default">-<first 8 hex digits of the SHA-256 of its run_identity>``."""
-  return script.default_workdir(run_identity(config), preset or "default")
+def default_workdir(config: MnistConfig, preset: str | None = None) -> str:
+  """``runs/<preset or "default">-<first 8 hex digits of the SHA-256 of its identity>``."""
+  return config.default_workdir(preset or "default")
 
 
 def hold_out(images: np.ndarray, labels: np.ndarray, validation_examples: int
@@ -318,12 +241,12 @@ def hold_out(images: np.ndarray, labels: np.ndarray, validation_examples: int
 
 
 def run(config: Mapping, workdir: str | None = None, options: Options = Options(), *,
-        preset: str | None = None, say: Callable[[str], None] = _say) -> dict:
+        preset: str | None = None, say: Callable[[str], None] = script.say) -> dict:
   """Trains and evaluates a classifier on an MNIST-family dataset; returns the final summary.
 
   Args:
-    config: values overriding :data:`DEFAULTS` (and the preset's); see
-      :func:`resolve_config`.
+    config: a :class:`MnistConfig`, or field values overriding its defaults
+      (and the preset's); see :meth:`rnn_jax.training.config.Config.resolve`.
     workdir: where checkpoints, metrics, plots and ``config.json`` go;
       ``None``: :func:`default_workdir`. A workdir holding another config is
       refused; one holding checkpoints of this config is resumed.
@@ -344,9 +267,10 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
       see :func:`rnn_jax.training.loop.fit`.
   """
   started = time.perf_counter()
-  config = resolve_config(config, preset)
+  settings = MnistConfig.resolve(config, preset)
+  config = settings.to_dict()
   check_extras(options)
-  mesh = data_mesh(options, config["batch_size"])
+  mesh = script.data_mesh(options, config["batch_size"])
   # One device of one process: the single-device path, with the split kept on the device.
   sharded = mesh if mesh.size > 1 or jax.process_count() > 1 else None
   primary = distributed.is_primary()
@@ -367,9 +291,9 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
   if config["batch_size"] > len(train_labels):
     raise UsageError(f"flag --batch_size={config['batch_size']}: larger than the "
                      f"{len(train_labels)} training examples")
-  workdir = workdir or default_workdir(config, preset)
+  workdir = workdir or default_workdir(settings, preset)
   if primary:  # The workdir is shared; the other processes go by process 0's check.
-    check_workdir_config(workdir, run_identity(config))
+    script.check_workdir_config(workdir, settings.identity())
 
   view = dict(view=config["view"], permutation_seed=config["permutation_seed"])
   train_inputs = datasets.as_sequences(train_images, **view)
@@ -413,7 +337,7 @@ def run(config: Mapping, workdir: str | None = None, options: Options = Options(
     inputs, labels = splits[split]
     result = classification.evaluate(eval_step, current.ema_params if use_ema else current.params,
                                      inputs, labels, options.eval_batch_size, mesh=sharded)
-    write_metrics(_RECORD_KINDS[split], {"step": step, f"{split}_loss": result["loss"],
+    write_metrics(split, {"step": step, f"{split}_loss": result["loss"],
                                          f"{split}_accuracy": result["accuracy"]})
     say(f"step {step}: {split} accuracy {100 * result['accuracy']:.2f}% "
         f"({result['correct']}/{result['count']}), {split} loss {result['loss']:.4f}")
@@ -489,10 +413,9 @@ def main(argv):
     raise UsageError(f"unexpected arguments {argv[1:]}; all settings are --flags")
   started = time.perf_counter()
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  explicit = {name: FLAGS[name].value for name in DEFAULTS if FLAGS[name].present}
-  options = Options(**{field.name: FLAGS[field.name].value
-                       for field in dataclasses.fields(Options)})
-  summary = run(explicit, FLAGS.workdir, options, preset=FLAGS.preset)
+  config, preset = MnistConfig.from_flags()
+  options, _ = Options.from_flags()
+  summary = run(config, FLAGS.workdir, options, preset=preset)
   summary["wall_seconds"] = round(time.perf_counter() - started, 2)
   if distributed.is_primary():
     print(json.dumps(summary), flush=True)

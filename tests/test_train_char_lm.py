@@ -55,7 +55,7 @@ def test_run_writes_everything_and_reports_json_figures(trained):
   assert progress and " bits/char " in progress[0] and " chars/s  ETA " in progress[0]
   assert any(line.startswith("step 8: validation loss ") for line in lines)
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert [r["step"] for r in records if r["kind"] == "eval"] == [8, 16]
+  assert [r["step"] for r in records if r["kind"] == "validation"] == [8, 16]
   with open(os.path.join(workdir, "sample.txt"), encoding="utf-8") as stream:
     sample = stream.read()
   prompt = open(summary["config"]["text_file"], encoding="utf-8").readline(40).rstrip("\n")

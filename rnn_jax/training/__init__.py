@@ -23,6 +23,8 @@ One module per idea:
   sampling;
 * :mod:`~rnn_jax.training.distributed`: data-parallel runs over a ``data``
   mesh axis, on one host or several;
+* :mod:`~rnn_jax.training.config`: a script's settings as one frozen dataclass
+  (flags, checks, presets, the run identity that names its workdir);
 * :mod:`~rnn_jax.training.script` and :mod:`~rnn_jax.training.runtime`: what
   the training scripts share (refusals, exit statuses, workdirs) and process
   set-up (tcmalloc).

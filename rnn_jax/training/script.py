@@ -14,7 +14,6 @@ same way through these:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -230,43 +229,3 @@ def open_run(workdir: str, state, *, keep_checkpoints: int, primary: bool,
   log = metrics.MetricsLog(workdir) if primary else None
   write_metrics = log.write if primary else lambda kind, record: None
   return RunFiles(store, state, resumed_from, log, write_metrics)
-
-
-PLATFORMS = ("cpu", "gpu", "cuda", "rocm", "tpu")
-
-
-@dataclasses.dataclass(frozen=True)
-class DeviceOptions:
-  """Where a run computes; the base of each training script's ``Options`` (not part of a config).
-
-  Attributes:
-    platform: the JAX platform (``"cpu"``, ``"gpu"``, ...; ``None``: JAX's
-      choice); it can be set only before the process first uses JAX.
-    num_devices: the global device count to train on (0: all; on several
-      processes, each contributes the same number of its devices).
-    coordinator_address: ``host:port`` of process 0, for several processes.
-    num_processes: the processes of the run (1: this one alone).
-    process_id: this process's index, ``0..num_processes - 1``.
-  """
-
-  platform: str | None = None
-  num_devices: int = 0
-  coordinator_address: str | None = None
-  num_processes: int = 1
-  process_id: int = 0
-
-
-def define_device_flags() -> None:
-  """The absl flags of :class:`DeviceOptions`, with its defaults."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  defaults = DeviceOptions()
-  flags.DEFINE_enum("platform", defaults.platform, list(PLATFORMS),
-                    "JAX platform (default: JAX's choice).")
-  flags.DEFINE_integer("num_devices", defaults.num_devices, "Devices to shard each batch over "
-                       "(0: all; several processes: the global count).", lower_bound=0)
-  flags.DEFINE_string("coordinator_address", defaults.coordinator_address, "host:port of process "
-                      "0, for a run of several processes (jax.distributed.initialize).")
-  flags.DEFINE_integer("num_processes", defaults.num_processes, "Processes (hosts) of the run.",
-                       lower_bound=1)
-  flags.DEFINE_integer("process_id", defaults.process_id, "This process's index in the run.",
-                       lower_bound=0)
