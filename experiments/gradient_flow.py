@@ -331,10 +331,11 @@ def train_and_measure(cell: str, view: str, data: ViewData, settings: dict, clip
     state = classification.fit_classifier(
         state, classification.make_train_step(model, optimizer, settings["seed"]),
         data.train_inputs, data.train_labels, seed=settings["seed"],
-        batch_size=settings["batch_size"], num_steps=num_steps, log_every=log_every,
-        on_log=lambda record: train_log.append({key: record[key]
-                                                for key in ("step", "loss", "accuracy")}),
-        log=lambda line: say(f"  {label}: {line}"))
+        batch_size=settings["batch_size"], num_steps=num_steps, reporter=loop.Reporter(
+            log_every=log_every,
+            on_log=lambda record: train_log.append({key: record[key]
+                                                    for key in ("step", "loss", "accuracy")}),
+            log=lambda line: say(f"  {label}: {line}")))
   except loop.NonFiniteLoss as error:
     say(f"  {label}: {error}")
     return {"norms_init": norms_init, "norms_trained": None, "eval_init": eval_init,

@@ -236,15 +236,15 @@ def test_rnn50_preset_is_the_tutorials_configuration():
 def test_hold_out_splits_off_the_last_examples():
   images, labels = np.arange(10)[:, None, None] * np.ones((1, 2, 2)), np.arange(10)
   (train_images, train_labels), (validation_images, validation_labels) = (
-      train_mnist.hold_out(images, labels, 3))
+      classification.hold_out(images, labels, 3))
   assert train_labels.tolist() == list(range(7)) and validation_labels.tolist() == [7, 8, 9]
   np.testing.assert_array_equal(train_images[:, 0, 0], train_labels)
   np.testing.assert_array_equal(validation_images[:, 0, 0], validation_labels)
-  (all_images, _), (none, _) = train_mnist.hold_out(images, labels, 0)
+  (all_images, _), (none, _) = classification.hold_out(images, labels, 0)
   assert len(all_images) == 10 and len(none) == 0
   for bad in (10, 11, -1):
     with pytest.raises(train_mnist.UsageError, match=f"--validation_examples={bad}: must be in"):
-      train_mnist.hold_out(images, labels, bad)
+      classification.hold_out(images, labels, bad)
 
 
 def _tiny_file(tiny_mnist, split):
@@ -257,17 +257,17 @@ def test_validation_split_is_the_training_files_end_and_the_test_set_is_untouche
     tiny_mnist, tmp_path, monkeypatch):
   """48 examples train, the last 16 validate after each epoch (3 steps), the test set at the end."""
   seen = {"fit": [], "evaluate": []}
-  fit, evaluate = classification.fit_classifier, classification.evaluate
+  batches, evaluate = classification.batches, classification.evaluate
 
-  def fit_spy(state, train_step, inputs, labels, **kwargs):
+  def batches_spy(order, inputs, labels, mesh=None):  # What the training steps read from.
     seen["fit"].append((np.array(inputs), np.array(labels)))
-    return fit(state, train_step, inputs, labels, **kwargs)
+    return batches(order, inputs, labels, mesh)
 
   def evaluate_spy(eval_step, params, inputs, labels, *args, **kwargs):
     seen["evaluate"].append((np.array(inputs), np.array(labels)))
     return evaluate(eval_step, params, inputs, labels, *args, **kwargs)
 
-  monkeypatch.setattr(classification, "fit_classifier", fit_spy)
+  monkeypatch.setattr(classification, "batches", batches_spy)
   monkeypatch.setattr(classification, "evaluate", evaluate_spy)
   lines = []
   config = {"hidden_size": 8, "batch_size": 16, "steps": 7, "unroll": 1,

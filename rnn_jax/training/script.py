@@ -229,3 +229,44 @@ def open_run(workdir: str, state, *, keep_checkpoints: int, primary: bool,
   log = metrics.MetricsLog(workdir) if primary else None
   write_metrics = log.write if primary else lambda kind, record: None
   return RunFiles(store, state, resumed_from, log, write_metrics)
+
+
+def flags_parser(*settings_classes, workdir_help: str) -> Callable[[list], list]:
+  """A ``flags_parser`` for ``absl.app.run`` that first defines the flags of each
+  :class:`~rnn_jax.training.config.Config` class in ``settings_classes`` and ``--workdir``
+  (so that importing a script defines none), then parses as :func:`parse_flags`."""
+
+  def parse(argv):
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    for settings_class in settings_classes:
+      settings_class.define_flags()
+    if "workdir" not in flags.FLAGS:
+      flags.DEFINE_string("workdir", None, workdir_help)
+    return parse_flags(argv)
+
+  return parse
+
+
+def main_of(run: Callable[..., dict], config_class, options_class) -> Callable[[list], None]:
+  """A training script's ``main``, with :func:`with_exit_codes`: the config and options from
+  the parsed flags, ``run(config, workdir, options, preset=...)``, and its summary printed
+  by process 0 as the last line (one JSON object, ``wall_seconds`` from the start of ``main``).
+  """
+
+  def main(argv):
+    import time  # pylint: disable=import-outside-toplevel
+    from absl import flags, logging  # pylint: disable=import-outside-toplevel
+    from rnn_jax.training import distributed  # pylint: disable=import-outside-toplevel
+    if len(argv) > 1:
+      raise UsageError(f"unexpected arguments {argv[1:]}; all settings are --flags")
+    started = time.perf_counter()
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+    config, preset = config_class.from_flags()
+    options, _ = options_class.from_flags()
+    presets = {"preset": preset} if config_class.PRESETS else {}
+    summary = run(config, flags.FLAGS.workdir, options, **presets)
+    summary["wall_seconds"] = round(time.perf_counter() - started, 2)
+    if distributed.is_primary():
+      print(json.dumps(summary), flush=True)
+
+  return with_exit_codes(main)

@@ -66,26 +66,26 @@ def _candidates() -> list[tuple[str, Path | None]]:
                  else None),
                 ("cache", datasets.default_cache_dir(TINY_SHAKESPEARE) / TINY_SHAKESPEARE_FILE)]
   candidates += [("shared copy", folder / TINY_SHAKESPEARE_FILE)
-                 for folder in datasets._shared_dirs(TINY_SHAKESPEARE)]  # pylint: disable=protected-access
+                 for folder in datasets.shared_dirs(TINY_SHAKESPEARE)]
   return candidates
 
 
 def _download_with_tfds(tried: list[str]) -> Path | None:
   """Fetches the raw file with tensorflow-datasets' download manager into the cache."""
   try:
-    tfds = datasets._import_tfds()  # pylint: disable=protected-access
+    tfds = datasets.import_tfds()
   except ImportError as error:
     problem = ("not installed" if error.name == "tensorflow_datasets"
                else f"import failed: {error}")
     tried.append(f"tensorflow-datasets download: {problem}")
     return None
   parts = urllib.parse.urlsplit(TINY_SHAKESPEARE_URL)
-  if not datasets._reachable(parts.hostname, 443):  # pylint: disable=protected-access
+  if not datasets.reachable(parts.hostname, 443):
     tried.append(f"tensorflow-datasets download: no network ({parts.hostname}:443 did not "
-                 f"answer within {datasets._CONNECT_TIMEOUT_S:g} s)")  # pylint: disable=protected-access
+                 f"answer within {datasets.CONNECT_TIMEOUT_S:g} s)")
     return None
   try:
-    tfds_dir = datasets._tfds_data_dir()  # pylint: disable=protected-access
+    tfds_dir = datasets.tfds_data_dir()
     # The checksum tensorflow-datasets registers for the file, when it has one, is checked.
     url_infos = getattr(tfds.builder_cls("tiny_shakespeare"), "url_infos", None)
     manager = tfds.download.DownloadManager(download_dir=os.fspath(tfds_dir / "downloads"),
@@ -93,10 +93,10 @@ def _download_with_tfds(tried: list[str]) -> Path | None:
     downloaded = Path(os.fspath(manager.download(TINY_SHAKESPEARE_URL)))
     target = datasets.default_cache_dir(TINY_SHAKESPEARE) / TINY_SHAKESPEARE_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
-    datasets._copy_atomically(downloaded, target)  # pylint: disable=protected-access
+    datasets.copy_atomically(downloaded, target)
     return target
   except Exception as error:  # pylint: disable=broad-except  # Any failure: report it.
-    tried.append(f"tensorflow-datasets download: {datasets._first_line(error)}")  # pylint: disable=protected-access
+    tried.append(f"tensorflow-datasets download: {datasets.first_line(error)}")
     return None
 
 

@@ -14,10 +14,10 @@ def isolated(tmp_path, monkeypatch):
   monkeypatch.delenv(datasets.ENV_VAR, raising=False)
   monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
   monkeypatch.setattr(datasets, "_SYSTEM_DIRS", {"mnist": (), "fashion_mnist": (str(tmp_path / "usr"),)})
-  monkeypatch.setattr(datasets, "_shared_dirs", lambda dataset: [tmp_path / "shared" / dataset])
+  monkeypatch.setattr(datasets, "shared_dirs", lambda dataset: [tmp_path / "shared" / dataset])
 
   def no_tfds():
     raise ModuleNotFoundError("No module named 'tensorflow_datasets'", name="tensorflow_datasets")
 
-  monkeypatch.setattr(datasets, "_import_tfds", no_tfds)
+  monkeypatch.setattr(datasets, "import_tfds", no_tfds)
   return tmp_path

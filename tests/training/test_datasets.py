@@ -154,7 +154,7 @@ def test_tfds_broken_install_is_reported(isolated, monkeypatch):
   def broken():
     raise ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources")
 
-  monkeypatch.setattr(datasets, "_import_tfds", broken)
+  monkeypatch.setattr(datasets, "import_tfds", broken)
   with pytest.raises(datasets.DataError, match=r"tensorflow-datasets: import failed: No module named "
                      r"'importlib_resources' \(prepared copy"):
     datasets.find_data_dir("mnist")
@@ -185,8 +185,8 @@ def test_tfds_offline_is_listed_and_not_downloaded(isolated, monkeypatch):
     calls.append(("reachable", host, port))
     return False
 
-  monkeypatch.setattr(datasets, "_import_tfds", lambda: FakeTfds)
-  monkeypatch.setattr(datasets, "_reachable", unreachable)
+  monkeypatch.setattr(datasets, "import_tfds", lambda: FakeTfds)
+  monkeypatch.setattr(datasets, "reachable", unreachable)
   with pytest.raises(datasets.DataError) as error:
     datasets.find_data_dir("fashion_mnist")
   message = str(error.value)
@@ -206,7 +206,7 @@ def test_reachable_refused_quickly(tmp_path):
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]  # Bound but not listening: connections are refused.
     start = time.perf_counter()
-    assert not datasets._reachable("127.0.0.1", port)
+    assert not datasets.reachable("127.0.0.1", port)
   assert time.perf_counter() - start < 2
 
 
@@ -252,7 +252,7 @@ def test_views_bad_input():
 def test_shared_copy_is_looked_for_beside_the_checkout_first(tmp_path, monkeypatch):
   """``../shared/data`` next to the repository, whatever the working directory; then beside the cwd."""
   monkeypatch.chdir(tmp_path)
-  assert datasets._shared_dirs("mnist") == [SHARED_MNIST, tmp_path.parent / "shared" / "data" / "mnist"]
+  assert datasets.shared_dirs("mnist") == [SHARED_MNIST, tmp_path.parent / "shared" / "data" / "mnist"]
 
 
 # ----------------------------------------------------------------------------- real data

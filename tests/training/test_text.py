@@ -126,8 +126,8 @@ def test_tfds_download_lands_in_the_cache(isolated, monkeypatch):
     def builder_cls(name):
       return type("Builder", (), {"url_infos": {name: "checksum"}})
 
-  monkeypatch.setattr(datasets, "_import_tfds", lambda: FakeTfds)
-  monkeypatch.setattr(datasets, "_reachable", lambda host, port: True)
+  monkeypatch.setattr(datasets, "import_tfds", lambda: FakeTfds)
+  monkeypatch.setattr(datasets, "reachable", lambda host, port: True)
   path = text.find_text_file()
   cached = datasets.default_cache_dir("tinyshakespeare") / "input.txt"
   assert path == str(cached) and cached.read_text() == "First Citizen:\n"
