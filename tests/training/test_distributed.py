@@ -24,8 +24,11 @@ COLLECTIVE = re.compile(r"\b(all-gather|all-reduce|reduce-scatter|all-to-all|col
 
 
 def _run_scenario(name: str, *args: str, devices: int = 4) -> dict:
+  # The checkout under test first on the path (not an installed copy of rnn_jax elsewhere).
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(HERE)),
+                                         os.environ.get("PYTHONPATH", "")]))
   result = subprocess.run([sys.executable, os.path.abspath(__file__), name, *args], cwd=HERE,
                           env=env, text=True, capture_output=True, timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
