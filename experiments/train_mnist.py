@@ -44,7 +44,7 @@ try:
   from absl import app
 
   from rnn_jax.layer import VJPS
-  from rnn_jax.training import classification, datasets, optim, script
+  from rnn_jax.training import classification, cores, datasets, optim, script
   from rnn_jax.training import task as task_lib
   from rnn_jax.training.config import Config, setting
 except ImportError as missing:  # The `train` extra is not installed.
@@ -77,7 +77,7 @@ class MnistConfig(Config):
   view: str = setting("rows", "How an image becomes a sequence.", choices=datasets.VIEWS)
   permutation_seed: int = setting(0, "Pixel order of the permuted_pixels view.", lower=0)
   cell: str = setting("gru", "Recurrent cell (rnn_jax.training.cores.CELLS).",
-                      choices=lambda: sorted(classification.CELLS))
+                      choices=lambda: sorted(cores.CELLS))
   hidden_size: int = setting(128, "Hidden units per layer.", lower=1)
   num_layers: int = setting(1, "Stacked recurrent layers.", lower=1)
   dropout: float = setting(0.0, "Drop rate (1 - keep) between layers and after the last one, "

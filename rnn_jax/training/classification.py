@@ -449,13 +449,16 @@ class ClassificationTask:
     return dataclasses.replace(self, data=data)
 
   def num_steps(self) -> int:
+    """``--steps``, or ``--epochs`` passes over the training split."""
     from rnn_jax.training import optim  # pylint: disable=import-outside-toplevel
     return optim.steps_for(len(self.data["train"][1]), self.batch_size, self.epochs, self.steps)
 
   def steps_per_epoch(self) -> int:
+    """Full batches per pass over the training split (the remainder is dropped)."""
     return len(self.data["train"][1]) // self.batch_size
 
   def describe(self, num_params: int) -> str:
+    """Cell, sizes, data, steps and optimizer, for the run's first line."""
     inputs, labels = self.data["train"]
     splits = self.data["splits"]
     validation = (f"{len(splits['validation'][1])} validation (the training file's last) / "
@@ -467,18 +470,22 @@ class ClassificationTask:
             f"({self.schedule})")
 
   def check_workdir(self, workdir: str) -> None:
+    """Nothing to keep beside ``config.json``."""
     del workdir  # Nothing besides config.json.
 
   # ---------------------------------------------------------------- training
 
   def create_state(self) -> loop.TrainState:
+    """The state of step 0: ``model.init(key(seed), F)`` parameters, no ``aux``."""
     return create_state(self.model, self._optimizer, jax.random.key(self.seed),
                         self.data["train"][0].shape[-1])
 
   def make_train_step(self):
+    """The jitted step of :func:`loss_function`, with the parameter average when asked."""
     return make_train_step(self.model, self._optimizer, self.seed, self.ema_decay)
 
   def batches(self, mesh: jax.sharding.Mesh | None) -> Callable[[int], IndexedBatch | Batch]:
+    """The training split in :class:`~rnn_jax.training.batching.BatchOrder` (:func:`batches`)."""
     inputs, labels = self.data["train"]
     return batches(BatchOrder(self.seed, len(labels), self.batch_size), inputs, labels, mesh)
 
@@ -495,17 +502,20 @@ class ClassificationTask:
     return requested
 
   def final_splits(self) -> tuple[str, ...]:
+    """The validation split (when held out), then the test set."""
     return ("validation", "test") if "validation" in self.data["splits"] else ("test",)
 
   def _eval_params(self, state):
     return state.ema_params if self.ema_decay > 0 else state.params
 
   def evaluate(self, split: str, state, mesh) -> dict:
+    """Loss and accuracy of the evaluated parameters (the average, when kept) on ``split``."""
     inputs, labels = self.data["splits"][split]
     return evaluate(self._eval_step, self._eval_params(state), inputs, labels,
                     self.eval_batch_size, mesh=mesh)
 
   def report(self, split: str, step: int, result: dict) -> tuple[dict, str]:
+    """``{split}_loss``/``{split}_accuracy`` records and the accuracy line."""
     record = {"step": step, f"{split}_loss": result["loss"],
               f"{split}_accuracy": result["accuracy"]}
     line = (f"step {step}: {split} accuracy {100 * result['accuracy']:.2f}% "
@@ -546,6 +556,7 @@ class ClassificationTask:
     return extras
 
   def summary(self, results, steps_per_second: float) -> dict:
+    """``test_accuracy``, ``test_loss``, ``test_examples`` (and the validation's), the rate."""
     test = results["test"]
     validation = results.get("validation")
     return {

@@ -455,12 +455,15 @@ class CharLMTask:
                                            "splits": splits, "windows": windows})
 
   def num_steps(self) -> int:
+    """``steps``."""
     return self.steps
 
   def steps_per_epoch(self) -> int:
+    """Windows per pass over the training split."""
     return self.data["windows"].windows_per_pass
 
   def describe(self, num_params: int) -> str:
+    """Cell, sizes, vocabulary, splits and windows, for the run's first line."""
     splits, vocabulary = self.data["splits"], self.data["vocabulary"]
     passes = self.steps * self.batch_size * self.window / len(splits["train"])
     return (f"{self.cell} x{self.num_layers} H={self.hidden_size} E={self.embed_size} "
@@ -489,10 +492,12 @@ class CharLMTask:
   # ---------------------------------------------------------------- training
 
   def create_state(self) -> loop.TrainState:
+    """The state of step 0; with ``tbptt`` its ``aux`` is the zero carry of the streams."""
     return create_state(self._model, self._optimizer, jax.random.key(self.seed),
                         self.batch_size, tbptt=self.tbptt)
 
   def make_train_step(self):
+    """The jitted step of :func:`loss_function` over windows of ``window`` characters."""
     return loop.make_train_step(loss_function(self._model, self.window, self.tbptt),
                                 self._optimizer, seed=self.seed)
 
@@ -517,15 +522,19 @@ class CharLMTask:
   # ---------------------------------------------------------------- evaluation
 
   def watched_split(self) -> str:
+    """The validation split."""
     return "validation"
 
   def eval_every(self, requested: int) -> int:
+    """``requested`` (0: only at the end)."""
     return requested
 
   def final_splits(self) -> tuple[str, ...]:
+    """Validation, then test."""
     return ("validation", "test")
 
   def evaluate(self, split: str, state, mesh) -> dict:
+    """Loss and bits per character over all of ``split`` (see :func:`evaluate`)."""
     return evaluate(self._model, state.params, self.data["splits"][split], self.eval_streams,
                     self.eval_window, mesh=mesh)
 
@@ -568,6 +577,7 @@ class CharLMTask:
     return extras
 
   def summary(self, results, steps_per_second: float) -> dict:
+    """Validation and test figures, the character rate, the machine's load and allocator."""
     validation, test = results["validation"], results["test"]
     from rnn_jax.training import runtime  # pylint: disable=import-outside-toplevel
     return {
