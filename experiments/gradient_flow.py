@@ -59,6 +59,7 @@ try:
   import optax
   from absl import app, flags, logging
 
+  import experiments
   import rnn_jax
   from rnn_jax.training import classification, datasets, loop, optim, plots, script
 except ImportError as missing:  # The `train` extra is not installed.
@@ -387,7 +388,8 @@ def run(settings: dict, workdir: str, data_dir=None, figures: bool = True,
     except ImportError as error:
       raise script.UsageError(f"the figures need matplotlib ({error}); "
                               "pip install 'rnn_jax[train]'") from None
-  images = {split: datasets.load("mnist", split, data_dir) for split in datasets.SPLITS}
+  images = {split: datasets.load("mnist", split, data_dir, experiments.data_search_dirs())
+            for split in datasets.SPLITS}
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as error:

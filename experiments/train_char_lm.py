@@ -39,6 +39,7 @@ if __name__ == "__main__":
 try:
   from absl import app
 
+  import experiments
   from rnn_jax.layer import VJPS
   from rnn_jax.training import cores, language_model, script
   from rnn_jax.training import task as task_lib
@@ -107,7 +108,8 @@ def run(config: Mapping | CharLMConfig, workdir: str | None = None,
   """
   config = CharLMConfig.resolve(config)
   task = language_model.CharLMTask.from_config(
-      config.to_dict(), **{name: getattr(options, name) for name in (
+      config.to_dict(), search_dirs=experiments.data_search_dirs(),
+      **{name: getattr(options, name) for name in (
           "eval_streams", "eval_window", "sample_length", "sample_temperature", "plots")})
   return task_lib.train_and_evaluate(task, config, workdir, options, name="char_lm", say=say)
 

@@ -43,6 +43,7 @@ if __name__ == "__main__":
 try:
   from absl import app
 
+  import experiments
   from rnn_jax.layer import VJPS
   from rnn_jax.training import classification, cores, datasets, optim, script
   from rnn_jax.training import task as task_lib
@@ -150,7 +151,8 @@ def run(config: Mapping | MnistConfig, workdir: str | None = None, options: Opti
   """
   config = MnistConfig.resolve(config, preset)
   task = classification.ClassificationTask.from_config(
-      config.to_dict(), data_dir=options.data_dir, max_test_examples=options.max_test_examples,
+      config.to_dict(), data_dir=options.data_dir, search_dirs=experiments.data_search_dirs(),
+      max_test_examples=options.max_test_examples,
       eval_batch_size=options.eval_batch_size, plots=options.plots, title=preset or "default")
   summary = task_lib.train_and_evaluate(task, config, workdir, options,
                                         name=preset or "default", say=say)

@@ -377,6 +377,7 @@ class ClassificationTask:
   validation_examples: int = 0
   options: rnn_jax.RunOptions = rnn_jax.RunOptions()
   data_dir: str | None = None
+  search_dirs: tuple[str, ...] = ()
   max_test_examples: int = 0
   eval_batch_size: int = 1000
   plots: bool = True
@@ -390,7 +391,7 @@ class ClassificationTask:
   def from_config(cls, config, **settings) -> ClassificationTask:
     """The task of a config's values (``config.json``'s keys: ``backward`` is ``vjp``; the
     ``unroll`` and ``vjp`` go into ``options``) and the run's ``settings`` (``data_dir``,
-    ``max_test_examples``, ``eval_batch_size``, ``plots``, ``title``)."""
+    ``search_dirs``, ``max_test_examples``, ``eval_batch_size``, ``plots``, ``title``)."""
     values = dict(config)
     vjp, unroll = values.pop("backward", "auto"), values.pop("unroll", None)
     options = rnn_jax.RunOptions(unroll=unroll, vjp=None if vjp == "auto" else vjp)
@@ -424,7 +425,7 @@ class ClassificationTask:
     """Loads the dataset, holds out the validation split, cuts the test set; see
     :class:`~rnn_jax.training.task.Task`."""
     from rnn_jax.training import datasets, script  # pylint: disable=import-outside-toplevel
-    data_dir = datasets.find_data_dir(self.dataset, self.data_dir)
+    data_dir = datasets.find_data_dir(self.dataset, self.data_dir, self.search_dirs)
     say(f"{self.dataset} data from {data_dir}")
     train_images, train_labels = datasets.load(self.dataset, "train", data_dir)
     test_images, test_labels = datasets.load(self.dataset, "test", data_dir)

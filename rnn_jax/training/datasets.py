@@ -21,8 +21,11 @@ that holds all four:
 3. ``~/.cache/rnn_jax/<dataset>``, where a tensorflow-datasets conversion lands;
 4. ``/usr/share/datasets/fashion-mnist`` for ``fashion_mnist`` (Debian/Ubuntu
    package ``dataset-fashion-mnist``);
-5. ``../shared/data/<dataset>`` beside the repository (our machines' offline
-   copy), relative to the package's source tree and to the working directory;
+5. ``<search dir>/<dataset>`` for each folder of the ``search_dirs``
+   argument, which the caller's configuration gives (the experiment scripts
+   pass ``../shared/data`` beside their checkout and beside the working
+   directory, see :func:`experiments.data_search_dirs`); the library itself
+   knows no such place;
 6. a prepared tensorflow-datasets copy (``$TFDS_DATA_DIR`` or
    ``~/tensorflow_datasets``, array_record format), read with
    ``tfds.data_source`` and converted once to plain IDX files in place 3. No
@@ -124,18 +127,8 @@ def tfds_data_dir() -> Path:
   return Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
 
 
-def shared_dirs(dataset: str) -> list[Path]:
-  """``../shared/data/<dataset>`` beside the source tree and beside the working directory."""
-  repo_root = Path(__file__).resolve().parents[2]  # rnn_jax/training/datasets.py -> the checkout
-  dirs = []
-  for base in (repo_root, Path.cwd()):
-    candidate = base.parent / "shared" / "data" / dataset
-    if candidate not in dirs:
-      dirs.append(candidate)
-  return dirs
-
-
-def _local_candidates(dataset: str, data_dir) -> list[tuple[str, Path | None]]:
+def _local_candidates(dataset: str, data_dir, search_dirs: Sequence[str | os.PathLike] = ()
+                      ) -> list[tuple[str, Path | None]]:
   """(where it came from, folder or None when unset) for every local folder, in order."""
   def folder_and_subfolders(origin: str, base: Path):
     return [(origin, base / sub) for sub in _SUBFOLDERS[dataset]] + [(origin, base)]
@@ -149,7 +142,7 @@ def _local_candidates(dataset: str, data_dir) -> list[tuple[str, Path | None]]:
     candidates.append((f"${ENV_VAR}", None))
   candidates.append(("cache", default_cache_dir(dataset)))
   candidates += [("system package", Path(d)) for d in _SYSTEM_DIRS[dataset]]
-  candidates += [("shared copy", d) for d in shared_dirs(dataset)]
+  candidates += [("search dir", Path(d).expanduser() / dataset) for d in search_dirs]
   return candidates
 
 
@@ -291,13 +284,16 @@ def _how_to_fix(dataset: str, explicit: bool) -> str:
   return "\n  ".join(lines)
 
 
-def find_data_dir(dataset: str = "mnist", data_dir: str | os.PathLike | None = None) -> str:
+def find_data_dir(dataset: str = "mnist", data_dir: str | os.PathLike | None = None,
+                  search_dirs: Sequence[str | os.PathLike] = ()) -> str:
   """The folder holding ``dataset``'s four IDX files, searched in the order of the module doc.
 
   Args:
     dataset: one of :data:`DATASETS`.
     data_dir: if given, the only place looked at (``data_dir/<dataset>`` or
       ``data_dir`` itself).
+    search_dirs: folders whose ``<dataset>`` subfolder is tried after the
+      cache and the system package (place 5 of the module doc).
 
   Returns:
     The folder's path.
@@ -307,7 +303,7 @@ def find_data_dir(dataset: str = "mnist", data_dir: str | os.PathLike | None = N
   """
   _check_choice("dataset", dataset, DATASETS)
   tried = []
-  for origin, directory in _local_candidates(dataset, data_dir):
+  for origin, directory in _local_candidates(dataset, data_dir, search_dirs):
     problem = _describe(directory)
     if problem is None:
       return os.fspath(directory)
@@ -323,14 +319,15 @@ def find_data_dir(dataset: str = "mnist", data_dir: str | os.PathLike | None = N
 # ----------------------------------------------------------------------------- loading
 
 
-def load(dataset: str = "mnist", split: str = "train",
-         data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load(dataset: str = "mnist", split: str = "train", data_dir: str | os.PathLike | None = None,
+         search_dirs: Sequence[str | os.PathLike] = ()) -> tuple[np.ndarray, np.ndarray]:
   """Loads one split of an MNIST-family dataset into memory.
 
   Args:
     dataset: ``"mnist"`` or ``"fashion_mnist"``.
     split: ``"train"`` (60,000 examples) or ``"test"`` (10,000).
-    data_dir: an explicit folder; otherwise :func:`find_data_dir` searches.
+    data_dir: an explicit folder; otherwise :func:`find_data_dir` searches,
+      ``search_dirs`` included.
 
   Returns:
     ``(images uint8 [N, 28, 28], labels int32 [N])`` in the files' order.
@@ -343,7 +340,7 @@ def load(dataset: str = "mnist", split: str = "train",
   """
   _check_choice("dataset", dataset, DATASETS)
   _check_choice("split", split, SPLITS)
-  directory = Path(find_data_dir(dataset, data_dir))
+  directory = Path(find_data_dir(dataset, data_dir, search_dirs))
   images_path, labels_path = (_find_file(directory, stem) for stem in _FILE_STEMS[split])
   images, labels = read_idx(images_path), read_idx(labels_path)
   if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:

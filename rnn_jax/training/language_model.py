@@ -347,7 +347,7 @@ def plot_loss_curves(records, path: str, title: str) -> None:
   plt.close(figure)
 
 
-_RUN_SETTINGS = ("options", "eval_streams", "eval_window", "sample_length", "sample_temperature",
+_RUN_SETTINGS = ("options", "search_dirs", "eval_streams", "eval_window", "sample_length", "sample_temperature",
                  "plots", "data")
 """The fields of :class:`CharLMTask` that are not its config (how a run is carried out)."""
 
@@ -379,6 +379,7 @@ class CharLMTask:
   tbptt: bool = True
   seed: int = 0
   options: rnn_jax.RunOptions = rnn_jax.RunOptions()
+  search_dirs: tuple[str, ...] = ()
   eval_streams: int = 32
   eval_window: int = 256
   sample_length: int = 300
@@ -444,7 +445,7 @@ class CharLMTask:
     """Reads and splits the text; refuses a batch of windows the training split cannot fill."""
     from rnn_jax.training import script, text  # pylint: disable=import-outside-toplevel
     del say  # The first line says where the text came from.
-    path, vocabulary, splits = text.load_splits(self.text_file)
+    path, vocabulary, splits = text.load_splits(self.text_file, self.search_dirs)
     try:
       windows = (text.StreamWindows(splits["train"], self.batch_size, self.window)
                  if self.tbptt else
