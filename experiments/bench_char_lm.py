@@ -7,7 +7,7 @@ Both sides train embedding -> LSTM/GRU -> dense over the vocabulary on
 stateful TBPTT windows (the carry of one step, detached, starts the next),
 with the same sizes, window, batch, dropout (embeddings and outputs), Adam and
 gradient clipping by global norm. The rnn_jax side is the real training step
-of ``experiments.train_char_lm`` (:func:`rnn_jax.training.loop.make_train_step`
+of :class:`rnn_jax.training.language_model.CharLMTask` (:func:`rnn_jax.training.loop.make_train_step`
 of :func:`rnn_jax.training.language_model.loss_function`, donated state, the
 windows gathered on the device). Steps alternate in one process
 (:func:`experiments.benchmarking.time_interleaved`: shuffled order, warm-up
@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments import benchmarking, train_char_lm
+from experiments import benchmarking
 from rnn_jax.training import language_model, loop, runtime, text
 
 VOCAB = 66  # Tiny Shakespeare: 65 characters + <unk>.
@@ -35,12 +35,11 @@ VOCAB = 66  # Tiny Shakespeare: 65 characters + <unk>.
 
 def build_rnn_jax_step(config: dict, vocab_size: int = VOCAB):
   """``(step, ())``: one training step of the toolkit on fixed random windows (state threaded)."""
-  model = train_char_lm.build_model(config, vocab_size)
-  optimizer = train_char_lm.build_optimizer(config)
-  state = train_char_lm.initial_state(config, model, optimizer)
+  task = language_model.CharLMTask.from_config(config)
+  model, optimizer = task.model(vocab_size), task.optimizer()
+  state = task.initial_state(vocab_size)
   train_step = loop.make_train_step(
-      language_model.loss_function(model, config["window"], tbptt=True), optimizer,
-      seed=config["seed"])
+      language_model.loss_function(model, task.window, tbptt=True), optimizer, seed=task.seed)
   ids = np.random.default_rng(0).integers(0, vocab_size - 1, 200_000).astype(np.int32)
   batches = text.StreamWindows(ids, config["batch_size"], config["window"])
   holder = {"state": state, "step": 0}
@@ -113,7 +112,7 @@ def compare(config: dict, rounds: int = 20, warmup: int = 3) -> dict:
 def define_flags() -> None:
   """The script's flags (defined only when it runs, so that importing it defines none)."""
   flags.DEFINE_enum("cell", "lstm", ["lstm", "gru"], "Recurrent cell (both libraries).")
-  flags.DEFINE_integer("hidden_size", train_char_lm.DEFAULTS["hidden_size"], "Units.")
+  flags.DEFINE_integer("hidden_size", language_model.CharLMTask.hidden_size, "Units.")
   flags.DEFINE_integer("rounds", 20, "Interleaved rounds (one step of each per round).")
   flags.DEFINE_string("output", None, "Also write the JSON line to this file.")
 
@@ -121,7 +120,8 @@ def define_flags() -> None:
 def main(argv):
   del argv
   values = flags.FLAGS
-  config = train_char_lm.resolve_config({"cell": values.cell, "hidden_size": values.hidden_size})
+  config = language_model.CharLMTask(cell=values.cell,
+                                     hidden_size=values.hidden_size).config_values()
   line = json.dumps(compare(config, rounds=values.rounds))
   if values.output:
     with open(values.output, "w") as stream:

@@ -40,7 +40,7 @@ if __name__ == "__main__":
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from rnn_jax.training import (classification, distributed,  # pylint: disable=wrong-import-position
+from rnn_jax.training import (classification, distributed, loop,  # pylint: disable=wrong-import-position
                               optim)
 
 
@@ -70,7 +70,7 @@ def make_cases(batch_size: int, hidden_size: int, num_examples: int) -> dict:
       target = int(state.step) + num_steps
       current[0] = classification.fit_classifier(
           state, train_step, inputs, labels, seed=0, batch_size=batch_size, num_steps=target,
-          mesh=mesh, log_every=target, log=lambda line: None)
+          mesh=mesh, reporter=loop.Reporter(log_every=target, log=lambda line: None))
 
     return run
 

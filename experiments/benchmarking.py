@@ -22,11 +22,6 @@ import numpy as np
 import rnn_jax
 
 
-def _block(result: Any) -> Any:
-  """Waits until every JAX array in ``result`` is computed (other leaves pass through)."""
-  return jax.block_until_ready(result)
-
-
 def time_function(fn: Callable[..., Any], *args, repeats: int = 20, warmup: int = 3,
                   min_time_s: float = 0.0, **kwargs) -> dict:
   """Wall-clock time of ``fn(*args, **kwargs)``, results awaited with ``jax.block_until_ready``.
@@ -51,14 +46,14 @@ def time_function(fn: Callable[..., Any], *args, repeats: int = 20, warmup: int 
   warmup_s = 0.0
   for i in range(warmup):
     start = time.perf_counter()
-    _block(fn(*args, **kwargs))
+    jax.block_until_ready(fn(*args, **kwargs))
     if i == 0:
       warmup_s = time.perf_counter() - start
   times = []
   total = 0.0
   while len(times) < repeats or total < min_time_s:
     start = time.perf_counter()
-    _block(fn(*args, **kwargs))
+    jax.block_until_ready(fn(*args, **kwargs))
     elapsed = time.perf_counter() - start
     times.append(elapsed)
     total += elapsed
@@ -90,7 +85,7 @@ def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
   for name, (fn, args) in cases.items():
     for i in range(warmup):
       start = time.perf_counter()
-      _block(fn(*args))
+      jax.block_until_ready(fn(*args))
       if i == 0:
         warmup_s[name] = time.perf_counter() - start
   times = {name: [] for name in cases}
@@ -104,7 +99,7 @@ def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
     for name in order:
       fn, args = cases[name]
       start = time.perf_counter()
-      _block(fn(*args))
+      jax.block_until_ready(fn(*args))
       times[name].append(time.perf_counter() - start)
     elapsed_rounds += time.perf_counter() - round_start
     done += 1

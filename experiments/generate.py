@@ -32,7 +32,6 @@ try:
   import numpy as np
   from absl import app, flags, logging
 
-  from experiments import train_char_lm
   from rnn_jax.training import language_model, script, text
 except ImportError as missing:  # The `train` extra is not installed.
   runtime.exit_for_missing_extra(missing, __name__, "generation")
@@ -66,13 +65,14 @@ def load_run(workdir: str) -> tuple[language_model.CharLM, dict, text.Vocabulary
   except (OSError, ValueError) as error:
     raise text.DataError(f"--workdir={workdir}: no readable config.json; is it a run of "
                          "experiments.train_char_lm?") from error
-  if set(config) != set(train_char_lm.DEFAULTS):
+  if set(config) != set(language_model.CharLMTask().config_values()):
     raise text.DataError(f"--workdir={workdir}: not a run of experiments.train_char_lm (its "
                          "config.json has other settings)")
+  task = language_model.CharLMTask.from_config(config)
   vocabulary = text.Vocabulary.load(os.path.join(workdir, "vocabulary.json"))
-  model = train_char_lm.build_model(config, vocabulary.size)
+  model = task.model(vocabulary.size)
   from rnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel  # Orbax.
-  template = train_char_lm.initial_state(config, model, train_char_lm.build_optimizer(config))
+  template = task.initial_state(vocabulary.size)
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"),
                                      log=lambda line: print(line, file=sys.stderr))
   restored = store.restore_latest(template)

@@ -59,6 +59,7 @@ try:
   import optax
   from absl import app, flags, logging
 
+  import experiments
   import rnn_jax
   from rnn_jax.training import classification, datasets, loop, optim, plots, script
 except ImportError as missing:  # The `train` extra is not installed.
@@ -331,10 +332,11 @@ def train_and_measure(cell: str, view: str, data: ViewData, settings: dict, clip
     state = classification.fit_classifier(
         state, classification.make_train_step(model, optimizer, settings["seed"]),
         data.train_inputs, data.train_labels, seed=settings["seed"],
-        batch_size=settings["batch_size"], num_steps=num_steps, log_every=log_every,
-        on_log=lambda record: train_log.append({key: record[key]
-                                                for key in ("step", "loss", "accuracy")}),
-        log=lambda line: say(f"  {label}: {line}"))
+        batch_size=settings["batch_size"], num_steps=num_steps, reporter=loop.Reporter(
+            log_every=log_every,
+            on_log=lambda record: train_log.append({key: record[key]
+                                                    for key in ("step", "loss", "accuracy")}),
+            log=lambda line: say(f"  {label}: {line}")))
   except loop.NonFiniteLoss as error:
     say(f"  {label}: {error}")
     return {"norms_init": norms_init, "norms_trained": None, "eval_init": eval_init,
@@ -386,7 +388,8 @@ def run(settings: dict, workdir: str, data_dir=None, figures: bool = True,
     except ImportError as error:
       raise script.UsageError(f"the figures need matplotlib ({error}); "
                               "pip install 'rnn_jax[train]'") from None
-  images = {split: datasets.load("mnist", split, data_dir) for split in datasets.SPLITS}
+  images = {split: datasets.load("mnist", split, data_dir, experiments.data_search_dirs())
+            for split in datasets.SPLITS}
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as error:

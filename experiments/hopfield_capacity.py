@@ -48,6 +48,7 @@ try:
   import numpy as np
   from absl import app, flags, logging
 
+  import experiments
   from rnn_jax import hopfield
   from rnn_jax.training import datasets, plots, script
 except ImportError as missing:  # The `train` extra is not installed.
@@ -180,7 +181,7 @@ def pattern_pool(dataset: str, count: int, seed: int, data_dir=None) -> np.ndarr
   rng = np.random.default_rng([seed, DATASETS.index(dataset)])
   if dataset == "random":
     return np.where(rng.random((count, NUM_UNITS)) < 0.5, -1, 1).astype(np.int8)
-  images, _ = datasets.load("mnist", "train", data_dir)
+  images, _ = datasets.load("mnist", "train", data_dir, experiments.data_search_dirs())
   order = rng.permutation(len(images))[:count]
   return np.where(images[order].reshape(count, NUM_UNITS) > 127, 1, -1).astype(np.int8)
 

@@ -62,7 +62,9 @@ def test_page_examples_run(page, monkeypatch, capsys):
   namespace = {"__name__": f"docs_{page.stem.replace('-', '_')}"}
   for line, code in python_blocks(page.read_text()):
     # Blank lines up to the block's first line, so tracebacks give the page's line numbers.
-    exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)  # pylint: disable=exec-used
+    # dont_inherit: the page's code runs as written, without this file's `from __future__`.
+    exec(compile("\n" * (line - 1) + code, str(page), "exec", dont_inherit=True),  # pylint: disable=exec-used
+         namespace)
   capsys.readouterr()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import generate, train_char_lm
-from rnn_jax.training import loop, text
+from rnn_jax.training import language_model, loop, text
 from scripts import REPO, one_line, run_experiment
 
 CONFIG = {"cell": "gru", "hidden_size": 16, "embed_size": 8, "batch_size": 4, "window": 16,
@@ -55,7 +55,7 @@ def test_run_writes_everything_and_reports_json_figures(trained):
   assert progress and " bits/char " in progress[0] and " chars/s  ETA " in progress[0]
   assert any(line.startswith("step 8: validation loss ") for line in lines)
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert [r["step"] for r in records if r["kind"] == "eval"] == [8, 16]
+  assert [r["step"] for r in records if r["kind"] == "validation"] == [8, 16]
   with open(os.path.join(workdir, "sample.txt"), encoding="utf-8") as stream:
     sample = stream.read()
   prompt = open(summary["config"]["text_file"], encoding="utf-8").readline(40).rstrip("\n")
@@ -195,8 +195,8 @@ def test_short_real_run_learns_tiny_shakespeare(tmp_path):
 def test_torch_comparison_times_both_training_steps():
   pytest.importorskip("torch")
   from experiments import bench_char_lm  # pylint: disable=import-outside-toplevel
-  config = train_char_lm.resolve_config({"hidden_size": 8, "embed_size": 4, "batch_size": 2,
-                                         "window": 4})
+  config = language_model.CharLMTask(hidden_size=8, embed_size=4, batch_size=2,
+                                     window=4).config_values()
   result = bench_char_lm.compare(config, rounds=1, warmup=1)
   assert result["rnn_jax"]["median_ms"] > 0 and result["torch"]["median_ms"] > 0
   assert result["torch_over_rnn_jax"] == pytest.approx(

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from experiments import train_mnist
-from rnn_jax.training import classification, datasets, idx, optim
+from rnn_jax.training import classification, datasets, idx, optim, script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--cell=gru", "--hidden_size=8", "--batch_size=16", "--unroll=1", "--log_every=1",
@@ -235,7 +235,7 @@ def test_run_from_python_needs_no_flags(tiny_mnist, tmp_path):
   config = {"hidden_size": 8, "batch_size": 16, "steps": 3, "unroll": 1}
   summary = train_mnist.run(config, str(tmp_path), options, say=lines.append)
   assert summary["steps"] == 3 and summary["test_examples"] == 20
-  assert summary["config"] == {**train_mnist.DEFAULTS, **config}
+  assert summary["config"] == {**train_mnist.MnistConfig().to_dict(), **config}
   assert lines[0] == f"mnist data from {tiny_mnist}"  # Where the data was found, first.
   assert lines[1].startswith("gru x1 H=8 ") and any(line.startswith("step 3/3") for line in lines)
   with pytest.raises(train_mnist.UsageError, match=r"--hidden_size=9 \(was 8\)"):
@@ -247,25 +247,17 @@ def test_run_from_python_needs_no_flags(tiny_mnist, tmp_path):
     train_mnist.run({"hidden": 8}, str(tmp_path), options)
 
 
-def test_default_workdirs_are_unchanged():
-  """The run directories of the default command and the presets (their configs' hashes)."""
-  expected = {None: "default-17e4a2c6", "lstm100": "lstm100-934830cb",
-              "lstm256x2": "lstm256x2-70ba369e", "rnn150": "rnn150-564e5393",
-              "rnn50": "rnn50-ad5613ca", "best": "best-796f1f4a"}
-  for preset, name in expected.items():
-    config = train_mnist.resolve_config({}, preset)
-    assert train_mnist.default_workdir(config, preset) == os.path.join("runs", name)
-  rnn150 = train_mnist.resolve_config({"steps": 10}, "rnn150")
-  assert (rnn150["cell"], rnn150["optimizer"], rnn150["steps"]) == ("rnn", "rmsprop", 10)
-  # A validation split trains something else: another workdir.
-  held_out = train_mnist.resolve_config({"validation_examples": 5000})
-  assert train_mnist.default_workdir(held_out) != os.path.join("runs", expected[None])
+def test_presets_apply_under_the_given_values():
+  rnn150 = train_mnist.MnistConfig.resolve({"steps": 10}, "rnn150")
+  assert (rnn150.cell, rnn150.optimizer, rnn150.steps) == ("rnn", "rmsprop", 10)
+  with pytest.raises(train_mnist.UsageError, match="flag --preset=huge: unknown preset"):
+    train_mnist.MnistConfig.resolve({}, "huge")
 
 
 def test_rnn50_preset_is_the_tutorials_configuration():
   """Tanh RNN of 50, batch 100, 2,500 steps of plain gradient descent on all 60,000 images;
   our learning rate, cosine decay and clipping (see the module doc)."""
-  config = train_mnist.resolve_config({}, "rnn50")
+  config = train_mnist.MnistConfig.resolve({}, "rnn50").to_dict()
   expected = {"cell": "rnn", "hidden_size": 50, "num_layers": 1, "view": "rows",
               "batch_size": 100, "steps": 2500, "optimizer": "sgd", "momentum": 0.0,
               "learning_rate": 0.3, "schedule": "cosine", "warmup_steps": 0, "clip_norm": 1.0,
@@ -280,15 +272,15 @@ def test_rnn50_preset_is_the_tutorials_configuration():
 def test_hold_out_splits_off_the_last_examples():
   images, labels = np.arange(10)[:, None, None] * np.ones((1, 2, 2)), np.arange(10)
   (train_images, train_labels), (validation_images, validation_labels) = (
-      train_mnist.hold_out(images, labels, 3))
+      classification.hold_out(images, labels, 3))
   assert train_labels.tolist() == list(range(7)) and validation_labels.tolist() == [7, 8, 9]
   np.testing.assert_array_equal(train_images[:, 0, 0], train_labels)
   np.testing.assert_array_equal(validation_images[:, 0, 0], validation_labels)
-  (all_images, _), (none, _) = train_mnist.hold_out(images, labels, 0)
+  (all_images, _), (none, _) = classification.hold_out(images, labels, 0)
   assert len(all_images) == 10 and len(none) == 0
   for bad in (10, 11, -1):
     with pytest.raises(train_mnist.UsageError, match=f"--validation_examples={bad}: must be in"):
-      train_mnist.hold_out(images, labels, bad)
+      classification.hold_out(images, labels, bad)
 
 
 def _tiny_file(tiny_mnist, split):
@@ -301,17 +293,17 @@ def test_validation_split_is_the_training_files_end_and_the_test_set_is_untouche
     tiny_mnist, tmp_path, monkeypatch):
   """48 examples train, the last 16 validate after each epoch (3 steps), the test set at the end."""
   seen = {"fit": [], "evaluate": []}
-  fit, evaluate = classification.fit_classifier, classification.evaluate
+  batches, evaluate = classification.batches, classification.evaluate
 
-  def fit_spy(state, train_step, inputs, labels, **kwargs):
+  def batches_spy(order, inputs, labels, mesh=None):  # What the training steps read from.
     seen["fit"].append((np.array(inputs), np.array(labels)))
-    return fit(state, train_step, inputs, labels, **kwargs)
+    return batches(order, inputs, labels, mesh)
 
   def evaluate_spy(eval_step, params, inputs, labels, *args, **kwargs):
     seen["evaluate"].append((np.array(inputs), np.array(labels)))
     return evaluate(eval_step, params, inputs, labels, *args, **kwargs)
 
-  monkeypatch.setattr(classification, "fit_classifier", fit_spy)
+  monkeypatch.setattr(classification, "batches", batches_spy)
   monkeypatch.setattr(classification, "evaluate", evaluate_spy)
   lines = []
   config = {"hidden_size": 8, "batch_size": 16, "steps": 7, "unroll": 1,
@@ -338,7 +330,7 @@ def test_validation_split_is_the_training_files_end_and_the_test_set_is_untouche
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   validation_records = [r for r in records if r["kind"] == "validation"]
   assert [r["step"] for r in validation_records] == [3, 6, 7]
-  assert [r["step"] for r in records if r["kind"] == "eval"] == [7]  # The test set: once.
+  assert [r["step"] for r in records if r["kind"] == "test"] == [7]  # The test set: once.
   assert validation_records[-1]["validation_accuracy"] == summary["validation_accuracy"]
   assert validation_records[-1]["validation_loss"] == summary["validation_loss"]
   assert summary["validation_examples"] == 16 and summary["test_examples"] == 20
@@ -373,10 +365,10 @@ def test_validation_on_four_devices_matches_one_device(tiny_mnist, tmp_path):
 
 def test_workdir_refuses_other_settings(tmp_path):
   config = {"cell": "gru", "hidden_size": 8}
-  train_mnist.check_workdir_config(str(tmp_path), config)
-  train_mnist.check_workdir_config(str(tmp_path), dict(config))  # Same settings: fine.
+  script.check_workdir_config(str(tmp_path), config)
+  script.check_workdir_config(str(tmp_path), dict(config))  # Same settings: fine.
   with pytest.raises(train_mnist.UsageError, match=r"--hidden_size=9 \(was 8\)"):
-    train_mnist.check_workdir_config(str(tmp_path), {**config, "hidden_size": 9})
+    script.check_workdir_config(str(tmp_path), {**config, "hidden_size": 9})
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_mnist, tmp_path):

@@ -16,13 +16,21 @@ One module per idea:
 * :mod:`~rnn_jax.training.idx`, :mod:`~rnn_jax.training.datasets`,
   :mod:`~rnn_jax.training.batching`: the IDX file format, finding and loading
   MNIST-family data, seeded batch orders;
+* :mod:`~rnn_jax.training.task`: the :class:`~rnn_jax.training.task.Task`
+  protocol and :func:`~rnn_jax.training.task.train_and_evaluate`, the one
+  experiment runner;
+* :mod:`~rnn_jax.training.cores`: the cell builders by name, given the task's
+  sequence length;
 * :mod:`~rnn_jax.training.classification`: the sequence classifier and its
-  task (loss, evaluation, metric formats, the registry of cells for MNIST);
+  task (loss, evaluation, metric formats,
+  :class:`~rnn_jax.training.classification.ClassificationTask`);
 * :mod:`~rnn_jax.training.text` and :mod:`~rnn_jax.training.language_model`:
-  text data, the character language model (truncated BPTT through ``aux``) and
-  sampling;
+  text data, the character language model (truncated BPTT through ``aux``),
+  sampling and its task;
 * :mod:`~rnn_jax.training.distributed`: data-parallel runs over a ``data``
   mesh axis, on one host or several;
+* :mod:`~rnn_jax.training.config`: a script's settings as one frozen dataclass
+  (flags, checks, presets, the run identity that names its workdir);
 * :mod:`~rnn_jax.training.script` and :mod:`~rnn_jax.training.runtime`: what
   the training scripts share (refusals, exit statuses, workdirs) and process
   set-up (tcmalloc).

@@ -11,9 +11,6 @@ orders are indices, and a task decides where the rows they select live.
 
 from __future__ import annotations
 
-import itertools
-from typing import Iterator
-
 import numpy as np
 
 
@@ -107,13 +104,3 @@ class BatchOrder:
       self._batches = batch_indices(self.seed, epoch, self.num_examples, self.batch_size)
       self._epoch = epoch
     return self._batches[row]
-
-
-def iterate_batches(seed, num_examples: int, batch_size: int,
-                    start_step: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
-  """Endless ``(step, epoch, indices int64 [B])`` of :class:`BatchOrder`, from ``start_step`` on."""
-  order = BatchOrder(seed, num_examples, batch_size)
-  if start_step < 0:
-    raise ValueError(f"start_step must be non-negative; got {start_step}")
-  for step in itertools.count(start_step):
-    yield step, step // order.steps_per_epoch, order(step)

@@ -21,8 +21,11 @@ that holds all four:
 3. ``~/.cache/rnn_jax/<dataset>``, where a tensorflow-datasets conversion lands;
 4. ``/usr/share/datasets/fashion-mnist`` for ``fashion_mnist`` (Debian/Ubuntu
    package ``dataset-fashion-mnist``);
-5. ``../shared/data/<dataset>`` beside the repository (our machines' offline
-   copy), relative to the package's source tree and to the working directory;
+5. ``<search dir>/<dataset>`` for each folder of the ``search_dirs``
+   argument, which the caller's configuration gives (the experiment scripts
+   pass ``../shared/data`` beside their checkout and beside the working
+   directory, see :func:`experiments.data_search_dirs`); the library itself
+   knows no such place;
 6. a prepared tensorflow-datasets copy (``$TFDS_DATA_DIR`` or
    ``~/tensorflow_datasets``, array_record format), read with
    ``tfds.data_source`` and converted once to plain IDX files in place 3. No
@@ -84,7 +87,7 @@ _LABEL_FINGERPRINTS = {
     "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7": ("fashion_mnist", "train"),
     "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9": ("fashion_mnist", "test"),
 }
-_CONNECT_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 2.0
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -119,22 +122,13 @@ def default_cache_dir(dataset: str = "mnist") -> Path:
   return Path.home() / ".cache" / "rnn_jax" / dataset
 
 
-def _tfds_data_dir() -> Path:
+def tfds_data_dir() -> Path:
+  """tensorflow-datasets' folder: ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``."""
   return Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
 
 
-def _shared_dirs(dataset: str) -> list[Path]:
-  """``../shared/data/<dataset>`` beside the source tree and beside the working directory."""
-  repo_root = Path(__file__).resolve().parents[2]  # rnn_jax/training/datasets.py -> the checkout
-  dirs = []
-  for base in (repo_root, Path.cwd()):
-    candidate = base.parent / "shared" / "data" / dataset
-    if candidate not in dirs:
-      dirs.append(candidate)
-  return dirs
-
-
-def _local_candidates(dataset: str, data_dir) -> list[tuple[str, Path | None]]:
+def _local_candidates(dataset: str, data_dir, search_dirs: Sequence[str | os.PathLike] = ()
+                      ) -> list[tuple[str, Path | None]]:
   """(where it came from, folder or None when unset) for every local folder, in order."""
   def folder_and_subfolders(origin: str, base: Path):
     return [(origin, base / sub) for sub in _SUBFOLDERS[dataset]] + [(origin, base)]
@@ -148,7 +142,7 @@ def _local_candidates(dataset: str, data_dir) -> list[tuple[str, Path | None]]:
     candidates.append((f"${ENV_VAR}", None))
   candidates.append(("cache", default_cache_dir(dataset)))
   candidates += [("system package", Path(d)) for d in _SYSTEM_DIRS[dataset]]
-  candidates += [("shared copy", d) for d in _shared_dirs(dataset)]
+  candidates += [("search dir", Path(d).expanduser() / dataset) for d in search_dirs]
   return candidates
 
 
@@ -164,13 +158,13 @@ def _describe(directory: Path | None) -> str | None:
   return None
 
 
-def _import_tfds():
+def import_tfds():
   """The ``tensorflow_datasets`` module (raises ImportError when absent)."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   return tfds
 
 
-def _reachable(host: str, port: int, timeout: float = _CONNECT_TIMEOUT_S) -> bool:
+def reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> bool:
   """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds."""
   try:
     with socket.create_connection((host, port), timeout=timeout):
@@ -179,7 +173,8 @@ def _reachable(host: str, port: int, timeout: float = _CONNECT_TIMEOUT_S) -> boo
     return False
 
 
-def _copy_atomically(source: Path, destination: Path) -> None:
+def copy_atomically(source: Path, destination: Path) -> None:
+  """Copies ``source`` to ``destination`` through a temporary file and a rename (no half file)."""
   tmp = destination.with_name(f".{destination.name}.tmp{os.getpid()}")
   shutil.copyfile(source, tmp)
   os.replace(tmp, destination)
@@ -227,9 +222,9 @@ def _download_with_tfds(tfds, dataset: str, tfds_dir: Path, tried: list[str]) ->
     return None
   parts = urllib.parse.urlsplit(next(iter(urls.values())))
   host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-  if not _reachable(host, port):
+  if not reachable(host, port):
     tried.append(f"tensorflow-datasets download: no network ({host}:{port} did not answer "
-                 f"within {_CONNECT_TIMEOUT_S:g} s)")
+                 f"within {CONNECT_TIMEOUT_S:g} s)")
     return None
   manager = tfds.download.DownloadManager(download_dir=os.fspath(tfds_dir / "downloads"),
                                           url_infos=url_infos, dataset_name=dataset)
@@ -237,15 +232,15 @@ def _download_with_tfds(tfds, dataset: str, tfds_dir: Path, tried: list[str]) ->
   target = default_cache_dir(dataset)
   target.mkdir(parents=True, exist_ok=True)
   for stem, path in paths.items():
-    _copy_atomically(Path(os.fspath(path)), target / f"{stem}.gz")
+    copy_atomically(Path(os.fspath(path)), target / f"{stem}.gz")
   return target
 
 
 def _try_tfds(dataset: str, tried: list[str]) -> Path | None:
   """Places 6 and 7: a prepared tensorflow-datasets copy, then a download."""
-  tfds_dir = _tfds_data_dir()
+  tfds_dir = tfds_data_dir()
   try:
-    tfds = _import_tfds()
+    tfds = import_tfds()
   except ImportError as error:  # Not installed, or a missing dependency (importlib_resources).
     problem = ("not installed" if error.name == "tensorflow_datasets"
                else f"import failed: {error}")
@@ -257,15 +252,16 @@ def _try_tfds(dataset: str, tried: list[str]) -> Path | None:
     try:
       return _convert_prepared_tfds(tfds, dataset, tfds_dir)
     except Exception as error:  # pylint: disable=broad-except  # Any failure: report, go on.
-      tried.append(f"tensorflow-datasets prepared copy in {tfds_dir}: {_first_line(error)}")
+      tried.append(f"tensorflow-datasets prepared copy in {tfds_dir}: {first_line(error)}")
   try:
     return _download_with_tfds(tfds, dataset, tfds_dir, tried)
   except Exception as error:  # pylint: disable=broad-except
-    tried.append(f"tensorflow-datasets download into {tfds_dir}: {_first_line(error)}")
+    tried.append(f"tensorflow-datasets download into {tfds_dir}: {first_line(error)}")
     return None
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
+  """``"<error type>: <first line of its message>"``, for the one-line list of places tried."""
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0] if text else ''}"
 
@@ -288,13 +284,16 @@ def _how_to_fix(dataset: str, explicit: bool) -> str:
   return "\n  ".join(lines)
 
 
-def find_data_dir(dataset: str = "mnist", data_dir: str | os.PathLike | None = None) -> str:
+def find_data_dir(dataset: str = "mnist", data_dir: str | os.PathLike | None = None,
+                  search_dirs: Sequence[str | os.PathLike] = ()) -> str:
   """The folder holding ``dataset``'s four IDX files, searched in the order of the module doc.
 
   Args:
     dataset: one of :data:`DATASETS`.
     data_dir: if given, the only place looked at (``data_dir/<dataset>`` or
       ``data_dir`` itself).
+    search_dirs: folders whose ``<dataset>`` subfolder is tried after the
+      cache and the system package (place 5 of the module doc).
 
   Returns:
     The folder's path.
@@ -304,7 +303,7 @@ def find_data_dir(dataset: str = "mnist", data_dir: str | os.PathLike | None = N
   """
   _check_choice("dataset", dataset, DATASETS)
   tried = []
-  for origin, directory in _local_candidates(dataset, data_dir):
+  for origin, directory in _local_candidates(dataset, data_dir, search_dirs):
     problem = _describe(directory)
     if problem is None:
       return os.fspath(directory)
@@ -320,14 +319,15 @@ def find_data_dir(dataset: str = "mnist", data_dir: str | os.PathLike | None = N
 # ----------------------------------------------------------------------------- loading
 
 
-def load(dataset: str = "mnist", split: str = "train",
-         data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load(dataset: str = "mnist", split: str = "train", data_dir: str | os.PathLike | None = None,
+         search_dirs: Sequence[str | os.PathLike] = ()) -> tuple[np.ndarray, np.ndarray]:
   """Loads one split of an MNIST-family dataset into memory.
 
   Args:
     dataset: ``"mnist"`` or ``"fashion_mnist"``.
     split: ``"train"`` (60,000 examples) or ``"test"`` (10,000).
-    data_dir: an explicit folder; otherwise :func:`find_data_dir` searches.
+    data_dir: an explicit folder; otherwise :func:`find_data_dir` searches,
+      ``search_dirs`` included.
 
   Returns:
     ``(images uint8 [N, 28, 28], labels int32 [N])`` in the files' order.
@@ -340,7 +340,7 @@ def load(dataset: str = "mnist", split: str = "train",
   """
   _check_choice("dataset", dataset, DATASETS)
   _check_choice("split", split, SPLITS)
-  directory = Path(find_data_dir(dataset, data_dir))
+  directory = Path(find_data_dir(dataset, data_dir, search_dirs))
   images_path, labels_path = (_find_file(directory, stem) for stem in _FILE_STEMS[split])
   images, labels = read_idx(images_path), read_idx(labels_path)
   if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:

@@ -190,3 +190,22 @@ def global_batch(mesh: Mesh, global_batch_size: int,
   return jax.tree.map(
       lambda leaf: jax.make_array_from_process_local_data(
           sharding, leaf, (global_batch_size, *np.shape(leaf)[1:])), local)
+
+
+def place_state(state, mesh: Mesh, batch_size: int):
+  """A train state on ``mesh``: parameters and optimizer state replicated, the carried ``aux``
+  (a pytree whose leaves have the global batch as leading axis, or ``None``) sharded by rows,
+  so that row ``b`` of the carry lives with row ``b`` of every batch.
+
+  Args:
+    state: a :class:`~rnn_jax.training.loop.TrainState` of host or single-device arrays,
+      the same on every process.
+    mesh: the data mesh.
+    batch_size: the global batch (``aux``'s leading dimension).
+  """
+  host_aux = jax.device_get(state.aux)
+  state = replicate(state._replace(aux=None), mesh)
+  if host_aux is None:
+    return state
+  return state._replace(aux=global_batch(
+      mesh, batch_size, lambda rows: jax.tree.map(lambda leaf: np.asarray(leaf)[rows], host_aux)))

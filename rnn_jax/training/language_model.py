@@ -1,12 +1,13 @@
 """Character-level language model: embedding -> any recurrent layer -> dense, its task and sampling.
 
-    model = CharLM(build_core("lstm", 512), vocab_size=66, embed_size=64)
+    model = CharLM(build_core("lstm", 512, sequence_length=64), vocab_size=66, embed_size=64)
     params = model.init(jax.random.key(0))
     logits, carry = model.apply(params, ids)            # ids [B, T] -> logits [B, T, V]
 
 The core is any steppable layer of the library (a cell, a linear recurrence,
-a ``stack``, a ``remat`` of either; :func:`~rnn_jax.training.classification.build_core`
-builds one by name). Dropout (inverted, rate ``dropout``) is applied in
+a ``stack``, a ``remat`` of either; :func:`~rnn_jax.training.cores.build_core`
+builds one by name); how it runs is one ``rnn_jax.RunOptions``. Dropout
+(inverted, rate ``dropout``) is applied in
 training to the embeddings and to the core's outputs before the dense layer;
 a stacked core also drops between its layers (``stack(dropout=...)``). The
 recurrent connections are never dropped.
@@ -27,6 +28,12 @@ The task, for :mod:`rnn_jax.training.loop`:
 * :func:`generate`: primes the carry with one ``rnn`` call over the prompt,
   then samples inside one compiled ``jax.lax.scan`` over ``core.step``
   (:func:`sample_next`: temperature, top-k, top-p; temperature 0 is greedy).
+
+:class:`CharLMTask` is the whole task for
+:func:`rnn_jax.training.task.train_and_evaluate`: the text and its splits, the
+windows of each step (one device, or sharded with the carry over a data mesh),
+validation and test evaluation, ``sample.txt``, ``curves.png`` and the summary
+of ``experiments/train_char_lm.py``.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Any
 
 import jax
@@ -44,7 +52,7 @@ import optax
 import rnn_jax
 from rnn_jax.compose import dropout_outputs
 from rnn_jax.training import loop
-from rnn_jax.training.text import TextBatch
+from rnn_jax.training.text import TextBatch, Vocabulary
 
 METRIC_FORMATS = {"loss": "loss {:.4f}", "bpc": "{:.3f} bits/char"}
 """The training metrics of :func:`loss_function` and how progress lines show them."""
@@ -59,16 +67,15 @@ class CharLM:
     vocab_size: ``V``, the number of token ids.
     embed_size: ``E``, the embedding width (the core's input size).
     dropout: drop rate on the embeddings and the core's outputs in training.
-    unroll: ``rnn_jax.rnn(unroll=...)``; ``None``: the core's tuned value.
-    vjp: ``rnn_jax.rnn(vjp=...)``; ``None``: the core's tuned choice.
+    options: how the core runs (``rnn_jax.rnn(options=...)``: ``unroll``,
+      ``vjp``, ...; ``None`` fields: the core's tuned choices per backend).
   """
 
   core: rnn_jax.Layer
   vocab_size: int
   embed_size: int
   dropout: float = 0.0
-  unroll: int | None = None
-  vjp: str | None = None
+  options: rnn_jax.RunOptions = rnn_jax.RunOptions()
 
   def __post_init__(self):
     if not 0.0 <= self.dropout < 1.0:
@@ -106,7 +113,7 @@ class CharLM:
     if embed_rng is not None and self.dropout > 0.0:
       inputs = dropout_outputs(embed_rng, inputs, self.dropout, variational=False)
     outputs, carry = rnn_jax.rnn(self.core, params["core"], inputs, initial_carry=carry,
-                                 dropout_rng=core_rng, unroll=self.unroll, vjp=self.vjp)
+                                 dropout_rng=core_rng, options=self.options)
     if output_rng is not None and self.dropout > 0.0:
       outputs = dropout_outputs(output_rng, outputs, self.dropout, variational=False)
     return self._dense(params, outputs), carry
@@ -308,3 +315,278 @@ def generate(model: CharLM, params, prompt: jax.Array, key: jax.Array, *, length
 
   _, tokens = jax.lax.scan(one_token, (carry, logits), jax.random.split(key, length))
   return tokens
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def sample_prompt(vocabulary: Vocabulary, path: str) -> str:
+  """The final sample's prompt: the first line of the text (at most 40 characters)."""
+  with open(path, encoding="utf-8") as stream:
+    first_line = stream.readline(40).rstrip("\n")
+  return first_line or vocabulary.chars[0]
+
+
+def plot_loss_curves(records, path: str, title: str) -> None:
+  """Training loss (interval means) and validation loss against the step, in nats/char."""
+  from rnn_jax.training.plots import pyplot  # pylint: disable=import-outside-toplevel
+  plt = pyplot()
+  train = [r for r in records if r.get("kind") == "train"]
+  # "eval": the kind of validation records before the kinds said what they are.
+  evals = [r for r in records if r.get("kind") in ("validation", "eval")]
+  figure, axis = plt.subplots(figsize=(7, 4))
+  axis.plot([r["step"] for r in train], [r["loss"] for r in train], label="train (interval mean)")
+  axis.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
+  axis.set(xlabel="step", ylabel="cross-entropy (nats/char)", title=title)
+  if train:
+    axis.set_ylim(min([r["loss"] for r in train] + [r["val_loss"] for r in evals]) - 0.05,
+                  min(max(r["loss"] for r in train), 3.0))
+  axis.grid(alpha=0.3)
+  axis.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=80)
+  plt.close(figure)
+
+
+_RUN_SETTINGS = ("options", "search_dirs", "eval_streams", "eval_window", "sample_length", "sample_temperature",
+                 "plots", "data")
+"""The fields of :class:`CharLMTask` that are not its config (how a run is carried out)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CharLMTask:
+  """A character LM on a text, for :func:`~rnn_jax.training.task.train_and_evaluate` (see its
+  :class:`~rnn_jax.training.task.Task`).
+
+  The fields are those of ``experiments/train_char_lm.py``'s config (see its
+  module doc) and options; :meth:`from_config` builds the task from a config's
+  values (``config.json``'s). The core's cells are set up for sequences of
+  ``window`` steps (:func:`rnn_jax.training.cores.build_core`'s
+  ``sequence_length``). ``data`` is set by :meth:`load`.
+  """
+
+  text_file: str | None = None
+  cell: str = "lstm"
+  hidden_size: int = 512
+  num_layers: int = 1
+  embed_size: int = 64
+  dropout: float = 0.1
+  batch_size: int = 32
+  window: int = 64
+  steps: int = 4000
+  learning_rate: float = 3e-3
+  warmup_steps: int = 100
+  clip_norm: float = 1.0
+  tbptt: bool = True
+  seed: int = 0
+  options: rnn_jax.RunOptions = rnn_jax.RunOptions()
+  search_dirs: tuple[str, ...] = ()
+  eval_streams: int = 32
+  eval_window: int = 256
+  sample_length: int = 300
+  sample_temperature: float = 0.8
+  plots: bool = True
+  data: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+  metric_formats = METRIC_FORMATS
+
+  @classmethod
+  def from_config(cls, config, **settings) -> CharLMTask:
+    """The task of a config's values (``config.json``'s keys: ``backward`` is ``vjp``; the
+    ``unroll`` and ``vjp`` go into ``options``) and the run's ``settings``.
+
+    Raises:
+      TypeError: a key that is not a setting of the task.
+    """
+    values = dict(config)
+    vjp, unroll = values.pop("backward", "auto"), values.pop("unroll", None)
+    options = rnn_jax.RunOptions(unroll=unroll, vjp=None if vjp == "auto" else vjp)
+    return cls(**values, options=options, **settings)
+
+  def config_values(self) -> dict[str, Any]:
+    """The config of the task (the keys of ``config.json``), as :meth:`from_config` takes it."""
+    values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+              if field.name not in _RUN_SETTINGS}
+    return {**values, "unroll": self.options.unroll, "backward": self.options.vjp or "auto"}
+
+  @property
+  def throughput(self) -> tuple[int, str]:
+    return self.batch_size * self.window, "chars"
+
+  def model(self, vocab_size: int) -> CharLM:
+    """The model for ``vocab_size`` ids (training, and sampling from a trained run)."""
+    from rnn_jax.training.cores import build_core  # pylint: disable=import-outside-toplevel
+    core = build_core(self.cell, self.hidden_size, self.num_layers, dropout=self.dropout,
+                      sequence_length=self.window)
+    return CharLM(core, vocab_size, self.embed_size, self.dropout, self.options)
+
+  def optimizer(self) -> optax.GradientTransformation:
+    """Adam, warmup then cosine decay over ``steps``, clipped to ``clip_norm``."""
+    from rnn_jax.training import optim  # pylint: disable=import-outside-toplevel
+    schedule = optim.make_schedule(self.learning_rate, self.steps, self.warmup_steps,
+                                   cosine=True)
+    return optim.make_optimizer("adam", schedule, clip_norm=self.clip_norm or None)
+
+  def initial_state(self, vocab_size: int) -> loop.TrainState:
+    """The state of step 0 (also the template a checkpoint is restored into)."""
+    return create_state(self.model(vocab_size), self.optimizer(), jax.random.key(self.seed),
+                        self.batch_size, tbptt=self.tbptt)
+
+  @functools.cached_property
+  def _model(self) -> CharLM:
+    return self.model(self.data["vocabulary"].size)
+
+  @functools.cached_property
+  def _optimizer(self) -> optax.GradientTransformation:
+    return self.optimizer()
+
+  # ---------------------------------------------------------------- the data
+
+  def load(self, say) -> CharLMTask:
+    """Reads and splits the text; refuses a batch of windows the training split cannot fill."""
+    from rnn_jax.training import script, text  # pylint: disable=import-outside-toplevel
+    del say  # The first line says where the text came from.
+    path, vocabulary, splits = text.load_splits(self.text_file, self.search_dirs)
+    try:
+      windows = (text.StreamWindows(splits["train"], self.batch_size, self.window)
+                 if self.tbptt else
+                 text.RandomWindows(splits["train"], self.batch_size, self.window, self.seed))
+    except ValueError as error:
+      raise script.UsageError(str(error)) from error
+    return dataclasses.replace(self, data={"path": path, "vocabulary": vocabulary,
+                                           "splits": splits, "windows": windows})
+
+  def num_steps(self) -> int:
+    """``steps``."""
+    return self.steps
+
+  def steps_per_epoch(self) -> int:
+    """Windows per pass over the training split."""
+    return self.data["windows"].windows_per_pass
+
+  def describe(self, num_params: int) -> str:
+    """Cell, sizes, vocabulary, splits and windows, for the run's first line."""
+    splits, vocabulary = self.data["splits"], self.data["vocabulary"]
+    passes = self.steps * self.batch_size * self.window / len(splits["train"])
+    return (f"{self.cell} x{self.num_layers} H={self.hidden_size} E={self.embed_size} "
+            f"({num_params:,} parameters), vocabulary {len(vocabulary.chars)} + <unk>; "
+            f"{self.data['path']}: {len(splits['train']):,} train / "
+            f"{len(splits['validation']):,} validation / {len(splits['test']):,} test "
+            f"characters; {'TBPTT over ' if self.tbptt else 'random windows, '}"
+            f"{self.batch_size} {'streams' if self.tbptt else 'per batch'} x {self.window} "
+            f"characters, {self.steps} steps ({passes:.1f} passes)")
+
+  def check_workdir(self, workdir: str) -> None:
+    """Saves the vocabulary in ``workdir``, or refuses one there that differs (another text)."""
+    from rnn_jax.training import script, text  # pylint: disable=import-outside-toplevel
+    vocabulary = self.data["vocabulary"]
+    path = os.path.join(workdir, "vocabulary.json")
+    if os.path.exists(path):
+      saved = text.Vocabulary.load(path)
+      if saved != vocabulary:
+        raise script.UsageError(f"flag --workdir={workdir}: its vocabulary.json "
+                                f"({len(saved.chars)} characters) is not this text's "
+                                f"({len(vocabulary.chars)}); the text changed: use another "
+                                "--workdir")
+      return
+    vocabulary.save(path)
+
+  # ---------------------------------------------------------------- training
+
+  def create_state(self) -> loop.TrainState:
+    """The state of step 0; with ``tbptt`` its ``aux`` is the zero carry of the streams."""
+    return create_state(self._model, self._optimizer, jax.random.key(self.seed),
+                        self.batch_size, tbptt=self.tbptt)
+
+  def make_train_step(self):
+    """The jitted step of :func:`loss_function` over windows of ``window`` characters."""
+    return loop.make_train_step(loss_function(self._model, self.window, self.tbptt),
+                                self._optimizer, seed=self.seed)
+
+  def batches(self, mesh):
+    """The windows of each step; on a mesh, each process loads only its rows' windows (the
+    batch depends on ``(seed, step)`` alone)."""
+    windows = self.data["windows"]
+    if mesh is None:
+      return windows
+    from rnn_jax.training import distributed  # pylint: disable=import-outside-toplevel
+
+    def batch_for_step(step):
+      tokens, rows, starts = distributed.global_batch(
+          mesh, self.batch_size,
+          lambda rows: (windows.window_tokens(step, rows), rows.astype(np.int32),
+                        np.zeros(len(rows), np.int32)))
+      return TextBatch(tokens, rows, starts,
+                       distributed.replicate(np.bool_(windows.reset(step)), mesh))
+
+    return batch_for_step
+
+  # ---------------------------------------------------------------- evaluation
+
+  def watched_split(self) -> str:
+    """The validation split."""
+    return "validation"
+
+  def eval_every(self, requested: int) -> int:
+    """``requested`` (0: only at the end)."""
+    return requested
+
+  def final_splits(self) -> tuple[str, ...]:
+    """Validation, then test."""
+    return ("validation", "test")
+
+  def evaluate(self, split: str, state, mesh) -> dict:
+    """Loss and bits per character over all of ``split`` (see :func:`evaluate`)."""
+    return evaluate(self._model, state.params, self.data["splits"][split], self.eval_streams,
+                    self.eval_window, mesh=mesh)
+
+  def report(self, split: str, step: int, result: dict) -> tuple[dict, str]:
+    """Validation: ``val_loss``/``val_bpc`` records (their names since the first runs)."""
+    if split == "validation":
+      return ({"step": step, "val_loss": result["loss"], "val_bpc": result["bpc"]},
+              f"step {step}: validation loss {result['loss']:.4f} nats/char, "
+              f"{result['bpc']:.4f} bits/char")
+    return ({"step": step, f"{split}_loss": result["loss"], f"{split}_bpc": result["bpc"]},
+            f"{split} loss {result['loss']:.4f} nats/char, {result['bpc']:.4f} bits/char "
+            f"({result['count']:,} characters)")
+
+  # ---------------------------------------------------------------- the end
+
+  def finish(self, state, workdir: str, records: list, mesh, primary: bool, say) -> dict:
+    """``sample.txt`` (``sample_length`` characters after the text's first line) and
+    ``curves.png``, on process 0; the parameter count for the summary."""
+    extras = {"parameters": loop.num_params(state.params)}
+    if not primary:
+      return extras
+    vocabulary = self.data["vocabulary"]
+    if self.sample_length:
+      params = state.params
+      if mesh is not None:  # A host copy: generation runs on this process's device alone.
+        params = jax.tree.map(lambda leaf: np.asarray(leaf.addressable_data(0)), params)
+      prompt = sample_prompt(vocabulary, self.data["path"])
+      tokens = generate(self._model, params, vocabulary.encode(prompt, strict=True),
+                        jax.random.key(self.seed), length=self.sample_length,
+                        temperature=self.sample_temperature, exclude=vocabulary.unknown_id)
+      sample = prompt + vocabulary.decode(np.asarray(tokens))
+      with open(os.path.join(workdir, "sample.txt"), "w", encoding="utf-8") as stream:
+        stream.write(sample)
+      say(f"sample (temperature {self.sample_temperature:g}, {self.sample_length} "
+          f"characters after the prompt):\n{sample}")
+    if self.plots:
+      plot_loss_curves(records, os.path.join(workdir, "curves.png"),
+                       f"{self.cell} x{self.num_layers} H={self.hidden_size}, "
+                       f"{'TBPTT' if self.tbptt else 'random windows'}")
+    return extras
+
+  def summary(self, results, steps_per_second: float) -> dict:
+    """Validation and test figures, the character rate, the machine's load and allocator."""
+    validation, test = results["validation"], results["test"]
+    from rnn_jax.training import runtime  # pylint: disable=import-outside-toplevel
+    return {
+        "val_loss": validation["loss"], "val_bpc": validation["bpc"],
+        "test_loss": test["loss"], "test_bpc": test["bpc"],
+        "val_chars": validation["count"], "test_chars": test["count"],
+        "chars_per_second": round(self.batch_size * self.window * steps_per_second),
+        "load_average": [round(value, 2) for value in os.getloadavg()],
+        "allocator": runtime.allocator_name(),
+    }

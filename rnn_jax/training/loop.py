@@ -9,8 +9,7 @@ A task (:mod:`rnn_jax.training.classification` is one) supplies:
   pytree of arrays. It must depend only on the step (and the task's seed), so
   that a run resumed from a checkpoint sees the batches an uninterrupted run
   would have seen;
-* how its metrics are shown (``metric_formats`` of :func:`fit`) and its
-  evaluation (``on_eval``).
+* how its metrics are shown and its evaluation (a :class:`Reporter`).
 
 The pieces:
 
@@ -47,6 +46,7 @@ device-resident dataset, as the classification task does.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -201,13 +201,42 @@ class _SignalCatcher:
       signal.signal(signum, handler)
 
 
+@dataclasses.dataclass(frozen=True)
+class Reporter:
+  """How :func:`fit` reports: progress lines, metric records and evaluations during training.
+
+  Attributes:
+    log_every: steps between metric fetches; each fetch calls ``on_log`` with
+      ``{"step", <each metric>, "steps_per_second", "eta_seconds",
+      "wall_seconds"}`` (metrics are means over the interval) and ``log``
+      with a line.
+    metric_formats: the metrics the progress line shows, in order, each with a
+      ``str.format`` template of one field (``{"loss": "loss {:.4f}"}``);
+      ``None``: every metric as ``"<name> {:.4g}"``.
+    steps_per_epoch: if given, the progress line shows the epoch.
+    throughput: ``(items per step, item name)``, e.g. ``(2048, "chars")``:
+      the progress line shows ``<rate> chars/s`` instead of steps/s, and the
+      records get ``"chars_per_second"``.
+    on_log: optional metrics sink.
+    on_eval: called as ``on_eval(step, state)`` every ``eval_every`` steps
+      (not at the last step: evaluating the final state is the caller's).
+    eval_every: 0 for never.
+    log: where progress lines go.
+  """
+
+  log_every: int = 100
+  metric_formats: Mapping[str, str] | None = None
+  steps_per_epoch: int | None = None
+  throughput: tuple[int, str] | None = None
+  on_log: Callable[[dict], None] | None = None
+  on_eval: Callable[[int, TrainState], None] | None = None
+  eval_every: int = 0
+  log: Callable[[str], None] = print
+
+
 def fit(state: TrainState, train_step, batch_for_step: Callable[[int], Any], *, num_steps: int,
-        store=None, checkpoint_every: int = 1000, log_every: int = 100,
-        steps_per_epoch: int | None = None, metric_formats: Mapping[str, str] | None = None,
-        on_log: Callable[[dict], None] | None = None,
-        on_eval: Callable[[int, TrainState], None] | None = None, eval_every: int = 0,
-        throughput: tuple[int, str] | None = None,
-        log: Callable[[str], None] = print) -> TrainState:
+        store=None, checkpoint_every: int = 1000,
+        reporter: Reporter = Reporter()) -> TrainState:
   """Runs ``train_step`` from ``state.step`` up to ``num_steps``.
 
   Args:
@@ -219,22 +248,7 @@ def fit(state: TrainState, train_step, batch_for_step: Callable[[int], Any], *, 
     num_steps: the total number of steps of the run.
     store: a :class:`~rnn_jax.training.checkpoint.CheckpointStore` or ``None``.
     checkpoint_every: steps between checkpoints (and one at the end).
-    log_every: steps between metric fetches; each fetch calls ``on_log`` with
-      ``{"step", <each metric>, "steps_per_second", "eta_seconds",
-      "wall_seconds"}`` (metrics are means over the interval) and ``log``
-      with a line.
-    steps_per_epoch: if given, the progress line shows the epoch.
-    metric_formats: the metrics the progress line shows, in order, each with a
-      ``str.format`` template of one field (``{"loss": "loss {:.4f}"}``);
-      ``None``: every metric as ``"<name> {:.4g}"``.
-    on_log: optional metrics sink.
-    on_eval: called as ``on_eval(step, state)`` every ``eval_every`` steps
-      (not at ``num_steps``: evaluating the final state is the caller's).
-    eval_every: 0 for never.
-    throughput: ``(items per step, item name)``, e.g. ``(2048, "chars")``:
-      the progress line shows ``<rate> chars/s`` instead of steps/s, and the
-      records get ``"chars_per_second"``.
-    log: where progress lines go.
+    reporter: progress lines, metric records, evaluations (:class:`Reporter`).
 
   Returns:
     The final state.
@@ -244,6 +258,9 @@ def fit(state: TrainState, train_step, batch_for_step: Callable[[int], Any], *, 
       checkpoint (before that step) is kept, nothing later is saved.
     Interrupted: SIGINT/SIGTERM; the state of the last completed step was saved.
   """
+  log_every, metric_formats, steps_per_epoch, throughput, on_log, on_eval, eval_every, log = (
+      reporter.log_every, reporter.metric_formats, reporter.steps_per_epoch, reporter.throughput,
+      reporter.on_log, reporter.on_eval, reporter.eval_every, reporter.log)
   step = int(state.step)
   pending, interval_start, interval_step = [], time.perf_counter(), step
   start_time = time.perf_counter()

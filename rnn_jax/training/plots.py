@@ -37,8 +37,9 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str, title: str = "") -
   Args:
     records: :class:`~rnn_jax.training.metrics.MetricsLog` records; ``kind == "train"``
       ones need ``step``, ``loss``, ``accuracy``; ``kind == "validation"`` ones
-      ``step``, ``validation_loss``, ``validation_accuracy``; ``kind == "eval"``
-      ones (the test set) ``step``, ``test_loss``, ``test_accuracy``.
+      ``step``, ``validation_loss``, ``validation_accuracy``; ``kind == "test"``
+      ones (``"eval"`` in metrics files written before the kinds said what
+      they are) ``step``, ``test_loss``, ``test_accuracy``.
     path: the PNG file.
     title: figure title.
   """
@@ -51,8 +52,8 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str, title: str = "") -
     plotted += [100 * r["accuracy"] for r in train]
     ax_loss.plot(steps, [r["loss"] for r in train], label="train (batch mean)")
     ax_acc.plot(steps, [100 * r["accuracy"] for r in train], label="train (batch mean)")
-  for kind, split in (("validation", "validation"), ("eval", "test")):
-    evals = [r for r in records if r.get("kind") == kind]
+  for kinds, split in ((("validation",), "validation"), (("test", "eval"), "test")):
+    evals = [r for r in records if r.get("kind") in kinds]
     if evals:
       steps = [r["step"] for r in evals]
       plotted += [100 * r[f"{split}_accuracy"] for r in evals]

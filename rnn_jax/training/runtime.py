@@ -1,23 +1,13 @@
 """Process set-up for scripts: the fast memory allocator, and a missing extra.
 
-XLA:CPU allocates its scratch buffer on every call of a compiled function.
-glibc's malloc returns blocks over its mmap threshold (at most 32 MiB) to the
-OS on ``free``, so every call page-faults them in again; on our 2-core CPU that
-cost up to 2x on an LSTM training step. Measured with ``ru_minflt`` around a
-jitted LSTM ``jax.grad`` (B=64, T=256, I=128, H=256, fused backward): 96,000
-minor page faults per call (~376 MiB) with plain glibc, 212 with tcmalloc.
-tcmalloc keeps freed memory, so scripts re-execute themselves once with
-tcmalloc preloaded when it is installed (Debian/Ubuntu package
-``libtcmalloc-minimal4``). This has to happen before JAX is imported, hence a
-re-exec rather than a setting.
-
-A glibc-only fix was measured and is not applied: ``GLIBC_TUNABLES=
-glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=
-4294967296:glibc.malloc.top_pad=268435456`` removes the faults (51 per call;
-without ``arena_max=1`` still 96,000, as XLA's threads allocate from
-per-thread arenas) and speeds up the LSTM gradient (33.5 -> 26.8 ms at
-B=128, T=28), but slows the GRU gradient (18.9 -> 30.0 ms) and the MNIST-rows
-LSTM training step (26.8 -> 37.0 ms; tcmalloc 26.6 ms), all on our 2-core CPU.
+XLA:CPU allocates its scratch buffer on every call of a compiled function, and
+glibc's malloc returns large blocks to the OS on ``free``, so every call
+page-faults them in again; tcmalloc keeps freed memory. Scripts therefore
+re-execute themselves once with tcmalloc preloaded when it is installed
+(Debian/Ubuntu package ``libtcmalloc-minimal4``). This has to happen before JAX
+is imported, hence a re-exec rather than a setting. The measurements (page
+faults, step times, and a glibc-only alternative that was not adopted) are in
+the Performance guide.
 
 Library users who ``import rnn_jax`` are not affected: only scripts that call
 :func:`use_fast_allocator` at start-up are.

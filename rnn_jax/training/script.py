@@ -18,7 +18,6 @@ same way through these:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -271,49 +270,42 @@ def open_run(workdir: str, state, *, keep_checkpoints: int, primary: bool,
   return RunFiles(store, state, resumed_from, log, write_metrics)
 
 
-PLATFORMS = ("cpu", "gpu", "cuda", "rocm", "tpu")
+def flags_parser(*settings_classes, workdir_help: str) -> Callable[[list], list]:
+  """A ``flags_parser`` for ``absl.app.run`` that first defines the flags of each
+  :class:`~rnn_jax.training.config.Config` class in ``settings_classes`` and ``--workdir``
+  (so that importing a script defines none), then parses as :func:`parse_flags`."""
+
+  def parse(argv):
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    for settings_class in settings_classes:
+      settings_class.define_flags()
+    if "workdir" not in flags.FLAGS:
+      flags.DEFINE_string("workdir", None, workdir_help)
+    return parse_flags(argv)
+
+  return parse
 
 
-@dataclasses.dataclass(frozen=True)
-class DeviceOptions:
-  """Where a run computes; the base of each training script's ``Options`` (not part of a config).
-
-  Attributes:
-    platform: the JAX platform (``"cpu"``, ``"gpu"``, ...; ``None``: JAX's
-      choice); it can be set only before the process first uses JAX.
-    num_devices: the global device count to train on (0: all; on several
-      processes, each contributes the same number of its devices).
-    coordinator_address: ``host:port`` of process 0, for several processes.
-    num_processes: the processes of the run (1: this one alone).
-    process_id: this process's index, ``0..num_processes - 1``.
-    heartbeat_timeout_seconds: with several processes, how long a process may
-      send no heartbeat before JAX's coordination service declares it dead and
-      stops the run's other processes (``None``: JAX's default, 100 s in jax 0.10).
+def main_of(run: Callable[..., dict], config_class, options_class) -> Callable[[list], None]:
+  """A training script's ``main``, with :func:`with_exit_codes`: the config and options from
+  the parsed flags, ``run(config, workdir, options, preset=...)``, and its summary printed
+  by process 0 as the last line (one JSON object, ``wall_seconds`` from the start of ``main``).
   """
 
-  platform: str | None = None
-  num_devices: int = 0
-  coordinator_address: str | None = None
-  num_processes: int = 1
-  process_id: int = 0
-  heartbeat_timeout_seconds: int | None = None
+  def main(argv):
+    import time  # pylint: disable=import-outside-toplevel
+    from absl import flags, logging  # pylint: disable=import-outside-toplevel
+    from rnn_jax.training import distributed  # pylint: disable=import-outside-toplevel
+    if len(argv) > 1:
+      raise UsageError(f"unexpected arguments {argv[1:]}; all settings are --flags")
+    started = time.perf_counter()
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+    config, preset = config_class.from_flags()
+    options, _ = options_class.from_flags()
+    presets = {"preset": preset} if config_class.PRESETS else {}
+    summary = run(config, flags.FLAGS.workdir, options, **presets)
+    summary["wall_seconds"] = round(time.perf_counter() - started, 2)
+    if distributed.is_primary():
+      print(json.dumps(summary), flush=True)
 
-
-def define_device_flags() -> None:
-  """The absl flags of :class:`DeviceOptions`, with its defaults."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  defaults = DeviceOptions()
-  flags.DEFINE_enum("platform", defaults.platform, list(PLATFORMS),
-                    "JAX platform (default: JAX's choice).")
-  flags.DEFINE_integer("num_devices", defaults.num_devices, "Devices to shard each batch over "
-                       "(0: all; several processes: the global count).", lower_bound=0)
-  flags.DEFINE_string("coordinator_address", defaults.coordinator_address, "host:port of process "
-                      "0, for a run of several processes (jax.distributed.initialize).")
-  flags.DEFINE_integer("num_processes", defaults.num_processes, "Processes (hosts) of the run.",
-                       lower_bound=1)
-  flags.DEFINE_integer("process_id", defaults.process_id, "This process's index in the run.",
-                       lower_bound=0)
-  flags.DEFINE_integer("heartbeat_timeout_seconds", defaults.heartbeat_timeout_seconds,
-                       "Several processes: seconds without a heartbeat after which a process "
-                       "counts as dead and the others stop (default: JAX's, 100).",
-                       lower_bound=1)
+  return with_exit_codes(main)

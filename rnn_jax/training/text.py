@@ -5,9 +5,9 @@
   search helpers): an explicit ``text_file`` is the only place looked at;
   otherwise ``$RNN_JAX_DATA_DIR/tinyshakespeare/input.txt``,
   ``~/.cache/rnn_jax/tinyshakespeare/input.txt``,
-  ``../shared/data/tinyshakespeare/input.txt`` beside the repository or the
-  working directory, then a download of the raw file by tensorflow-datasets'
-  download manager (the URL its ``tiny_shakespeare`` builder reads; no
+  ``<search dir>/tinyshakespeare/input.txt`` for each of the caller's
+  ``search_dirs`` (the scripts' ``../shared/data``), then a download of the
+  raw file by tensorflow-datasets' download manager (the URL its ``tiny_shakespeare`` builder reads; no
   TensorFlow needed) into the cache. Nothing found: one :class:`DataError`
   listing every place tried.
 * :func:`split_text`: train / validation / test by character offset exactly as
@@ -58,34 +58,35 @@ __all__ = ["DataError", "RandomWindows", "StreamWindows", "TextBatch", "Vocabula
 # ----------------------------------------------------------------------------- finding the file
 
 
-def _candidates() -> list[tuple[str, Path | None]]:
+def _candidates(search_dirs: Sequence[str | os.PathLike] = ()) -> list[tuple[str, Path | None]]:
   """(where it came from, file or ``None`` when unset) for every local place, in order."""
   env = os.environ.get(datasets.ENV_VAR)
   candidates = [(f"${datasets.ENV_VAR}",
                  Path(env).expanduser() / TINY_SHAKESPEARE / TINY_SHAKESPEARE_FILE if env
                  else None),
                 ("cache", datasets.default_cache_dir(TINY_SHAKESPEARE) / TINY_SHAKESPEARE_FILE)]
-  candidates += [("shared copy", folder / TINY_SHAKESPEARE_FILE)
-                 for folder in datasets._shared_dirs(TINY_SHAKESPEARE)]  # pylint: disable=protected-access
+  candidates += [("search dir",
+                  Path(folder).expanduser() / TINY_SHAKESPEARE / TINY_SHAKESPEARE_FILE)
+                 for folder in search_dirs]
   return candidates
 
 
 def _download_with_tfds(tried: list[str]) -> Path | None:
   """Fetches the raw file with tensorflow-datasets' download manager into the cache."""
   try:
-    tfds = datasets._import_tfds()  # pylint: disable=protected-access
+    tfds = datasets.import_tfds()
   except ImportError as error:
     problem = ("not installed" if error.name == "tensorflow_datasets"
                else f"import failed: {error}")
     tried.append(f"tensorflow-datasets download: {problem}")
     return None
   parts = urllib.parse.urlsplit(TINY_SHAKESPEARE_URL)
-  if not datasets._reachable(parts.hostname, 443):  # pylint: disable=protected-access
+  if not datasets.reachable(parts.hostname, 443):
     tried.append(f"tensorflow-datasets download: no network ({parts.hostname}:443 did not "
-                 f"answer within {datasets._CONNECT_TIMEOUT_S:g} s)")  # pylint: disable=protected-access
+                 f"answer within {datasets.CONNECT_TIMEOUT_S:g} s)")
     return None
   try:
-    tfds_dir = datasets._tfds_data_dir()  # pylint: disable=protected-access
+    tfds_dir = datasets.tfds_data_dir()
     # The checksum tensorflow-datasets registers for the file, when it has one, is checked.
     url_infos = getattr(tfds.builder_cls("tiny_shakespeare"), "url_infos", None)
     manager = tfds.download.DownloadManager(download_dir=os.fspath(tfds_dir / "downloads"),
@@ -93,15 +94,17 @@ def _download_with_tfds(tried: list[str]) -> Path | None:
     downloaded = Path(os.fspath(manager.download(TINY_SHAKESPEARE_URL)))
     target = datasets.default_cache_dir(TINY_SHAKESPEARE) / TINY_SHAKESPEARE_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
-    datasets._copy_atomically(downloaded, target)  # pylint: disable=protected-access
+    datasets.copy_atomically(downloaded, target)
     return target
   except Exception as error:  # pylint: disable=broad-except  # Any failure: report it.
-    tried.append(f"tensorflow-datasets download: {datasets._first_line(error)}")  # pylint: disable=protected-access
+    tried.append(f"tensorflow-datasets download: {datasets.first_line(error)}")
     return None
 
 
-def find_text_file(text_file: str | os.PathLike | None = None) -> str:
-  """The text to train on: ``text_file`` if given, else Tiny Shakespeare (see the module doc).
+def find_text_file(text_file: str | os.PathLike | None = None,
+                   search_dirs: Sequence[str | os.PathLike] = ()) -> str:
+  """The text to train on: ``text_file`` if given, else Tiny Shakespeare (see the module doc;
+  ``search_dirs``: folders whose ``tinyshakespeare/input.txt`` is tried after the cache).
 
   Raises:
     DataError: nothing found; the message lists every place tried and how to fix it.
@@ -112,7 +115,7 @@ def find_text_file(text_file: str | os.PathLike | None = None) -> str:
       raise DataError(f"--text_file={text_file}: no such file")
     return os.fspath(path)
   tried = []
-  for origin, path in _candidates():
+  for origin, path in _candidates(search_dirs):
     if path is not None and path.is_file():
       return os.fspath(path)
     tried.append(f"{origin} {path or ''}".rstrip() + (": not set" if path is None
@@ -229,9 +232,11 @@ class Vocabulary:
       raise DataError(f"{path}: not a vocabulary file ({type(error).__name__}: {error})") from error
 
 
-def load_splits(text_file: str | os.PathLike | None = None
+def load_splits(text_file: str | os.PathLike | None = None,
+                search_dirs: Sequence[str | os.PathLike] = ()
                 ) -> tuple[str, Vocabulary, dict[str, np.ndarray]]:
-  """Finds, reads and splits the text; returns ``(path, vocabulary, {split: ids})``.
+  """Finds (:func:`find_text_file`), reads and splits the text; returns ``(path, vocabulary,
+  {split: ids})``.
 
   The vocabulary is the training split's characters; validation and test
   characters outside it become ``<unk>``.
@@ -239,7 +244,7 @@ def load_splits(text_file: str | os.PathLike | None = None
   Raises:
     DataError: no file, unreadable, or a training split too short to learn from.
   """
-  path = find_text_file(text_file)
+  path = find_text_file(text_file, search_dirs)
   splits = split_text(read_text(path))
   if len(splits["train"]) < 2 or len(splits["validation"]) < 2 or len(splits["test"]) < 2:
     raise DataError(f"{path}: {len(''.join(splits.values()))} characters is too short to split "

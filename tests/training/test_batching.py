@@ -45,19 +45,16 @@ def test_batch_indices_cover_each_epoch_once():
       batching.batch_indices(1, 0, 10, bad)
 
 
-def test_iterate_batches_resume_equals_uninterrupted():
+def test_batch_order_resumed_equals_uninterrupted():
   steps_per_epoch = 23 // 5
-  stream = batching.iterate_batches(9, 23, 5)
-  uninterrupted = [next(stream) for _ in range(11)]
-  for step, epoch, indices in uninterrupted:
+  order = batching.BatchOrder(9, 23, 5)
+  uninterrupted = [order(step) for step in range(11)]
+  for step, indices in enumerate(uninterrupted):
     np.testing.assert_array_equal(
         indices, batching.batch_indices(9, step // steps_per_epoch, 23, 5)[step % steps_per_epoch])
-    assert epoch == step // steps_per_epoch
-  resumed = batching.iterate_batches(9, 23, 5, start_step=6)
-  for expected in uninterrupted[6:]:
-    step, epoch, indices = next(resumed)
-    assert (step, epoch) == expected[:2]
-    np.testing.assert_array_equal(indices, expected[2])
+  resumed = batching.BatchOrder(9, 23, 5)  # A new process, starting at step 6.
+  for step in range(6, 11):
+    np.testing.assert_array_equal(resumed(step), uninterrupted[step])
 
 
 def test_batch_order_gives_the_batch_of_any_step_in_any_order():

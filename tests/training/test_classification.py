@@ -85,49 +85,6 @@ def test_stack_dropout_between_layers_only_with_a_key():
   assert not np.allclose(apply(params, xs, None, jax.random.key(0)), deterministic)
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru", "mingru", "minlstm", "lru"])
-def test_remat_cell_same_outputs_and_gradients(name):
-  plain = classification.build_core(name, 6)
-  remat = classification.build_core(name, 6, remat=True)
-  params = plain.init(jax.random.key(0), 2)
-  xs = jnp.asarray(np.random.default_rng(1).normal(size=(3, 7, 2)), jnp.float32)
-
-  def loss(core, params):
-    return jnp.sum(rnn_jax.rnn(core, params, xs)[0] ** 2)
-
-  value, grads = jax.jit(jax.value_and_grad(lambda p: loss(remat, p)))(params)
-  expected_value, expected = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(params)
-  np.testing.assert_allclose(value, expected_value, rtol=1e-6)
-  for key in expected:
-    np.testing.assert_allclose(grads[key], expected[key], rtol=1e-5, atol=1e-6)
-
-
-def test_registry_names_and_irnn_initialisation():
-  assert {"lstm", "gru", "rnn", "irnn"} <= set(classification.CELLS)
-  irnn = classification.CELLS["irnn"](4)
-  params = irnn.init(jax.random.key(0), 3)
-  np.testing.assert_array_equal(params["w_hh"], np.eye(4))
-  assert float(jnp.std(params["w_ih"])) < 0.01
-  assert irnn.activation == "relu"
-  assert classification.CELLS["rnn"](4) == rnn_jax.simple_rnn(4, "tanh")
-  assert classification.CELLS["irnn"](4) == irnn  # Hashable and equal: one compile for equal classification.
-  with pytest.raises(ValueError, match="cell_name"):
-    classification.build_core("nope", 4)
-
-
-def test_registry_cells_for_pixel_mnist():
-  assert set(classification.CELLS) == {"lstm", "gru", "rnn", "irnn", "mingru", "minlstm", "lru"}
-  assert classification.CELLS["mingru"](4) == rnn_jax.mingru(4, max_timescale=784)
-  assert classification.CELLS["minlstm"](4) == rnn_jax.minlstm(4, max_timescale=784)
-  assert classification.CELLS["lru"](4) == rnn_jax.lru(4, 4, r_min=0.9, r_max=0.999, skip="dense")
-
-
-def test_remat_keeps_a_stacks_dropout():
-  core = classification.build_core("gru", 4, num_layers=2, dropout=0.5, remat=True)
-  assert isinstance(core, rnn_jax.Stack) and core.dropout == 0.5
-  assert all(isinstance(layer, rnn_jax.Remat) for layer in core.layers)
-
-
 _DROPOUT_CORES = {
     "stack": lambda: classification.build_core("gru", 4, num_layers=2, dropout=0.5),
     "bidirectional(stack)": lambda: rnn_jax.bidirectional(

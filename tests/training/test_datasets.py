@@ -103,7 +103,7 @@ def test_search_order(isolated, monkeypatch):
   assert datasets.find_data_dir("mnist", data_dir=explicit) == str(explicit)
   assert datasets.find_data_dir("mnist", data_dir=str(isolated / "env")) == str(places["env_sub"])
   for name in ("env_sub", "env_flat", "cache", "shared"):
-    assert datasets.find_data_dir("mnist") == str(places[name])
+    assert datasets.find_data_dir("mnist", search_dirs=[isolated / "shared"]) == str(places[name])
     (places[name] / "train-images-idx3-ubyte.gz").unlink()
 
 
@@ -122,7 +122,7 @@ def test_explicit_data_dir_is_the_only_place(isolated, monkeypatch):
   make_dataset(isolated / "env")
   monkeypatch.setenv(datasets.ENV_VAR, str(isolated / "env"))
   with pytest.raises(datasets.DataError) as error:
-    datasets.load("mnist", data_dir=isolated / "wrong")
+    datasets.load("mnist", data_dir=isolated / "wrong", search_dirs=[isolated / "shared"])
   message = str(error.value)
   assert f"data_dir {isolated / 'wrong' / 'mnist'}: no such folder" in message
   assert str(isolated / "env") not in message and "shared" not in message
@@ -134,13 +134,13 @@ def test_nothing_found_lists_every_place(isolated):
   make_dataset(partial)
   (partial / "t10k-labels-idx1-ubyte.gz").unlink()
   with pytest.raises(datasets.DataError) as error:
-    datasets.find_data_dir("mnist")
+    datasets.find_data_dir("mnist", search_dirs=[isolated / "shared"])
   lines = str(error.value).splitlines()
   assert lines[0] == "no mnist data found. Tried, in order:"
   assert lines[1:5] == [
       f"  - ${datasets.ENV_VAR}: not set",
       f"  - cache {partial}: missing t10k-labels-idx1-ubyte[.gz]",
-      f"  - shared copy {isolated / 'shared' / 'mnist'}: no such folder",
+      f"  - search dir {isolated / 'shared' / 'mnist'}: no such folder",
       f"  - tensorflow-datasets: not installed (prepared copy or download into "
       f"{isolated / 'home' / 'tensorflow_datasets'})",
   ]
@@ -154,7 +154,7 @@ def test_tfds_broken_install_is_reported(isolated, monkeypatch):
   def broken():
     raise ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources")
 
-  monkeypatch.setattr(datasets, "_import_tfds", broken)
+  monkeypatch.setattr(datasets, "import_tfds", broken)
   with pytest.raises(datasets.DataError, match=r"tensorflow-datasets: import failed: No module named "
                      r"'importlib_resources' \(prepared copy"):
     datasets.find_data_dir("mnist")
@@ -185,8 +185,8 @@ def test_tfds_offline_is_listed_and_not_downloaded(isolated, monkeypatch):
     calls.append(("reachable", host, port))
     return False
 
-  monkeypatch.setattr(datasets, "_import_tfds", lambda: FakeTfds)
-  monkeypatch.setattr(datasets, "_reachable", unreachable)
+  monkeypatch.setattr(datasets, "import_tfds", lambda: FakeTfds)
+  monkeypatch.setattr(datasets, "reachable", unreachable)
   with pytest.raises(datasets.DataError) as error:
     datasets.find_data_dir("fashion_mnist")
   message = str(error.value)
@@ -206,7 +206,7 @@ def test_reachable_refused_quickly(tmp_path):
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]  # Bound but not listening: connections are refused.
     start = time.perf_counter()
-    assert not datasets._reachable("127.0.0.1", port)
+    assert not datasets.reachable("127.0.0.1", port)
   assert time.perf_counter() - start < 2
 
 
@@ -249,10 +249,12 @@ def test_views_bad_input():
     datasets.as_sequences(np.zeros((1, 28, 28), np.float32))
 
 
-def test_shared_copy_is_looked_for_beside_the_checkout_first(tmp_path, monkeypatch):
-  """``../shared/data`` next to the repository, whatever the working directory; then beside the cwd."""
+def test_the_scripts_search_the_shared_copy_beside_the_checkout_first(tmp_path, monkeypatch):
+  """``../shared/data`` next to the repository, whatever the working directory; then beside the
+  cwd. The library itself searches it only when given it."""
+  from experiments import data_search_dirs  # pylint: disable=import-outside-toplevel
   monkeypatch.chdir(tmp_path)
-  assert datasets._shared_dirs("mnist") == [SHARED_MNIST, tmp_path.parent / "shared" / "data" / "mnist"]
+  assert data_search_dirs() == (SHARED_MNIST.parent, tmp_path.parent / "shared" / "data")
 
 
 # ----------------------------------------------------------------------------- real data

@@ -125,6 +125,24 @@ def test_one_device_mesh_and_batches():
   assert batch["x"].shape == (6, 2) and batch["x"].sharding == distributed.batch_sharding(mesh)
 
 
+def test_place_state_replicates_the_state_and_shards_the_carried_aux_by_rows():
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from rnn_jax.training import distributed, loop, optim  # pylint: disable=import-outside-toplevel
+
+  mesh = distributed.make_data_mesh()
+  params = {"w": jnp.arange(6.0).reshape(2, 3)}
+  carry = (np.arange(12.0).reshape(6, 2), np.ones((6, 4)))
+  state = loop.init_state(params, optim.make_optimizer("adam", 1e-3), aux=carry)
+  placed = distributed.place_state(state, mesh, 6)
+  assert placed.params["w"].sharding == distributed.replicated_sharding(mesh)
+  assert all(leaf.sharding == distributed.batch_sharding(mesh) for leaf in placed.aux)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(placed), jax.device_get(state))
+  without_aux = distributed.place_state(state._replace(aux=None), mesh, 6)
+  assert without_aux.aux is None
+  assert without_aux.step.sharding == distributed.replicated_sharding(mesh)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda d: d.check_batch_size(130, 4), "batch_size=130: the global batch must divide by the "
      "device count, 4"),

@@ -160,7 +160,7 @@ def _fit_periodic(state, num_steps, store=None):
   _, _, train_step = _PERIODIC()
   batches = text.StreamWindows(_PERIODIC_IDS, batch_size=4, window=8)
   return loop.fit(state, train_step, batches, num_steps=num_steps, store=store,
-                  checkpoint_every=7, log=lambda line: None)
+                  checkpoint_every=7, reporter=loop.Reporter(log=lambda line: None))
 
 
 def _periodic_state():

@@ -189,12 +189,12 @@ def _tbptt_state():
   return loop.init_state(params, optax.sgd(0.1), aux=_CELL.initial_carry((STREAMS,)))
 
 
-def _tbptt_fit(state, num_steps, store=None, **kwargs):
+def _tbptt_fit(state, num_steps, store=None, checkpoint_every=1000, **reporting):
   inputs, targets = _windows()
   batch_for_step = lambda step: (inputs[step % NUM_WINDOWS], targets[step % NUM_WINDOWS])
-  kwargs.setdefault("log", lambda line: None)
+  reporting.setdefault("log", lambda line: None)
   return loop.fit(state, _tbptt_step(), batch_for_step, num_steps=num_steps, store=store,
-                  **kwargs)
+                  checkpoint_every=checkpoint_every, reporter=loop.Reporter(**reporting))
 
 
 def test_aux_carries_the_state_from_step_to_step():

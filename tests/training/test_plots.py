@@ -9,6 +9,7 @@ from rnn_jax.training import plots
 
 def test_curves_png(tmp_path):
   records = [{"kind": "train", "step": s, "loss": 1.0 / s, "accuracy": 0.9} for s in (1, 2, 3)]
+  # "eval": how metrics files written before the kinds said "test" name the test set.
   records.append({"kind": "eval", "step": 3, "test_loss": 0.4, "test_accuracy": 0.95})
   path = tmp_path / "curves.png"
   plots.plot_curves(records, str(path), title="t")
@@ -29,7 +30,7 @@ def test_curves_draw_validation_and_test_evaluations(tmp_path, monkeypatch):
   records = [{"kind": "train", "step": s, "loss": 1.0 / s, "accuracy": 0.9} for s in (1, 2, 3, 4)]
   records += [{"kind": "validation", "step": s, "validation_loss": 0.5 / s,
                "validation_accuracy": 0.9 + 0.01 * s} for s in (2, 4)]
-  records.append({"kind": "eval", "step": 4, "test_loss": 0.2, "test_accuracy": 0.93})
+  records.append({"kind": "test", "step": 4, "test_loss": 0.2, "test_accuracy": 0.93})
   plots.plot_curves(records, str(tmp_path / "curves.png"))
   assert lines["validation"] == [[0.25, 0.125], [92.0, 94.0]]  # Loss panel, accuracy panel.
   assert lines["test"] == [[0.2], [93.0]]

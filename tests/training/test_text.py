@@ -23,7 +23,8 @@ def test_split_is_tensorflow_datasets_split():
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason="no offline Tiny Shakespeare")
 def test_tiny_shakespeare_is_found_and_split_as_tfds_does():
-  path, vocabulary, splits = text.load_splits()
+  path, vocabulary, splits = text.load_splits(search_dirs=[os.path.dirname(
+      os.path.dirname(SHAKESPEARE))])
   assert os.path.samefile(path, SHAKESPEARE)
   assert [len(splits[name]) for name in text.SPLITS] == [1003854, 55770, 55770]
   assert len(vocabulary.chars) == 65 and vocabulary.size == 66
@@ -41,7 +42,7 @@ def test_env_var_and_cache_are_searched(isolated, monkeypatch):
 
 def test_nothing_found_lists_every_place(isolated):
   with pytest.raises(text.DataError) as error:
-    text.find_text_file()
+    text.find_text_file(search_dirs=[isolated / "shared"])
   message = str(error.value)
   assert message.startswith("no Tiny Shakespeare found. Tried, in order:")
   assert f"${datasets.ENV_VAR}: not set" in message
@@ -126,8 +127,8 @@ def test_tfds_download_lands_in_the_cache(isolated, monkeypatch):
     def builder_cls(name):
       return type("Builder", (), {"url_infos": {name: "checksum"}})
 
-  monkeypatch.setattr(datasets, "_import_tfds", lambda: FakeTfds)
-  monkeypatch.setattr(datasets, "_reachable", lambda host, port: True)
+  monkeypatch.setattr(datasets, "import_tfds", lambda: FakeTfds)
+  monkeypatch.setattr(datasets, "reachable", lambda host, port: True)
   path = text.find_text_file()
   cached = datasets.default_cache_dir("tinyshakespeare") / "input.txt"
   assert path == str(cached) and cached.read_text() == "First Citizen:\n"

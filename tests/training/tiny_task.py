@@ -10,7 +10,7 @@ import functools
 import jax
 import numpy as np
 
-from rnn_jax.training import classification, optim
+from rnn_jax.training import classification, loop, optim
 
 SEED = 3
 NUM_EXAMPLES, STEPS, FEATURES, CLASSES, BATCH = 40, 5, 3, 4, 8
@@ -42,13 +42,16 @@ def fresh_state(dropout=0.0):
   return classification.create_state(model, optimizer, jax.random.key(0), FEATURES)
 
 
-def fit(state, num_steps, store=None, dropout=0.0, **kwargs):
-  """``fit_classifier`` on :func:`synthetic` (or ``data=(inputs, labels)``), silently."""
-  inputs, labels = kwargs.pop("data", synthetic())
-  kwargs.setdefault("log", lambda line: None)
+def fit(state, num_steps, store=None, dropout=0.0, data=None, mesh=None, checkpoint_every=1000,
+        **reporting):
+  """``fit_classifier`` on :func:`synthetic` (or ``data=(inputs, labels)``), silently unless
+  ``log=`` is given; ``reporting``: the fields of :class:`rnn_jax.training.loop.Reporter`."""
+  inputs, labels = data if data is not None else synthetic()
+  reporting.setdefault("log", lambda line: None)
   return classification.fit_classifier(state, setup(dropout)[2], inputs, labels, seed=SEED,
-                                       batch_size=BATCH, num_steps=num_steps, store=store,
-                                       **kwargs)
+                                       batch_size=BATCH, num_steps=num_steps, mesh=mesh,
+                                       store=store, checkpoint_every=checkpoint_every,
+                                       reporter=loop.Reporter(**reporting))
 
 
 def as_numpy(tree):

@@ -1,0 +1,104 @@
+"""Tests of rnn_jax.training.config: flags from fields, one-place checks, presets, run identity."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+from absl import flags
+
+from experiments import train_char_lm, train_mnist
+from rnn_jax.training import config
+from rnn_jax.training.config import setting
+from rnn_jax.training.script import UsageError
+
+# The default workdirs of the published runs, computed at main 455f72e (before Config):
+# the default command and every preset keep these names (and their config.json).
+PUBLISHED_MNIST = {None: "default-17e4a2c6", "lstm100": "lstm100-934830cb",
+                   "lstm256x2": "lstm256x2-70ba369e", "rnn150": "rnn150-564e5393",
+                   "rnn50": "rnn50-ad5613ca", "best": "best-796f1f4a"}
+PUBLISHED_CHAR_LM = "char_lm-04d5ed9a"
+
+
+@dataclasses.dataclass(frozen=True)
+class Toy(config.Config):
+  PRESETS = {"wide": {"width": 64, "rate": 0.5}}
+  width: int = setting(8, "Units.", lower=1)
+  rate: float = setting(0.1, "Drop rate.", lower=0.0, below=1.0)
+  kind: str = setting("a", "Kind.", choices=("a", "b"))
+  steps: int | None = setting(None, "Steps.", lower=1)
+  new_thing: int = setting(0, "Added later.", lower=0, added=True)
+  vjp: str = setting("auto", "Renamed.", key="backward", aliases=("backward",))
+
+  def check(self):
+    if self.kind == "b" and self.width > 32:
+      raise UsageError(f"flag --width={self.width}: kind b takes at most 32")
+
+
+@pytest.mark.parametrize("preset, name", sorted(PUBLISHED_MNIST.items(), key=str))
+def test_published_mnist_workdirs_keep_their_names(preset, name):
+  settings = train_mnist.MnistConfig.resolve({}, preset)
+  assert train_mnist.default_workdir(settings, preset) == os.path.join("runs", name)
+
+
+def test_published_char_lm_workdir_keeps_its_name():
+  settings = train_char_lm.CharLMConfig.resolve({})
+  assert settings.default_workdir("char_lm") == os.path.join("runs", PUBLISHED_CHAR_LM)
+
+
+def test_a_field_added_later_drops_out_of_the_identity_only_at_its_default():
+  held_out = train_mnist.MnistConfig.resolve({"validation_examples": 5000})
+  assert "validation_examples" not in train_mnist.MnistConfig().identity()
+  assert held_out.identity()["validation_examples"] == 5000
+  assert train_mnist.default_workdir(held_out) != os.path.join("runs", PUBLISHED_MNIST[None])
+  assert Toy().identity() == {"width": 8, "rate": 0.1, "kind": "a", "steps": None,
+                              "backward": "auto"}
+  assert Toy(new_thing=2).identity()["new_thing"] == 2
+
+
+def test_resolve_applies_defaults_then_preset_then_values():
+  assert Toy.resolve() == Toy()
+  assert Toy.resolve({"rate": 0.2}, "wide") == Toy(width=64, rate=0.2)
+  assert Toy.resolve({"backward": "fused"}).vjp == "fused"  # The identity key works too.
+  assert Toy.resolve({"rate": 0}).rate == 0.0 and isinstance(Toy.resolve({"rate": 0}).rate, float)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"width": 0}, "flag --width=0: must be >= 1"),
+    ({"rate": 1.0}, "flag --rate=1.0: must be in [0, 1)"),
+    ({"kind": "c"}, "flag --kind=c: unknown kind; choose one of a, b"),
+    ({"width": "8"}, "flag --width=8: must be int"),
+    ({"width": True}, "flag --width=True: must be int"),
+    ({"steps": 0}, "flag --steps=0: must be >= 1"),
+    ({"kind": "b", "width": 40}, "flag --width=40: kind b takes at most 32"),
+    ({"depth": 2}, "unknown config keys ['depth']; the keys are the fields of Toy"),
+])
+def test_bad_values_are_one_line_naming_the_flag(values, message):
+  with pytest.raises(UsageError) as error:
+    Toy.resolve(values)
+  assert str(error.value) == message
+
+
+def test_unknown_preset_is_refused():
+  with pytest.raises(UsageError, match="flag --preset=huge: unknown preset; choose one of wide"):
+    Toy.resolve({}, "huge")
+
+
+def test_flags_come_from_the_fields_and_given_flags_override_the_preset():
+  flag_values = flags.FlagValues()
+  Toy.define_flags(flag_values)
+  assert "one of: a, b" in flag_values["kind"].help and "in [0, 1)" in flag_values["rate"].help
+  flag_values(["prog", "--preset=wide", "--rate=0.25", "--backward=fused"])
+  settings, preset = Toy.from_flags(flag_values)
+  assert preset == "wide"
+  assert settings == Toy(width=64, rate=0.25, vjp="fused")
+  flag_values.unparse_flags()
+  flag_values(["prog", "--width=0"])  # Parsed: refused by the one check, naming the flag.
+  with pytest.raises(UsageError, match="flag --width=0: must be >= 1"):
+    Toy.from_flags(flag_values)
+
+
+def test_paths_become_absolute():
+  settings = train_char_lm.CharLMConfig.resolve({"text_file": "some.txt"})
+  assert settings.text_file == os.path.abspath("some.txt")
