@@ -233,28 +233,43 @@ class RunFiles(NamedTuple):
   write_metrics: Callable[[str, dict], None]
 
 
+def become_writer(workdir: str) -> None:
+  """Makes this process the one writer of ``workdir`` until it ends
+  (:func:`rnn_jax.training.workdir_lock.hold`); the primary process calls it before it
+  writes anything there.
+
+  Raises:
+    UsageError: another process is writing ``workdir`` (the line names it: pid and host),
+      or the directory cannot be written.
+  """
+  from rnn_jax.training import workdir_lock  # pylint: disable=import-outside-toplevel
+  try:
+    workdir_lock.hold(workdir)
+  except workdir_lock.WorkdirLocked as error:
+    raise UsageError(f"flag --workdir={workdir}: another run is writing it ({error.holder}); "
+                     "wait for it to end, or stop it, or use another --workdir") from error
+  except OSError as error:
+    raise UsageError(f"flag --workdir={workdir}: cannot write there "
+                     f"({error.strerror or error})") from error
+
+
 def open_run(workdir: str, state, *, keep_checkpoints: int, primary: bool,
              say: Callable[[str], None]) -> RunFiles:
   """Opens a run's checkpoints and metrics, and resumes from the newest readable checkpoint.
 
-  The primary process first becomes the run directory's one writer
-  (:func:`rnn_jax.training.workdir_lock.hold`, kept until the process ends). Also says, on
-  the CPU, when tcmalloc is not preloaded. ``state`` is the fresh state (its shardings are
-  the restore's target); non-primary processes get no metrics log and a ``write_metrics``
-  that does nothing.
+  The primary process must be the run directory's writer (:func:`become_writer`, which
+  :func:`~rnn_jax.training.task.train_and_evaluate` calls before it writes anything there);
+  this makes sure of it. Also says, on the CPU, when tcmalloc is not preloaded. ``state``
+  is the fresh state (its shardings are the restore's target); non-primary processes get
+  no metrics log and a ``write_metrics`` that does nothing.
 
   Raises:
     UsageError: another process is writing ``workdir``; the line names it.
   """
   import jax  # pylint: disable=import-outside-toplevel
-  # pylint: disable-next=import-outside-toplevel
-  from rnn_jax.training import checkpoint, metrics, runtime, workdir_lock
+  from rnn_jax.training import checkpoint, metrics, runtime  # pylint: disable=import-outside-toplevel
   if primary:
-    try:
-      workdir_lock.hold(workdir)
-    except workdir_lock.WorkdirLocked as error:
-      raise UsageError(f"flag --workdir={workdir}: another run is writing it ({error.holder}); "
-                       "wait for it to end, or stop it, or use another --workdir") from error
+    become_writer(workdir)  # Already held after train_and_evaluate's call: a no-op then.
   if jax.devices()[0].platform == "cpu" and not runtime.fast_allocator_active():
     say("note: running with glibc malloc; installing tcmalloc (Debian: apt-get install "
         "libtcmalloc-minimal4) speeds up CPU training steps up to ~1.4x, picked up automatically")

@@ -152,8 +152,10 @@ def train_and_evaluate(task: Task, config: config_lib.Config, workdir: str | Non
   primary = distributed.is_primary()
   if not primary:
     say = lambda line: None
-  task = task.load(say)
   workdir = workdir or config.default_workdir(name)
+  if primary:  # One writer: refused here, before any work or any file written.
+    script.become_writer(workdir)
+  task = task.load(say)
   if primary:  # The workdir is shared; the other processes go by process 0's check.
     script.check_workdir_config(workdir, config.identity())
     task.check_workdir(workdir)
