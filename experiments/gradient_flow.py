@@ -387,7 +387,7 @@ def run(settings: dict, workdir: str, data_dir=None, figures: bool = True,
       import matplotlib  # pylint: disable=import-outside-toplevel,unused-import
     except ImportError as error:
       raise script.UsageError(f"the figures need matplotlib ({error}); "
-                              "pip install 'rnn_jax[train]'") from None
+                              "pip install -e '.[train]'") from None
   images = {split: datasets.load("mnist", split, data_dir, experiments.data_search_dirs())
             for split in datasets.SPLITS}
   try:

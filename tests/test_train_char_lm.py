@@ -85,7 +85,8 @@ def test_interrupted_run_resumes_to_the_same_figures(trained, tiny_text, tmp_pat
 
 def test_vocabulary_and_params_round_trip_through_the_checkpoint(trained, tiny_text):
   workdir, _, _ = trained
-  model, params, vocabulary, step = generate.load_run(workdir)
+  loaded = language_model.load(workdir)
+  model, vocabulary, step = loaded.model, loaded.vocabulary, loaded.step
   assert step == 16
   train_split = text.split_text(open(tiny_text, encoding="utf-8").read())["train"]
   assert vocabulary == text.Vocabulary.from_text(train_split)
@@ -126,7 +127,27 @@ def test_generate_refuses_missing_and_foreign_workdirs(tmp_path):
   assert line == f"data error: --workdir={tmp_path / 'none'}: no such directory"
   (tmp_path / "config.json").write_text(json.dumps({"cell": "gru", "view": "rows"}))
   with pytest.raises(text.DataError, match="not a run of experiments.train_char_lm"):
-    generate.load_run(str(tmp_path))
+    language_model.load(tmp_path)
+  with pytest.raises(text.DataError, match="no such directory"):
+    language_model.load(tmp_path / "none")
+
+
+def test_a_loaded_run_generates_what_the_command_prints(trained):
+  """language_model.load(workdir).generate(...) == python -m experiments.generate, to the character."""
+  workdir, _, _ = trained
+  loaded = language_model.load(workdir)
+  for settings in ({"temperature": 0.5, "top_k": 3, "seed": 4},
+                   {"temperature": 1.3, "top_p": 0.8, "seed": 11}):
+    flags = [f"--{name}={value}" for name, value in settings.items()]
+    result = run_experiment("generate", f"--workdir={workdir}", "--prompt=to be", "--length=40",
+                            *flags)
+    assert result.returncode == 0, result.stderr
+    assert loaded.generate("to be", 40, **settings) + "\n" == result.stdout
+  assert loaded.generate("to", 0) == "to"
+  with pytest.raises(ValueError, match=r"^top_k=-1: must be >= 0$"):
+    loaded.generate("to", 5, top_k=-1)
+  with pytest.raises(ValueError, match=r"^prompt: characters not in the model's vocabulary: 'é'"):
+    loaded.generate("é", 5)
 
 
 @pytest.mark.parametrize("args, flag", [

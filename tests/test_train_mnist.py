@@ -116,6 +116,30 @@ def test_run_interrupt_resume_equals_uninterrupted(tiny_mnist, tmp_path):
 
 
 
+def test_a_loaded_run_predicts_the_reported_test_accuracy(tiny_mnist, tmp_path):
+  """classification.load(workdir).predict gives the test accuracy the run printed, to the image;
+  with --ema_decay that is the moving average's (the parameters the run evaluated)."""
+  for view, extra in (("rows", ["--ema_decay=0.9"]), ("permuted_pixels", [])):
+    workdir = tmp_path / view
+    summary = _summary(_script(*TINY, f"--data_dir={tiny_mnist}", "--steps=24", f"--view={view}",
+                               *extra, f"--workdir={workdir}"))
+    loaded = classification.load(workdir)
+    assert loaded.step == 24 and loaded.view == view
+    images, labels = datasets.load("mnist", "test", tiny_mnist)
+    predicted = loaded.predict(images, batch_size=7)  # Batches that do not divide the 20 images.
+    assert predicted.shape == (20,)
+    assert np.mean(predicted == labels) == summary["test_accuracy"]
+    np.testing.assert_allclose(loaded.logits(images[:3]), loaded.logits(images)[:3], atol=1e-6)
+  (tmp_path / "lm").mkdir()
+  (tmp_path / "lm" / "config.json").write_text(json.dumps({"text_file": "x", "window": 8}))
+  with pytest.raises(idx.DataError, match="not a run of experiments.train_mnist"):
+    classification.load(tmp_path / "lm")
+  with pytest.raises(idx.DataError, match="no checkpoint to load"):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    classification.load(tmp_path / "empty")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--batch_size=18"], "error: flag --batch_size=18: the global batch must divide by the "
      "device count, 4"),

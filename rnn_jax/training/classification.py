@@ -408,13 +408,24 @@ class ClassificationTask:
                       remat=self.remat, sequence_length=MNIST_SEQUENCE_LENGTH)
     return Classifier(core, datasets.NUM_CLASSES, self.dropout, self.options)
 
-  @functools.cached_property
-  def _optimizer(self) -> optax.GradientTransformation:
+  def make_optimizer(self, num_steps: int) -> optax.GradientTransformation:
+    """The optimizer of the settings, its schedule spanning ``num_steps`` (the state's
+    structure is the same whatever ``num_steps``)."""
     from rnn_jax.training import optim  # pylint: disable=import-outside-toplevel
-    schedule = optim.make_schedule(self.learning_rate, self.num_steps(), self.warmup_steps,
+    schedule = optim.make_schedule(self.learning_rate, num_steps, self.warmup_steps,
                                    cosine=self.schedule == "cosine")
     return optim.make_optimizer(self.optimizer, schedule, decay=self.decay,
                                 momentum=self.momentum, clip_norm=self.clip_norm or None)
+
+  @functools.cached_property
+  def _optimizer(self) -> optax.GradientTransformation:
+    return self.make_optimizer(self.num_steps())
+
+  def initial_state(self, input_size: int, num_steps: int = 1) -> loop.TrainState:
+    """The state of step 0 for sequences of ``input_size`` features: also the template a
+    checkpoint is restored into (no data needed)."""
+    return create_state(self.model, self.make_optimizer(num_steps), jax.random.key(self.seed),
+                        input_size)
 
   @functools.cached_property
   def _eval_step(self):
@@ -482,6 +493,10 @@ class ClassificationTask:
     return create_state(self.model, self._optimizer, jax.random.key(self.seed),
                         self.data["train"][0].shape[-1])
 
+  def eval_params(self, state):
+    """The parameters evaluated and reported: the moving average when one is kept."""
+    return state.ema_params if self.ema_decay > 0 else state.params
+
   def make_train_step(self):
     """The jitted step of :func:`loss_function`, with the parameter average when asked."""
     return make_train_step(self.model, self._optimizer, self.seed, self.ema_decay)
@@ -507,13 +522,10 @@ class ClassificationTask:
     """The validation split (when held out), then the test set."""
     return ("validation", "test") if "validation" in self.data["splits"] else ("test",)
 
-  def _eval_params(self, state):
-    return state.ema_params if self.ema_decay > 0 else state.params
-
   def evaluate(self, split: str, state, mesh) -> dict:
     """Loss and accuracy of the evaluated parameters (the average, when kept) on ``split``."""
     inputs, labels = self.data["splits"][split]
-    return evaluate(self._eval_step, self._eval_params(state), inputs, labels,
+    return evaluate(self._eval_step, self.eval_params(state), inputs, labels,
                     self.eval_batch_size, mesh=mesh)
 
   def report(self, split: str, step: int, result: dict) -> tuple[dict, str]:
@@ -541,7 +553,7 @@ class ClassificationTask:
     if not primary:
       return extras
     # On the host (the same values): process 0 alone computes these, on its own device.
-    final_params = jax.device_get(self._eval_params(state))
+    final_params = jax.device_get(self.eval_params(state))
     per_step = self.model.step_outputs(final_params, test_inputs[:5])
     say(f"per-step outputs for a batch of 5 test images: {list(per_step.shape)} "
         "(batch, steps, hidden)")
@@ -595,3 +607,69 @@ def hold_out(images: np.ndarray, labels: np.ndarray, validation_examples: int
                             f"0..{count - 1} (the training file has {count} examples)")
   split = count - validation_examples
   return (images[:split], labels[:split]), (images[split:], labels[split:])
+
+
+# ----------------------------------------------------------------------------- a trained run
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainedClassifier:
+  """A classifier trained by ``experiments.train_mnist``, as :func:`load` returns it.
+
+  Attributes:
+    model: the :class:`Classifier` of the run's config.
+    params: the parameters its test accuracy was reported for (the moving
+      average with ``--ema_decay``), from the newest checkpoint.
+    view: how images are read as sequences (``rows``, ``pixels``, ``permuted_pixels``).
+    permutation_seed: the pixel order of ``permuted_pixels``.
+    step: the training step of that checkpoint.
+    workdir: the run directory.
+  """
+
+  model: Classifier
+  params: Any
+  view: str
+  permutation_seed: int
+  step: int
+  workdir: str
+
+  @functools.cached_property
+  def _logits(self):
+    return jax.jit(self.model.apply)
+
+  def logits(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """``float32 [N, C]`` for ``uint8`` images ``[N, H, W]`` (as ``datasets.load`` gives them),
+    read as the run read them (:func:`~rnn_jax.training.datasets.as_sequences`)."""
+    from rnn_jax.training import datasets  # pylint: disable=import-outside-toplevel
+    sequences = datasets.as_sequences(images, self.view, self.permutation_seed)
+    return np.concatenate([np.asarray(self._logits(self.params, sequences[start:start + batch_size]))
+                           for start in range(0, len(sequences), batch_size)]
+                          or [np.zeros((0, self.model.num_classes), np.float32)])
+
+  def predict(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """``int [N]`` predicted classes of ``uint8`` images ``[N, H, W]``."""
+    return np.argmax(self.logits(images, batch_size), axis=-1)
+
+
+def load(workdir: str | os.PathLike) -> TrainedClassifier:
+  """The model and parameters of a ``train_mnist`` run's newest checkpoint.
+
+  Works while the run is still training (reading takes no lock), and for
+  runs of earlier versions (settings added since take their defaults).
+
+  Raises:
+    rnn_jax.training.idx.DataError: no such directory, not a ``train_mnist``
+      run, or no checkpoint yet.
+  """
+  from rnn_jax.training import datasets, runs  # pylint: disable=import-outside-toplevel
+  config = runs.read_config(workdir, "train_mnist")
+  try:
+    task = ClassificationTask.from_config(config)
+  except TypeError as error:  # Keys ClassificationTask does not have.
+    raise runs.DataError(f"workdir {os.fspath(workdir)}: not a run of experiments.train_mnist "
+                         f"({error})") from error
+  input_size = datasets.as_sequences(np.zeros((1, *datasets.IMAGE_SHAPE), np.uint8), task.view,
+                                     task.permutation_seed).shape[-1]
+  step, state = runs.restore_newest(workdir, task.initial_state(input_size))
+  return TrainedClassifier(task.model, task.eval_params(state), task.view,
+                           task.permutation_seed, int(step), os.fspath(workdir))

@@ -275,7 +275,7 @@ def _how_to_fix(dataset: str, explicit: bool) -> str:
   if not explicit:
     lines += [
         f"or set {ENV_VAR} to such a folder (or to one holding mnist/ and fashion_mnist/)",
-        "or, with internet, pip install 'rnn_jax[data]' (tensorflow-datasets and "
+        "or, with internet, pip install -e '.[data]' (tensorflow-datasets and "
         "importlib_resources) and rerun: the files are converted once into "
         f"{default_cache_dir(dataset)}",
     ]

@@ -590,3 +590,92 @@ class CharLMTask:
         "load_average": [round(value, 2) for value in os.getloadavg()],
         "allocator": runtime.allocator_name(),
     }
+
+
+# ----------------------------------------------------------------------------- a trained run
+
+
+def check_generation(prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None) -> None:
+  """Raises ``ValueError`` naming the first bad argument of :meth:`TrainedCharLM.generate`."""
+  if not isinstance(length, int) or length < 0:
+    raise ValueError(f"length={length}: must be >= 0")
+  if temperature < 0:
+    raise ValueError(f"temperature={temperature}: must be >= 0")
+  if top_k is not None and top_k < 0:
+    raise ValueError(f"top_k={top_k}: must be >= 0")
+  if top_p is not None and not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p={top_p}: must be in (0, 1]")
+  if not prompt:
+    raise ValueError("prompt is empty: give at least one character to start from")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainedCharLM:
+  """A character LM trained by ``experiments.train_char_lm``, as :func:`load` returns it.
+
+  Attributes:
+    model: the :class:`CharLM` of the run's config.
+    params: the parameters of the newest checkpoint.
+    vocabulary: the run's vocabulary (``vocabulary.json``).
+    step: the training step of that checkpoint.
+    workdir: the run directory.
+  """
+
+  model: CharLM
+  params: Any
+  vocabulary: Vocabulary
+  step: int
+  workdir: str
+
+  def generate(self, prompt: str, length: int, *, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> str:
+    """``prompt`` followed by ``length`` sampled characters: exactly what
+    ``python -m experiments.generate`` prints for the same arguments.
+
+    Args:
+      prompt: the text to continue (at least one character, all in the vocabulary).
+      length: characters to generate.
+      temperature: sampling temperature; 0 is greedy.
+      top_k: sample among the ``k`` most likely characters (``None`` or 0: all).
+      top_p: nucleus sampling (``None`` or 1: all); see :func:`sample_next`.
+      seed: equal seeds give equal text.
+
+    Raises:
+      ValueError: a bad argument, or characters of the prompt outside the vocabulary
+        (named).
+    """
+    check_generation(prompt, length, temperature, top_k, top_p)
+    try:
+      ids = self.vocabulary.encode(prompt, strict=True)
+    except ValueError as error:
+      raise ValueError(f"prompt: {error}") from error
+    if length == 0:
+      return prompt
+    tokens = generate(self.model, self.params, ids, jax.random.key(seed), length=length,
+                      temperature=temperature, top_k=top_k or 0,
+                      top_p=1.0 if top_p is None else top_p, exclude=self.vocabulary.unknown_id)
+    return prompt + self.vocabulary.decode(np.asarray(tokens))
+
+
+def load(workdir: str | os.PathLike) -> TrainedCharLM:
+  """The model, parameters and vocabulary of a ``train_char_lm`` run's newest checkpoint.
+
+  Works while the run is still training (reading takes no lock), and for
+  runs of earlier versions (settings added since take their defaults).
+
+  Raises:
+    rnn_jax.training.idx.DataError: no such directory, not a character LM's
+      run, or no checkpoint yet.
+  """
+  from rnn_jax.training import runs, text  # pylint: disable=import-outside-toplevel
+  config = runs.read_config(workdir, "train_char_lm")
+  unknown = set(config) - set(CharLMTask().config_values())
+  if unknown:
+    raise runs.DataError(f"workdir {os.fspath(workdir)}: not a run of "
+                         f"experiments.train_char_lm (its config.json has {sorted(unknown)})")
+  task = CharLMTask.from_config(config)
+  vocabulary = text.Vocabulary.load(os.path.join(os.fspath(workdir), "vocabulary.json"))
+  step, state = runs.restore_newest(workdir, task.initial_state(vocabulary.size))
+  return TrainedCharLM(task.model(vocabulary.size), state.params, vocabulary, int(step),
+                       os.fspath(workdir))

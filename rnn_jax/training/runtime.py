@@ -87,5 +87,5 @@ def exit_for_missing_extra(error: ImportError, module: str, needs: str) -> NoRet
   if module != "__main__":
     raise error
   print(f"error: {needs} needs {error.name}, which is not installed; "
-        "pip install 'rnn_jax[train]'", file=sys.stderr)
+        "pip install -e '.[train]'", file=sys.stderr)
   sys.exit(2)

@@ -48,7 +48,7 @@ def check_extras(plots: bool) -> None:
       importlib.import_module(module)
     except ImportError as error:
       raise UsageError(f"{purpose} need {module}, which cannot be imported ({error}); "
-                       "pip install 'rnn_jax[train]'" + (" or pass --plots=false"
+                       "pip install -e '.[train]'" + (" or pass --plots=false"
                                                          if module == "matplotlib" else ""))
 
 

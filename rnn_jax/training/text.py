@@ -126,7 +126,7 @@ def find_text_file(text_file: str | os.PathLike | None = None,
   raise DataError("no Tiny Shakespeare found. Tried, in order:\n  - " + "\n  - ".join(tried)
                   + "\nTo fix: pass --text_file (any UTF-8 text), or put input.txt in "
                   f"{datasets.default_cache_dir(TINY_SHAKESPEARE)}, or with internet pip "
-                  "install 'rnn_jax[data]' and rerun")
+                  "install -e '.[data]' and rerun")
 
 
 def read_text(path: str | os.PathLike) -> str:

@@ -145,7 +145,7 @@ def test_nothing_found_lists_every_place(isolated):
       f"{isolated / 'home' / 'tensorflow_datasets'})",
   ]
   fixes = "\n".join(lines[5:])
-  for hint in ("--data_dir", f"set {datasets.ENV_VAR}", "pip install 'rnn_jax[data]'"):
+  for hint in ("--data_dir", f"set {datasets.ENV_VAR}", "pip install -e '.[data]'"):
     assert hint in fixes
 
 

@@ -29,7 +29,7 @@ def test_a_missing_extra_reraises_on_import_and_exits_with_one_line_as_a_script(
     runtime.exit_for_missing_extra(error, "__main__", "the training toolkit")
   assert exited.value.code == 2
   assert capsys.readouterr().err == ("error: the training toolkit needs optax, which is not "
-                                     "installed; pip install 'rnn_jax[train]'\n")
+                                     "installed; pip install -e '.[train]'\n")
 
 
 def test_a_script_without_the_train_extra_says_so_in_one_line():
@@ -41,4 +41,4 @@ def test_a_script_without_the_train_extra_says_so_in_one_line():
                                                           "PATH": "/usr/bin:/bin"})
   assert result.returncode == 2, result.stderr[-2000:]
   assert result.stderr == ("error: the training toolkit needs optax, which is not installed; "
-                           "pip install 'rnn_jax[train]'\n")
+                           "pip install -e '.[train]'\n")
