@@ -81,6 +81,9 @@ class CharLMConfig(Config):
   vjp: str = setting("auto", "Gradient of the scan (rnn_jax.rnn's vjp=); auto: the cell's "
                      "tuned choice.", choices=("auto", *VJPS), key="backward",
                      aliases=("backward",))
+  remat_every: int = setting(0, "Keep the carry only every K steps of a window in the backward "
+                             "pass and recompute each chunk (for long --window); 0: off.",
+                             lower=0, added=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -103,6 +103,9 @@ class MnistConfig(Config):
                      choices=("auto", *VJPS), key="backward", aliases=("backward",))
   remat: bool = setting(False, "Rematerialise each scan step in the backward pass (less "
                         "memory, up to 1/3 more compute; see the Performance guide).")
+  remat_every: int = setting(0, "Keep the carry only every K steps in the backward pass and "
+                             "recompute each chunk (memory grows as sqrt(T) for K near "
+                             "sqrt(T)); 0: off.", lower=0, added=True)
   ema_decay: float = setting(0.0, "Evaluate a moving average of the parameters with this decay "
                              "(0: the final parameters).", lower=0.0, upper=0.99999)
   max_train_examples: int = setting(0, "Use only the first N training examples (0: all; for "
@@ -111,6 +114,9 @@ class MnistConfig(Config):
                                      "validation split (0: none).", lower=0, added=True)
 
   def check(self) -> None:
+    if self.remat and self.remat_every:
+      raise UsageError(f"flags --remat and --remat_every={self.remat_every}: pick one (per-step "
+                       "checkpoints, or every K steps)")
     if not self.steps and not self.epochs:
       raise UsageError("flag --epochs=0 with --steps=0: give a positive --epochs or --steps")
     if self.max_train_examples and self.batch_size > self.max_train_examples:

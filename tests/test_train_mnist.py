@@ -271,6 +271,22 @@ def test_run_from_python_needs_no_flags(tiny_mnist, tmp_path):
     train_mnist.run({"hidden": 8}, str(tmp_path), options)
 
 
+def test_remat_every_trains_as_the_plain_run(tiny_mnist, tmp_path):
+  """--remat_every=K changes only what the backward pass keeps: the same run, to rounding."""
+  options = train_mnist.Options(data_dir=tiny_mnist, log_every=4, eval_batch_size=20,
+                                plots=False)
+  config = {"hidden_size": 8, "batch_size": 16, "steps": 4, "unroll": 1, "view": "pixels"}
+  plain = train_mnist.run(config, str(tmp_path / "plain"), options, say=lambda line: None)
+  chunked = train_mnist.run({**config, "remat_every": 30}, str(tmp_path / "chunked"), options,
+                            say=lambda line: None)
+  assert chunked["config"]["remat_every"] == 30
+  np.testing.assert_allclose(chunked["test_loss"], plain["test_loss"], rtol=1e-4)
+  assert chunked["test_accuracy"] == plain["test_accuracy"]
+  assert train_mnist.default_workdir(train_mnist.MnistConfig()) == "runs/default-17e4a2c6"
+  with pytest.raises(train_mnist.UsageError, match="--remat and --remat_every=30: pick one"):
+    train_mnist.run({**config, "remat": True, "remat_every": 30}, str(tmp_path / "both"), options)
+
+
 def test_presets_apply_under_the_given_values():
   rnn150 = train_mnist.MnistConfig.resolve({"steps": 10}, "rnn150")
   assert (rnn150.cell, rnn150.optimizer, rnn150.steps) == ("rnn", "rmsprop", 10)

@@ -373,6 +373,7 @@ class ClassificationTask:
   steps: int = 0
   seed: int = 0
   remat: bool = False
+  remat_every: int = 0
   ema_decay: float = 0.0
   max_train_examples: int = 0
   validation_examples: int = 0
@@ -405,7 +406,8 @@ class ClassificationTask:
     """The classifier of the settings."""
     from rnn_jax.training import datasets  # pylint: disable=import-outside-toplevel
     core = build_core(self.cell, self.hidden_size, self.num_layers, dropout=self.dropout,
-                      remat=self.remat, sequence_length=MNIST_SEQUENCE_LENGTH)
+                      remat=self.remat, sequence_length=MNIST_SEQUENCE_LENGTH,
+                      remat_every=self.remat_every)
     return Classifier(core, datasets.NUM_CLASSES, self.dropout, self.options)
 
   def make_optimizer(self, num_steps: int) -> optax.GradientTransformation:

@@ -15,7 +15,9 @@ carry and input and recomputes the step's gate activations from them, so the
 saved residuals shrink from all gate activations to the carry, at the price
 of running each step's forward once more (up to ~1/3 more compute); the
 Performance guide has a measurement. Use it for long sequences at large batch,
-where memory binds.
+where memory binds. ``remat_every=k`` keeps the carry only every ``k`` steps and
+recomputes each chunk of ``k`` steps: with ``k`` near ``sqrt(T)``, memory grows
+as ``sqrt(T)`` (``python -m experiments.bench_memory``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ CELLS: dict[str, Callable[[int, int | None], Any]] = {
 
 def build_core(cell_name: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
                variational: bool = False, remat: bool = False, *,
-               sequence_length: int | None = None):
+               sequence_length: int | None = None, remat_every: int = 0):
   """A task's recurrent core, by name.
 
   Args:
@@ -62,6 +64,10 @@ def build_core(cell_name: str, hidden_size: int, num_layers: int = 1, dropout: f
     remat: rematerialise every cell's time step (``rnn_jax.remat``).
     sequence_length: the task's sequence length, passed to the builders
       (see the module doc); ``None``: the cells' own defaults.
+    remat_every: if positive, keep the carry only every this many steps in the
+      backward pass and recompute each chunk (``rnn_jax.remat(core, every=...)``:
+      memory that grows as ``sqrt(T)`` for ``remat_every`` near ``sqrt(T)``);
+      it replaces ``remat``.
 
   Returns:
     A cell (``num_layers == 1``) or a ``rnn_jax.Stack``, possibly under ``rnn_jax.remat``.
@@ -76,4 +82,6 @@ def build_core(cell_name: str, hidden_size: int, num_layers: int = 1, dropout: f
   cells = [CELLS[cell_name](hidden_size, sequence_length) for _ in range(num_layers)]
   core = cells[0] if num_layers == 1 else rnn_jax.stack(cells, dropout=dropout,
                                                          variational=variational)
+  if remat_every:
+    return rnn_jax.remat(core, every=remat_every)
   return rnn_jax.remat(core) if remat else core

@@ -379,6 +379,7 @@ class CharLMTask:
   clip_norm: float = 1.0
   tbptt: bool = True
   seed: int = 0
+  remat_every: int = 0
   options: rnn_jax.RunOptions = rnn_jax.RunOptions()
   search_dirs: tuple[str, ...] = ()
   eval_streams: int = 32
@@ -417,7 +418,7 @@ class CharLMTask:
     """The model for ``vocab_size`` ids (training, and sampling from a trained run)."""
     from rnn_jax.training.cores import build_core  # pylint: disable=import-outside-toplevel
     core = build_core(self.cell, self.hidden_size, self.num_layers, dropout=self.dropout,
-                      sequence_length=self.window)
+                      sequence_length=self.window, remat_every=self.remat_every)
     return CharLM(core, vocab_size, self.embed_size, self.dropout, self.options)
 
   def optimizer(self) -> optax.GradientTransformation:

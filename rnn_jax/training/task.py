@@ -20,6 +20,7 @@ returns a copy holding its data, and the other methods read it from there.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable, Mapping, Protocol
 
@@ -153,11 +154,12 @@ def train_and_evaluate(task: Task, config: config_lib.Config, workdir: str | Non
   if not primary:
     say = lambda line: None
   workdir = workdir or config.default_workdir(name)
-  if primary:  # One writer: refused here, before any work or any file written.
+  if primary and os.path.isdir(workdir):  # Another run may be writing it: refused before work.
     script.become_writer(workdir)
   task = task.load(say)
-  if primary:  # The workdir is shared; the other processes go by process 0's check.
-    script.check_workdir_config(workdir, config.identity())
+  if primary:  # One writer before anything is written (a new workdir is created only now).
+    script.become_writer(workdir)
+    script.check_workdir_config(workdir, config.identity())  # The other processes go by it.
     task.check_workdir(workdir)
 
   state = task.create_state()
