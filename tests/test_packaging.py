@@ -124,3 +124,12 @@ def test_no_import_cycles():
   result = subprocess.run([sys.executable, str(IMPORT_CYCLES), "rnn_jax"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=False)
   assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_version_is_written_once_and_installed_as_written():
+  import importlib.metadata  # pylint: disable=import-outside-toplevel
+  import tomllib  # pylint: disable=import-outside-toplevel
+  import rnn_jax  # pylint: disable=import-outside-toplevel
+  project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+  assert "version" not in project and "version" in project["dynamic"]
+  assert importlib.metadata.version(project["name"]) == rnn_jax.__version__
