@@ -86,5 +86,7 @@ def test_init_benchmark_times_fresh_processes(tmp_path, capsys):
     (times,) = row["runs"][how]
     assert len(times) == 2 and all(t > 0 for t in times)
   assert "| simple_rnn(128) | 28 |" in capsys.readouterr().out
-  with pytest.raises(SystemExit, match="unknown lsmt"):
+  with pytest.raises(SystemExit) as refused:
     bench_init.main(["--layers", "lsmt"])
+  assert refused.value.code == 2
+  assert "error: flag --layers=lsmt: unknown lsmt; choose one of lstm" in capsys.readouterr().err

@@ -17,8 +17,8 @@ subclass; each field says its help, choices and bounds in its metadata
 From these the class generates the absl flags (type from the annotation,
 help, choices, bounds; a ``tuple[int, ...]``, ``tuple[float, ...]`` or
 ``tuple[str, ...]`` field is a comma-separated list flag, ``--steps=784,4096``,
-whose choices and bounds hold for each element), checks a value in one place (:meth:`Config.validate`:
-one :class:`~rnn_jax.training.script.UsageError` line naming the flag, exit
+whose choices and bounds hold for each element), checks a value in one place
+(:meth:`Config.validate`: one :class:`~rnn_jax.training.script.UsageError` line naming the flag, exit
 status 2 in a script; a subclass adds the checks that involve several fields in
 :meth:`Config.check`) and applies presets as partial configs (the defaults,
 then the preset's values, then the given ones).
