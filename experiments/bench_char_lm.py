@@ -117,7 +117,8 @@ class CharLMBenchConfig(Config):
   """The benchmark's settings; each field is a flag."""
 
   cell: str = setting("lstm", "Recurrent cell (both libraries).", choices=("lstm", "gru"))
-  hidden_size: int = setting(language_model.CharLMTask.hidden_size, "Units.", lower=1)
+  hidden_size: int = setting(language_model.CharLMTask.hidden_size,
+                              "Units of the recurrent layer.", lower=1)
   rounds: int = setting(20, "Interleaved rounds (one step of each per round).", lower=1)
   output: str | None = setting(None, "Also write the JSON line to this file.")
 

@@ -92,7 +92,7 @@ class DevicesConfig(benchmarking.BenchConfig):
   cpu_devices: int = setting(0, "Force this many CPU devices (0: JAX's default devices).",
                              lower=0)
   batch_size: int = setting(128, "Global batch.", lower=1)
-  hidden_size: int = setting(128, "GRU units.", lower=1)
+  hidden_size: int = setting(128, "Units of the GRU.", lower=1)
   steps: int = setting(20, "Timed steps per case and round.", lower=1)
   rounds: int = setting(3, "Rounds (the median is reported).", lower=1)
 
