@@ -57,7 +57,7 @@ try:
   import jax.numpy as jnp
   import numpy as np
   import optax
-  from absl import app, logging
+  from absl import app
 
   import experiments
   import rnn_jax
@@ -165,10 +165,9 @@ def parse_train_steps(values: list[str]) -> dict[str, int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Places(Config):
-  """Where the run reads and writes (not part of its config)."""
+class Options(Config):
+  """How a run is carried out (not part of its config)."""
 
-  workdir: str = setting("runs/gradient_flow", "Where results.json and the PNGs go.")
   data_dir: str | None = setting(None, "Folder with the MNIST IDX files (default: searched, see "
                                  "rnn_jax.training.datasets.find_data_dir).")
 
@@ -539,25 +538,13 @@ def plot_global_grad_norm(views: dict, settings: dict, path: str) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise script.UsageError(f"unexpected arguments {argv[1:]}; all settings are --flags")
-  started = time.perf_counter()
-  logging.set_verbosity(logging.WARNING)  # JAX logs its backend search at INFO.
-  settings, _ = GradientFlowConfig.from_flags()
-  places, _ = Places.from_flags()
-  summary = run(settings, places.workdir, places.data_dir)
-  summary["wall_seconds"] = round(time.perf_counter() - started, 1)
-  print(json.dumps(summary), flush=True)
-
-
-def parse_flags(argv):
-  """Defines the flags (only when run as a script, so importing this module is free) and parses
-  them as :func:`rnn_jax.training.script.parse_flags`."""
-  GradientFlowConfig.define_flags()
-  Places.define_flags()
-  return script.parse_flags(argv)
+parse_flags = script.flags_parser(GradientFlowConfig, Options, workdir_help="Where results.json and "
+                                  "the PNGs go (default runs/gradient_flow).")
+main_with_exit_codes = script.main_of(
+    lambda settings, workdir, options: run(settings, workdir or "runs/gradient_flow",
+                                           options.data_dir),
+    GradientFlowConfig, Options)
 
 
 if __name__ == "__main__":
-  app.run(script.with_exit_codes(main), flags_parser=parse_flags)
+  app.run(main_with_exit_codes, flags_parser=parse_flags)

@@ -47,7 +47,7 @@ try:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from absl import app, logging
+  from absl import app
 
   import experiments
   from rnn_jax import hopfield
@@ -111,10 +111,9 @@ class HopfieldConfig(Config):
 
 
 @dataclasses.dataclass(frozen=True)
-class Places(Config):
-  """Where the run reads and writes (not part of its config)."""
+class Options(Config):
+  """How a run is carried out (not part of its config)."""
 
-  workdir: str = setting("runs/hopfield_capacity", "Where results.json and the PNGs go.")
   data_dir: str | None = setting(None, "Folder with the MNIST IDX files (default: searched, see "
                                  "rnn_jax.training.datasets.find_data_dir).")
 
@@ -426,23 +425,13 @@ def plot_digits(digits: dict, settings: dict, path: str) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise script.UsageError(f"unexpected arguments {argv[1:]}; all settings are --flags")
-  logging.set_verbosity(logging.WARNING)  # JAX logs its backend search at INFO.
-  settings, _ = HopfieldConfig.from_flags()
-  places, _ = Places.from_flags()
-  summary = run(settings, places.workdir, places.data_dir)
-  print(json.dumps(summary), flush=True)
-
-
-def parse_flags(argv):
-  """Defines the flags (only when run as a script, so importing this module is free) and parses
-  them as :func:`rnn_jax.training.script.parse_flags`."""
-  HopfieldConfig.define_flags()
-  Places.define_flags()
-  return script.parse_flags(argv)
+parse_flags = script.flags_parser(HopfieldConfig, Options, workdir_help="Where results.json and "
+                                  "the PNGs go (default runs/hopfield_capacity).")
+main_with_exit_codes = script.main_of(
+    lambda settings, workdir, options: run(settings, workdir or "runs/hopfield_capacity",
+                                           options.data_dir),
+    HopfieldConfig, Options)
 
 
 if __name__ == "__main__":
-  app.run(script.with_exit_codes(main), flags_parser=parse_flags)
+  app.run(main_with_exit_codes, flags_parser=parse_flags)

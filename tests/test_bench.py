@@ -147,6 +147,8 @@ def test_documented_commands_parse():
     classes = settings_classes(script)
     for settings_class in classes:
       settings_class.define_flags(flag_values)
+    if script in ("gradient_flow", "hopfield_capacity"):  # script.flags_parser adds --workdir.
+      flags.DEFINE_string("workdir", None, "Run directory.", flag_values=flag_values)
     assert flag_values(["prog", *arguments]) == ["prog"], (script, arguments)
     for settings_class in classes:
       settings_class.from_flags(flag_values)  # Checked: raises UsageError on a bad value.
