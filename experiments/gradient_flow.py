@@ -538,8 +538,8 @@ def plot_global_grad_norm(views: dict, settings: dict, path: str) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
-parse_flags = script.flags_parser(GradientFlowConfig, Options, workdir_help="Where results.json and "
-                                  "the PNGs go (default runs/gradient_flow).")
+parse_flags = script.flags_parser(GradientFlowConfig, Options, workdir_help="Where "
+                                  "results.json and the PNGs go (default runs/gradient_flow).")
 main_with_exit_codes = script.main_of(
     lambda settings, workdir, options: run(settings, workdir or "runs/gradient_flow",
                                            options.data_dir),

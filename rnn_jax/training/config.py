@@ -18,10 +18,10 @@ From these the class generates the absl flags (type from the annotation,
 help, choices, bounds; a ``tuple[int, ...]``, ``tuple[float, ...]`` or
 ``tuple[str, ...]`` field is a comma-separated list flag, ``--steps=784,4096``,
 whose choices and bounds hold for each element), checks a value in one place
-(:meth:`Config.validate`: one :class:`~rnn_jax.training.script.UsageError` line naming the flag, exit
-status 2 in a script; a subclass adds the checks that involve several fields in
-:meth:`Config.check`) and applies presets as partial configs (the defaults,
-then the preset's values, then the given ones).
+(:meth:`Config.validate`: one :class:`~rnn_jax.training.script.UsageError`
+line naming the flag, exit status 2 in a script; a subclass adds the checks
+that involve several fields in :meth:`Config.check`) and applies presets as
+partial configs (the defaults, then the preset's values, then the given ones).
 
 The run identity (:meth:`Config.identity`): what ``config.json`` holds and the
 default workdir's name hashes. A field added after runs were published is
