@@ -201,7 +201,6 @@ class Config:
       element = _element_type(kind)
       each = "each " if element else ""
       extra = [text for text in (
-          "a comma-separated list" if element else None,
           f"{each}one of: {', '.join(map(str, _choices(field)))}" if _choices(field) else None,
           f"{each}{_bounds_text(field)}" if _bounds_text(field) else None) if text]
       help_text = field.metadata.get("help", field.name)
@@ -247,7 +246,7 @@ class Config:
     For a script whose ``main(argv)`` is also called from Python (a benchmark): each
     call defines this class's flags (:meth:`define_flags`) on a fresh
     ``absl.flags.FlagValues``, so calls do not share state. ``--help`` prints the
-    flags and exits with status 0.
+    first line of the class's module doc and the flags, and exits with status 0.
 
     Args:
       argv: the arguments after the program's name (default ``sys.argv[1:]``).
@@ -261,7 +260,8 @@ class Config:
     flag_values = flags.FlagValues()
     cls.define_flags(flag_values)
     if {"--help", "-h", "--helpshort"} & set(argv):
-      print(f"{(cls.__doc__ or cls.__name__).splitlines()[0]}\n\n{flag_values.get_help()}")
+      title = (sys.modules[cls.__module__].__doc__ or cls.__name__).strip().splitlines()[0]
+      print(f"{title}\n\n{flag_values.get_help()}")
       raise SystemExit(0)
     try:
       rest = flag_values(["", *argv])

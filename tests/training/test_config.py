@@ -115,7 +115,7 @@ class Lists(config.Config):
 def test_list_fields_are_comma_separated_flags_checked_element_by_element():
   flag_values = flags.FlagValues()
   Lists.define_flags(flag_values)
-  assert "a comma-separated list; each >= 1" in flag_values["steps"].help
+  assert flag_values["steps"].help == "Sequence lengths. (each >= 1)"
   assert Lists.from_argv([]) == (Lists(), None)
   settings, _ = Lists.from_argv(["--steps", "64", "--cells=gru,lstm", "--rates=0,0.5",
                                  "--no-sweep"])
@@ -135,3 +135,13 @@ def test_list_fields_are_comma_separated_flags_checked_element_by_element():
     assert str(error.value) == message
   with pytest.raises(UsageError, match=r"flag --steps=8: must be a list of int"):
     Lists.resolve({"steps": 8})
+
+
+def test_from_argv_help_prints_every_flag_and_exits_0(capsys):
+  with pytest.raises(SystemExit) as done:
+    Lists.from_argv(["--help"])
+  assert done.value.code == 0
+  printed = capsys.readouterr().out
+  assert printed.startswith("Tests of rnn_jax.training.config: flags from fields")
+  assert "--steps: Sequence lengths. (each >= 1)\n    (default: '784,4096')" in printed
+  assert "--[no]no-sweep: Alias for --no_sweep." in printed
