@@ -7,8 +7,9 @@ Both sides train embedding -> LSTM/GRU -> dense over the vocabulary on
 stateful TBPTT windows (the carry of one step, detached, starts the next),
 with the same sizes, window, batch, dropout (embeddings and outputs), Adam and
 gradient clipping by global norm. The rnn_jax side is the real training step
-of :class:`rnn_jax.training.language_model.CharLMTask` (:func:`rnn_jax.training.loop.make_train_step`
-of :func:`rnn_jax.training.language_model.loss_function`, donated state, the
+of :class:`rnn_jax.training.language_model.CharLMTask`
+(:func:`rnn_jax.training.loop.make_train_step` of
+:func:`rnn_jax.training.language_model.loss_function`, donated state, the
 windows gathered on the device). Steps alternate in one process
 (:func:`experiments.benchmarking.time_interleaved`: shuffled order, warm-up
 first, medians). Prints one JSON line; ``--output`` also writes it to a file.
@@ -16,6 +17,7 @@ first, medians). Prints one JSON line; ``--output`` also writes it to a file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -25,10 +27,10 @@ if __name__ == "__main__":
 
 import jax
 import numpy as np
-from absl import app, flags
 
 from experiments import benchmarking
 from rnn_jax.training import language_model, loop, runtime, text
+from rnn_jax.training.config import Config, setting
 
 VOCAB = 66  # Tiny Shakespeare: 65 characters + <unk>.
 
@@ -103,32 +105,34 @@ def compare(config: dict, rounds: int = 20, warmup: int = 3) -> dict:
       "torch_over_rnn_jax": round(timings["torch"]["median_s"] / timings["rnn_jax"]["median_s"],
                                   3),
       "rounds": rounds, "config": config, "allocator": runtime.allocator_name(),
-      "jax_version": jax.__version__, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+      "jax_version": jax.__version__, "torch_version": torch.__version__,
+      "torch_threads": torch.get_num_threads(),
       "device": jax.devices()[0].device_kind, "load_average": [round(v, 2)
                                                                for v in os.getloadavg()],
   }
 
 
-def define_flags() -> None:
-  """The script's flags (defined only when it runs, so that importing it defines none)."""
-  flags.DEFINE_enum("cell", "lstm", ["lstm", "gru"], "Recurrent cell (both libraries).")
-  flags.DEFINE_integer("hidden_size", language_model.CharLMTask.hidden_size, "Units.")
-  flags.DEFINE_integer("rounds", 20, "Interleaved rounds (one step of each per round).")
-  flags.DEFINE_string("output", None, "Also write the JSON line to this file.")
+@dataclasses.dataclass(frozen=True)
+class CharLMBenchConfig(Config):
+  """The benchmark's settings; each field is a flag."""
+
+  cell: str = setting("lstm", "Recurrent cell (both libraries).", choices=("lstm", "gru"))
+  hidden_size: int = setting(language_model.CharLMTask.hidden_size,
+                              "Units of the recurrent layer.", lower=1)
+  rounds: int = setting(20, "Interleaved rounds (one step of each per round).", lower=1)
+  output: str | None = setting(None, "Also write the JSON line to this file.")
 
 
-def main(argv):
-  del argv
-  values = flags.FLAGS
-  config = language_model.CharLMTask(cell=values.cell,
-                                     hidden_size=values.hidden_size).config_values()
-  line = json.dumps(compare(config, rounds=values.rounds))
-  if values.output:
-    with open(values.output, "w") as stream:
+def main(argv=None):
+  settings = benchmarking.parse(CharLMBenchConfig, argv)
+  config = language_model.CharLMTask(cell=settings.cell,
+                                     hidden_size=settings.hidden_size).config_values()
+  line = json.dumps(compare(config, rounds=settings.rounds))
+  if settings.output:
+    with open(settings.output, "w") as stream:
       stream.write(line + "\n")
   print(line, flush=True)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  main()

@@ -27,7 +27,7 @@ that the sharded path runs and what its overhead is, not a speed-up.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import time
@@ -40,8 +40,10 @@ if __name__ == "__main__":
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from rnn_jax.training import (classification, distributed, loop,  # pylint: disable=wrong-import-position
-                              optim)
+from experiments import benchmarking  # pylint: disable=wrong-import-position
+from rnn_jax.training import (  # pylint: disable=wrong-import-position
+    classification, distributed, loop, optim)
+from rnn_jax.training.config import setting  # pylint: disable=wrong-import-position
 
 
 def device_counts(available: int) -> list[int]:
@@ -81,58 +83,65 @@ def make_cases(batch_size: int, hidden_size: int, num_examples: int) -> dict:
   return cases
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--cpu_devices", type=int, default=0,
-                      help="Force this many CPU devices (0: JAX's default devices).")
-  parser.add_argument("--batch_size", type=int, default=128, help="Global batch.")
-  parser.add_argument("--hidden_size", type=int, default=128)
-  parser.add_argument("--steps", type=int, default=20, help="Timed steps per case and round.")
-  parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--label", default="cpu")
-  parser.add_argument("--out", default="experiments/results/devices")
-  args = parser.parse_args()
-  if args.cpu_devices:
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+@dataclasses.dataclass(frozen=True)
+class DevicesConfig(benchmarking.BenchConfig):
+  """The benchmark's settings; each field is a flag."""
 
-  cases = make_cases(args.batch_size, args.hidden_size, num_examples=max(4096, args.batch_size))
+  out: str = setting("experiments/results/devices", "Folder the <label>.json goes to.")
+  label: str = setting("cpu", "A name for the machine: the results file's name.")
+  cpu_devices: int = setting(0, "Force this many CPU devices (0: JAX's default devices).",
+                             lower=0)
+  batch_size: int = setting(128, "Global batch.", lower=1)
+  hidden_size: int = setting(128, "Units of the GRU.", lower=1)
+  steps: int = setting(20, "Timed steps per case and round.", lower=1)
+  rounds: int = setting(3, "Rounds (the median is reported).", lower=1)
+
+
+def main(argv=None):
+  config = benchmarking.parse(DevicesConfig, argv)
+  if config.cpu_devices:
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", config.cpu_devices)
+
+  cases = make_cases(config.batch_size, config.hidden_size,
+                     num_examples=max(4096, config.batch_size))
   for run, _ in cases.values():  # Compiles.
     run(2)
   seconds = {name: [] for name in cases}
-  for _ in range(args.rounds):
+  for _ in range(config.rounds):
     for name, (run, _) in cases.items():
       started = time.perf_counter()
-      run(args.steps)
+      run(config.steps)
       seconds[name].append(time.perf_counter() - started)
 
   device = jax.devices()[0]
   device_name = device.platform if device.platform == "cpu" else device.device_kind
   rows = []
   for name, (_, count) in cases.items():
-    steps_per_second = args.steps / float(np.median(seconds[name]))
+    steps_per_second = config.steps / float(np.median(seconds[name]))
     rows.append({"case": name, "devices": count, "steps_per_second": round(steps_per_second, 2),
-                 "examples_per_second": round(steps_per_second * args.batch_size, 1)})
+                 "examples_per_second": round(steps_per_second * config.batch_size, 1)})
   baseline = rows[0]["steps_per_second"]
-  print(f"GRU {args.hidden_size}, MNIST rows [28, 28], global batch {args.batch_size}, "
+  print(f"GRU {config.hidden_size}, MNIST rows [28, 28], global batch {config.batch_size}, "
         f"Adam; {device_name}, "
-        f"{jax.device_count()} device(s), median of {args.rounds} rounds of {args.steps} steps")
+        f"{jax.device_count()} device(s), median of {config.rounds} rounds of {config.steps} "
+        "steps")
   print(f"{'case':<12} {'devices':>7} {'steps/s':>9} {'examples/s':>11} {'vs unsharded':>13}")
   for row in rows:
     print(f"{row['case']:<12} {row['devices']:>7} {row['steps_per_second']:>9.2f} "
           f"{row['examples_per_second']:>11.0f} {row['steps_per_second'] / baseline:>12.2f}x")
   record = {
       "command": "python -m experiments.bench_devices " + " ".join(
-          f"--{name}={value}" for name, value in vars(args).items() if name != "out"),
+          f"--{name}={value}" for name, value in config.to_dict().items() if name != "out"),
       "device": device_name,
       "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
       "allocator": runtime.allocator_name(), "jax": jax.__version__,
       "load_average_end": os.getloadavg(),
       "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-      "config": vars(args), "rows": rows, "seconds": seconds,
+      "config": config.to_dict(), "rows": rows, "seconds": seconds,
   }
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, f"{args.label}.json"), "w") as stream:
+  os.makedirs(config.out, exist_ok=True)
+  with open(os.path.join(config.out, f"{config.label}.json"), "w") as stream:
     json.dump(record, stream, indent=1)
 
 

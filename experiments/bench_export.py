@@ -30,7 +30,7 @@ of each and its ratio to rnn_jax's as a Markdown table, and writes ``bench_expor
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -43,8 +43,8 @@ if __name__ == "__main__":
   runtime.use_fast_allocator()
 
 from experiments import benchmarking  # pylint: disable=wrong-import-position
-from experiments.bench_rnn import describe_machine  # pylint: disable=wrong-import-position
 from rnn_jax import export  # pylint: disable=wrong-import-position
+from rnn_jax.training.config import setting  # pylint: disable=wrong-import-position
 
 CELLS = ("lstm", "gru")
 QUICK_SHAPE = (4, 6, 3, 8)
@@ -112,43 +112,42 @@ def format_table(rows) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--cells", default=",".join(CELLS), help="lstm and/or gru, comma-separated")
-  parser.add_argument("--rounds", type=int, default=10, help="timed calls per runtime")
-  parser.add_argument("--quick", action="store_true",
-                      help=f"one tiny shape {QUICK_SHAPE}, 2 rounds (bench_export_quick*.json)")
-  parser.add_argument("--out", default="experiments/results")
-  parser.add_argument("--threads", type=int, default=0,
-                      help="onnxruntime's and torch's threads (0: their defaults)")
-  parser.add_argument("--label", default="", help="a name for the machine, printed and saved")
-  args = parser.parse_args(argv)
-  cells = args.cells.split(",")
-  if set(cells) - set(CELLS):
-    parser.error(f"--cells: expected names from {CELLS}, got {args.cells!r}")
-  shapes = [QUICK_SHAPE] if args.quick else list(benchmarking.DEFAULT_SHAPES)
-  rounds = 2 if args.quick else args.rounds
+@dataclasses.dataclass(frozen=True)
+class ExportBenchConfig(benchmarking.BenchConfig):
+  """The benchmark's settings; each field is a flag."""
 
-  if args.threads and benchmarking.torch_available():
+  cells: tuple[str, ...] = setting(CELLS, "Cells to time.", choices=CELLS)
+  rounds: int = setting(10, "Timed calls per runtime.", lower=1)
+  quick: bool = setting(False, f"One tiny shape {QUICK_SHAPE}, 2 rounds "
+                        "(bench_export_quick*.json).")
+  threads: int = setting(0, "onnxruntime's and torch's threads (0: their defaults).", lower=0)
+
+
+def main(argv=None) -> None:
+  config = benchmarking.parse(ExportBenchConfig, argv)
+  shapes = [QUICK_SHAPE] if config.quick else list(benchmarking.DEFAULT_SHAPES)
+  rounds = 2 if config.quick else config.rounds
+
+  if config.threads and benchmarking.torch_available():
     import torch  # pylint: disable=import-outside-toplevel
-    torch.set_num_threads(args.threads)
-  machine = describe_machine(args.label)
-  machine["threads"] = args.threads
+    torch.set_num_threads(config.threads)
+  machine = benchmarking.describe_machine(config.label)
+  machine["threads"] = config.threads
   print(f"machine: {machine['device']} ({machine['backend']}, {machine['cpu_count']} cores, "
         f"{machine.get('cpu_model', '')}), allocator {machine['allocator']}, load average "
         f"{machine['load_average_start'][0]:.1f}, onnxruntime/torch threads "
-        f"{args.threads or 'default'}", flush=True)
+        f"{config.threads or 'default'}", flush=True)
   rows = []
   with tempfile.TemporaryDirectory() as directory:
-    for cell_name in cells:
+    for cell_name in config.cells:
       for shape in shapes:
-        rows += time_shape(cell_name, shape, rounds, directory, args.threads)
+        rows += time_shape(cell_name, shape, rounds, directory, config.threads)
   table = format_table(rows)
   print(table)
   machine["load_average_end"] = os.getloadavg()
-  os.makedirs(args.out, exist_ok=True)
-  name = "bench_export_quick" if args.quick else "bench_export"
-  path = os.path.join(args.out, f"{name}_threads{args.threads}.json" if args.threads
+  os.makedirs(config.out, exist_ok=True)
+  name = "bench_export_quick" if config.quick else "bench_export"
+  path = os.path.join(config.out, f"{name}_threads{config.threads}.json" if config.threads
                       else f"{name}.json")
   with open(path, "w") as f:
     json.dump({"machine": machine, "rows": rows, "table": table}, f, indent=1)

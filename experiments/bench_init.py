@@ -22,14 +22,15 @@ writes ``bench_init.json`` to ``--out``. Import time is not included.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import statistics
 import subprocess
 import sys
 
-from experiments.bench_rnn import describe_machine
+from experiments import benchmarking
+from rnn_jax.training.config import setting
 
 # name -> (the layer's factory call, input size): MNIST rows (28) and pixels (1).
 LAYERS = {
@@ -78,37 +79,32 @@ def probe(layer: str, input_size: int, how: str) -> tuple[float, float]:
   return float(first), float(second)
 
 
-def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--layers", default=",".join(LAYERS), help=f"some of {', '.join(LAYERS)}")
-  parser.add_argument("--repeats", type=int, default=3, help="fresh processes per case")
-  parser.add_argument("--out", default="experiments/results")
-  parser.add_argument("--label", default="", help="a name for the machine, printed and saved")
-  return parser.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class InitConfig(benchmarking.BenchConfig):
+  """The benchmark's settings; each field is a flag."""
+
+  layers: tuple[str, ...] = setting(tuple(LAYERS), "Layers to time.", choices=tuple(LAYERS))
+  repeats: int = setting(3, "Fresh processes per case.", lower=1)
 
 
 def main(argv=None) -> None:
-  args = parse_args(argv)
-  names = args.layers.split(",")
-  unknown = sorted(set(names) - set(LAYERS))
-  if unknown:
-    raise SystemExit(f"error: --layers: unknown {', '.join(unknown)}; choose from "
-                     f"{', '.join(LAYERS)}")
-  machine = describe_machine(args.label)
+  config = benchmarking.parse(InitConfig, argv)
+  machine = benchmarking.describe_machine(config.label)
   print(f"# {machine['label'] or machine['device']} | jax {machine['jax']} | "
         f"load average {machine['load_average_start'][0]:.2f}", flush=True)
   rows = []
   header = "| layer | input | first, op by op (s) | first, compiled (s) | speed-up | " \
            "second, op by op (ms) | second, compiled (ms) |"
   print(header + "\n|---|---|---|---|---|---|---|", flush=True)
-  for name in names:
+  for name in config.layers:
     expression, input_size = LAYERS[name]
     runs = {"op by op": [], "compiled": []}
-    for _ in range(args.repeats):
+    for _ in range(config.repeats):
       for how in runs:  # Interleaved, so load changes hit both alike.
         runs[how].append(probe(expression, input_size, how))
     median = {how: [statistics.median(r[i] for r in runs[how]) for i in (0, 1)] for how in runs}
-    row = {"layer": expression.replace("rnn_jax.", ""), "input_size": input_size, "repeats": args.repeats,
+    row = {"layer": expression.replace("rnn_jax.", ""), "input_size": input_size,
+           "repeats": config.repeats,
            "first_op_by_op_s": median["op by op"][0], "first_compiled_s": median["compiled"][0],
            "second_op_by_op_s": median["op by op"][1],
            "second_compiled_s": median["compiled"][1], "runs": runs}
@@ -119,8 +115,8 @@ def main(argv=None) -> None:
           f"{row['second_op_by_op_s'] * 1e3:.1f} | {row['second_compiled_s'] * 1e3:.1f} |",
           flush=True)
   machine["load_average_end"] = os.getloadavg()
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "bench_init.json"), "w") as f:
+  os.makedirs(config.out, exist_ok=True)
+  with open(os.path.join(config.out, "bench_init.json"), "w") as f:
     json.dump({"machine": machine, "command": " ".join(sys.argv), "rows": rows}, f, indent=1)
 
 

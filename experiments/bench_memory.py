@@ -27,11 +27,10 @@ It prints the table, and writes ``bench_memory.json`` and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-
-from absl import app, flags
 
 from rnn_jax.training import runtime
 
@@ -43,19 +42,25 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
 import rnn_jax  # pylint: disable=wrong-import-position
 from experiments import benchmarking  # pylint: disable=wrong-import-position
+from rnn_jax.training.config import Config, setting  # pylint: disable=wrong-import-position
 
 MODES = ("default", "fused", "remat", "every_sqrt_t")
 MIB = 2**20
 
-_STEPS = flags.DEFINE_list("steps", ["1000", "4000", "16000", "64000", "256000", "1000000"],
-                           "Sequence lengths T of the memory table.")
-_TIME_STEPS = flags.DEFINE_integer("time_steps", 4000, "T at which the modes are timed.", lower_bound=1)
-_ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.", lower_bound=1)
-_MEMORY_GIB = flags.DEFINE_float("memory_gib", None,
-                                 "Memory the longest trainable T must fit in (default: this "
-                                 "machine's RAM).", lower_bound=0.001)
-_QUICK = flags.DEFINE_boolean("quick", False, "Small T and one round: a smoke run.")
-_OUT = flags.DEFINE_string("out", "experiments/results/memory", "Where to write the results.")
+
+@dataclasses.dataclass(frozen=True)
+class MemoryConfig(Config):
+  """The benchmark's settings; each field is a flag."""
+
+  steps: tuple[int, ...] = setting((1000, 4000, 16000, 64000, 256000, 1000000),
+                                   "Sequence lengths T of the memory table.", lower=1)
+  time_steps: int = setting(4000, "T at which the modes are timed.", lower=1)
+  rounds: int = setting(5, "Interleaved timing rounds.", lower=1)
+  memory_gib: float | None = setting(None, "Memory the longest trainable T must fit in "
+                                     "(default: this machine's RAM).", lower=0.001)
+  quick: bool = setting(False, "Small T and one round: a smoke run.")
+  out: str = setting("experiments/results/memory", "Where to write the results.")
+
 
 HIDDEN, BATCH, INPUT = 128, 8, 1
 
@@ -137,13 +142,12 @@ def plot(table: dict, path: str) -> None:
   plt.close(figure)
 
 
-def main(argv) -> None:
-  del argv
-  steps = [int(t) for t in _STEPS.value]
-  time_steps, rounds = _TIME_STEPS.value, _ROUNDS.value
-  budget = (_MEMORY_GIB.value * 2**30 if _MEMORY_GIB.value is not None
+def main(argv=None) -> None:
+  config = benchmarking.parse(MemoryConfig, argv)
+  steps, time_steps, rounds = list(config.steps), config.time_steps, config.rounds
+  budget = (config.memory_gib * 2**30 if config.memory_gib is not None
             else machine_memory_bytes())
-  if _QUICK.value:
+  if config.quick:
     steps, time_steps, rounds = [100, 400], 50, 1
     budget = min(budget, 64 * MIB)
   table = {str(t): {mode: compiled_memory(mode, t) for mode in MODES} for t in steps}
@@ -160,8 +164,8 @@ def main(argv) -> None:
   print(f"time / default at T={time_steps}" + "".join(
       f"{timing[mode]['ratio_to_default']:>14.2f}" for mode in MODES))
 
-  os.makedirs(_OUT.value, exist_ok=True)
-  with open(os.path.join(_OUT.value, "bench_memory.json"), "w") as f:
+  os.makedirs(config.out, exist_ok=True)
+  with open(os.path.join(config.out, "bench_memory.json"), "w") as f:
     json.dump({"machine": {"cpu_count": os.cpu_count(), "jax": jax.__version__,
                            "backend": jax.default_backend(),
                            "allocator": runtime.allocator_name()},
@@ -170,9 +174,9 @@ def main(argv) -> None:
                                    for t, row in table.items()},
                "compiled_bytes": table, "budget_bytes": budget, "longest_trainable_t": longest,
                "time_steps": time_steps, "timing": timing}, f, indent=1)
-  plot(table, os.path.join(_OUT.value, "bench_memory.png"))
-  print(f"wrote {_OUT.value}/bench_memory.json and bench_memory.png")
+  plot(table, os.path.join(config.out, "bench_memory.png"))
+  print(f"wrote {config.out}/bench_memory.json and bench_memory.png")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

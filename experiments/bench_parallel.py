@@ -26,7 +26,7 @@ runs, their commands and figures: ``experiments/results/README.md``.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 
@@ -37,7 +37,7 @@ if __name__ == "__main__":
 
 import rnn_jax  # pylint: disable=wrong-import-position
 from experiments import benchmarking  # pylint: disable=wrong-import-position
-from experiments.bench_rnn import describe_machine  # pylint: disable=wrong-import-position
+from rnn_jax.training.config import setting  # pylint: disable=wrong-import-position
 
 LAYERS = ("mingru", "minlstm", "lru")
 
@@ -105,31 +105,35 @@ def format_table(rows) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--steps", default="784,4096", help="sequence lengths T, comma-separated")
-  parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--hidden", type=int, default=128)
-  parser.add_argument("--input", type=int, default=1)
-  parser.add_argument("--rounds", type=int, default=5, help="timed calls per case")
-  parser.add_argument("--quick", action="store_true", help="T = 64, batch 4, hidden 16, 2 rounds")
-  parser.add_argument("--out", default="experiments/results")
-  parser.add_argument("--label", default="", help="a name for the machine, printed and saved")
-  args = parser.parse_args(argv)
-  if args.quick:
-    args.steps, args.batch, args.hidden, args.rounds = "64", 4, 16, 2
+@dataclasses.dataclass(frozen=True)
+class ParallelConfig(benchmarking.BenchConfig):
+  """The benchmark's settings; each field is a flag."""
 
-  machine = describe_machine(args.label)
+  steps: tuple[int, ...] = setting((784, 4096), "Sequence lengths T.", lower=1)
+  batch: int = setting(16, "Batch size B.", lower=1)
+  hidden: int = setting(128, "Hidden units H.", lower=1)
+  input: int = setting(1, "Input features I.", lower=1)
+  rounds: int = setting(5, "Timed calls per case.", lower=1)
+  quick: bool = setting(False, "T = 64, batch 4, hidden 16, 2 rounds: a smoke run "
+                        "(bench_parallel_quick.json).")
+
+
+def main(argv=None) -> None:
+  config = benchmarking.parse(ParallelConfig, argv)
+  if config.quick:
+    config = dataclasses.replace(config, steps=(64,), batch=4, hidden=16, rounds=2)
+
+  machine = benchmarking.describe_machine(config.label)
   print(f"machine: {machine['device']} ({machine['backend']}, {machine['cpu_count']} cores, "
         f"{machine.get('cpu_model', '')}), allocator {machine['allocator']}", flush=True)
   rows = []
-  for steps in (int(t) for t in args.steps.split(",")):
-    rows += time_shape((args.batch, steps, args.input, args.hidden), args.rounds)
+  for steps in config.steps:
+    rows += time_shape((config.batch, steps, config.input, config.hidden), config.rounds)
   table = format_table(rows)
   print(table)
   machine["load_average_end"] = os.getloadavg()
-  os.makedirs(args.out, exist_ok=True)
-  path = os.path.join(args.out, "bench_parallel_quick.json" if args.quick
+  os.makedirs(config.out, exist_ok=True)
+  path = os.path.join(config.out, "bench_parallel_quick.json" if config.quick
                       else "bench_parallel.json")
   with open(path, "w") as f:
     json.dump({"machine": machine, "rows": rows, "table": table}, f, indent=1)

@@ -31,10 +31,9 @@ their commands and figures: ``experiments/results/README.md``.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -45,10 +44,14 @@ ALLOCATORS = ("both", "tcmalloc", "glibc")
 
 
 def _requested_allocator(argv) -> str:
-  """The ``--allocator`` value in ``argv`` (read before JAX is imported)."""
-  parser = argparse.ArgumentParser(add_help=False)
-  parser.add_argument("--allocator", choices=ALLOCATORS, default="both")
-  return parser.parse_known_args(argv)[0].allocator
+  """The ``--allocator`` value in ``argv`` (read before JAX is imported; checked with the other
+  flags later)."""
+  for position, arg in enumerate(argv):
+    if arg.startswith("--allocator="):
+      return arg.split("=", 1)[1]
+    if arg == "--allocator" and position + 1 < len(argv):
+      return argv[position + 1]
+  return "both"
 
 
 if __name__ == "__main__" and _requested_allocator(sys.argv[1:]) == "tcmalloc":
@@ -58,67 +61,55 @@ import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from experiments import benchmarking  # pylint: disable=wrong-import-position
+from rnn_jax.training.config import setting  # pylint: disable=wrong-import-position
+from rnn_jax.training.script import UsageError  # pylint: disable=wrong-import-position
 
 
-def parse_shape(text: str) -> tuple:
-  shape = tuple(int(v) for v in text.split(","))
-  if len(shape) != 4:
-    raise argparse.ArgumentTypeError(f"a shape is B,T,I,H; got {text!r}")
-  return shape
+@dataclasses.dataclass(frozen=True)
+class BenchRnnConfig(benchmarking.BenchConfig):
+  """The suite's settings; each field is a flag (``--no-sweep`` and the other dashed spellings
+  are aliases of ``--no_sweep``, ...)."""
 
+  out: str = setting("experiments/results/bench", "Folder the results are written to (with "
+                     "--allocator=both, one subfolder per allocator).")
+  quick: bool = setting(False, "Tiny shapes and few rounds: a smoke run.")
+  cells: tuple[str, ...] = setting(benchmarking.CELLS, "Cells to time.",
+                                   choices=benchmarking.CELLS)
+  shapes: tuple[int, ...] = setting((), "Shapes B,T,I,H, four integers each, one after the "
+                                    "other (default: the three of issue 4; --quick: two tiny "
+                                    "ones).", lower=1)
+  unrolls: tuple[int, ...] = setting((1, 2, 4), "unroll values swept (--quick: 1,2).", lower=1)
+  rounds: int | None = setting(None, "Timed calls per case (default 15; --quick: 3).", lower=1)
+  min_time: float | None = setting(None, "Keep timing each group at least this many seconds "
+                                   "(default 1; --quick: 0).", lower=0.0, aliases=("min-time",))
+  no_torch: bool = setting(False, "Leave PyTorch out.", aliases=("no-torch",))
+  no_flax: bool = setting(False, "Leave Flax Linen out.", aliases=("no-flax",))
+  no_train: bool = setting(False, "Skip the training-step ratio.", aliases=("no-train",))
+  no_sweep: bool = setting(False, "Time only rnn_jax's defaults (and oneDNN where it runs).",
+                           aliases=("no-sweep",))
+  allocator: str = setting("both", "malloc of the timed process: glibc's (what a user's own "
+                           "program gets), tcmalloc preloaded (what our scripts use), or both, "
+                           "one process each, results in <out>/glibc and <out>/tcmalloc.",
+                           choices=ALLOCATORS)
 
-def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny shapes and few rounds")
-  parser.add_argument("--cells", default=",".join(benchmarking.CELLS))
-  parser.add_argument("--shapes", type=parse_shape, nargs="+", default=None,
-                      help="B,T,I,H shapes (default: the three of issue 4)")
-  parser.add_argument("--unrolls", default="1,2,4", help="unroll values swept")
-  parser.add_argument("--rounds", type=int, default=None, help="timed calls per case")
-  parser.add_argument("--min-time", type=float, default=None,
-                      help="keep timing each group at least this many seconds")
-  parser.add_argument("--no-torch", action="store_true")
-  parser.add_argument("--no-flax", action="store_true")
-  parser.add_argument("--no-train", action="store_true", help="skip the training-step ratio")
-  parser.add_argument("--no-sweep", action="store_true", help="time only rnn_jax's defaults")
-  parser.add_argument("--out", default="experiments/results/bench")
-  parser.add_argument("--label", default="", help="a name for the machine, printed and saved")
-  parser.add_argument("--allocator", choices=ALLOCATORS, default="both",
-                      help="malloc of the timed process: glibc's (what a user's own program "
-                      "gets), tcmalloc preloaded (what our scripts use), or both, one "
-                      "process each, results in <out>/glibc and <out>/tcmalloc")
-  return parser.parse_args(argv)
+  def check(self) -> None:
+    if len(self.shapes) % 4:
+      raise UsageError(f"flag --shapes={','.join(map(str, self.shapes))}: a shape is B,T,I,H; "
+                       "give four integers per shape")
 
+  def resolved(self) -> BenchRnnConfig:
+    """The config with the ``--quick`` and ordinary defaults of ``unrolls``, ``rounds`` and
+    ``min_time`` filled in."""
+    return dataclasses.replace(
+        self, unrolls=(1, 2) if self.quick and self.unrolls == (1, 2, 4) else self.unrolls,
+        rounds=self.rounds or (3 if self.quick else 15),
+        min_time=(0.0 if self.quick else 1.0) if self.min_time is None else self.min_time)
 
-def describe_machine(label: str) -> dict:
-  device = jax.devices()[0]
-  info = {
-      "label": label,
-      "backend": jax.default_backend(),
-      "device": getattr(device, "device_kind", str(device)),
-      "cpu_count": os.cpu_count(),
-      "processor": platform.processor() or platform.machine(),
-      "jax": jax.__version__,
-      "python": platform.python_version(),
-      "allocator": runtime.allocator_name(),
-      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-      "load_average_start": os.getloadavg(),
-      "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-  }
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    info["cpu_model"] = names[0] if names else ""
-  except OSError:
-    info["cpu_model"] = ""
-  if benchmarking.torch_available():
-    import torch  # pylint: disable=import-outside-toplevel
-    info["torch"] = torch.__version__
-    info["torch_threads"] = torch.get_num_threads()
-    info["torch_allow_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
-                                "cudnn": torch.backends.cudnn.allow_tf32}
-  info["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
-  return info
+  def shape_list(self) -> list[tuple[int, int, int, int]]:
+    """The ``(B, T, I, H)`` shapes to time."""
+    if not self.shapes:
+      return list(benchmarking.QUICK_SHAPES if self.quick else benchmarking.DEFAULT_SHAPES)
+    return [tuple(self.shapes[at:at + 4]) for at in range(0, len(self.shapes), 4)]
 
 
 def onednn_runs(cell_name: str) -> bool:
@@ -155,16 +146,16 @@ def rnn_jax_variants(mode: str, unrolls, sweep: bool, cell_name: str | None = No
   return variants
 
 
-def time_group(cell_name, shape, mode, args, on_gpu, with_torch) -> list:
+def time_group(cell_name, shape, mode, config, on_gpu, with_torch) -> list:
   """Times every library and variant for one (cell, shape, mode); returns result rows."""
   pick = 0 if mode == "fwd" else 1
   cases, meta = {}, {}
-  for variant, options in rnn_jax_variants(mode, args.unroll_list, not args.no_sweep,
+  for variant, options in rnn_jax_variants(mode, config.unrolls, not config.no_sweep,
                                            cell_name).items():
     built = benchmarking.build_rnn_jax(cell_name, shape, **options)
     cases[f"rnn_jax {variant}"] = (built[pick], built[2])
     meta[f"rnn_jax {variant}"] = ("rnn_jax", variant)
-  if not args.no_flax:
+  if not config.no_flax:
     built = benchmarking.build_flax(cell_name, shape)
     cases["flax"] = (built[pick], built[2])
     meta["flax"] = ("flax", "nn.RNN")
@@ -180,7 +171,8 @@ def time_group(cell_name, shape, mode, args, on_gpu, with_torch) -> list:
       meta["jax cudnn"] = ("jax.experimental.rnn", "cuDNN")
     except Exception as error:  # pylint: disable=broad-except
       print(f"  jax.experimental.rnn failed, left out: {error!r}"[:300], flush=True)
-  timings = benchmarking.time_interleaved(cases, rounds=args.rounds, min_round_s=args.min_time)
+  timings = benchmarking.time_interleaved(cases, rounds=config.rounds,
+                                          min_round_s=config.min_time)
   flops = benchmarking.model_flops(cell_name, shape, mode)
   rows = []
   for name, timing in timings.items():
@@ -254,7 +246,7 @@ def format_sweep(rows) -> str:
   return "\n".join(lines)
 
 
-def time_training(args, on_gpu, with_torch) -> dict:
+def time_training(config, on_gpu, with_torch) -> dict:
   """The MNIST-rows training step (batch 128, LSTM 128, Adam): rnn_jax against torch."""
   cases = {"rnn_jax": benchmarking.build_train_step_rnn_jax(),
            "rnn_jax fused": benchmarking.build_train_step_rnn_jax(vjp="fused", kernel="scan")}
@@ -263,8 +255,8 @@ def time_training(args, on_gpu, with_torch) -> dict:
   if with_torch:
     step, step_args = benchmarking.build_train_step_torch(device="cuda" if on_gpu else "cpu")
     cases["torch"] = (step, step_args)
-  timings = benchmarking.time_interleaved(cases, rounds=max(args.rounds, 20),
-                                          min_round_s=args.min_time)
+  timings = benchmarking.time_interleaved(cases, rounds=max(config.rounds, 20),
+                                          min_round_s=config.min_time)
   result = {name: 1e3 * t["median_s"] for name, t in timings.items()}
   if "torch" in result:
     result["torch_over_rnn_jax"] = result["torch"] / result["rnn_jax"]
@@ -316,7 +308,7 @@ def check_allocator(wanted: str) -> None:
     raise SystemExit("error: --allocator=glibc: tcmalloc is preloaded (LD_PRELOAD); unset it")
 
 
-def run_both_allocators(argv, args) -> None:
+def run_both_allocators(argv, config) -> None:
   """Runs this benchmark once per allocator, each in its own process, and prints both tables."""
   if runtime.find_tcmalloc() is None:
     raise SystemExit("error: --allocator=both: tcmalloc is not installed (Debian/Ubuntu: "
@@ -324,7 +316,7 @@ def run_both_allocators(argv, args) -> None:
   rest = list(sys.argv[1:] if argv is None else argv)
   summaries = []
   for allocator in ("glibc", "tcmalloc"):
-    folder = os.path.join(args.out, allocator)
+    folder = os.path.join(config.out, allocator)
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "RNN_JAX_NO_TCMALLOC")}
     print(f"\n## allocator {allocator}: {folder}", flush=True)
     subprocess.run([sys.executable, "-m", "experiments.bench_rnn", *rest,
@@ -335,50 +327,43 @@ def run_both_allocators(argv, args) -> None:
                   for line in record["summary"]]
   summaries.sort(key=lambda s: (benchmarking.CELLS.index(s["cell"]), s["shape"], s["mode"]))
   print("\n## both allocators\n" + format_table(summaries))
-  write_json(args.out, {"allocators": ["glibc", "tcmalloc"], "summary": summaries,
-                        "argv": sys.argv})
+  write_json(config.out, {"allocators": ["glibc", "tcmalloc"], "summary": summaries,
+                          "argv": sys.argv})
 
 
 def main(argv=None) -> None:
-  args = parse_args(argv)
-  if args.allocator == "both":
-    run_both_allocators(argv, args)
+  config = benchmarking.parse(BenchRnnConfig, argv)
+  if config.allocator == "both":
+    run_both_allocators(argv, config)
     return
-  check_allocator(args.allocator)
-  if args.quick and args.unrolls == "1,2,4":
-    args.unrolls = "1,2"
-  args.unroll_list = [int(v) for v in args.unrolls.split(",")]
-  if args.rounds is None:
-    args.rounds = 3 if args.quick else 15
-  if args.min_time is None:
-    args.min_time = 0.0 if args.quick else 1.0
-  shapes = args.shapes or (benchmarking.QUICK_SHAPES if args.quick
-                           else benchmarking.DEFAULT_SHAPES)
-  cells = [c for c in args.cells.split(",") if c]
+  check_allocator(config.allocator)
+  config = config.resolved()
+  shapes = config.shape_list()
+  cells = config.cells
   on_gpu = jax.default_backend() == "gpu"
-  with_torch = not args.no_torch and benchmarking.torch_available()
+  with_torch = not config.no_torch and benchmarking.torch_available()
   if with_torch and not on_gpu:
     import torch  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(os.cpu_count() or 1)
-  machine = describe_machine(args.label)
+  machine = benchmarking.describe_machine(config.label)
   print(f"# {machine['label'] or machine['device']} | backend {machine['backend']} | "
         f"{machine['cpu_model']} x{machine['cpu_count']} | jax {machine['jax']} | "
         f"torch {machine.get('torch', '-')} | allocator {machine['allocator']} | "
         f"load {machine['load_average_start']}", flush=True)
 
   rows, peaks = [], {}
-  os.makedirs(args.out, exist_ok=True)
+  os.makedirs(config.out, exist_ok=True)
   for cell_name in cells:
     for shape in shapes:
       peaks[(cell_name, shape)] = benchmarking.gemm_peak(cell_name, shape)
       for mode in ("fwd", "fwd+bwd"):
         start = time.perf_counter()
-        rows += time_group(cell_name, shape, mode, args, on_gpu, with_torch)
+        rows += time_group(cell_name, shape, mode, config, on_gpu, with_torch)
         print(f"  timed {cell_name} {shape} {mode} in {time.perf_counter() - start:.1f}s",
               flush=True)
-        write_json(args.out, {"machine": machine, "partial": True, "rows": rows})
+        write_json(config.out, {"machine": machine, "partial": True, "rows": rows})
   summary = [dict(line, allocator=machine["allocator"]) for line in summarize(rows, peaks)]
-  training = {} if args.no_train else time_training(args, on_gpu, with_torch)
+  training = {} if config.no_train else time_training(config, on_gpu, with_torch)
   machine["load_average_end"] = os.getloadavg()
 
   print("\nrnn_jax variants (median ms):\n" + format_sweep(rows))
@@ -392,10 +377,10 @@ def main(argv=None) -> None:
             "gemm_peak_gflops": {f"{c} {','.join(map(str, s))}": p / 1e9
                                  for (c, s), p in peaks.items()},
             "training_step_ms": training}
-  write_json(args.out, record)
-  plot(summary, os.path.join(args.out, "results.png"),
+  write_json(config.out, record)
+  plot(summary, os.path.join(config.out, "results.png"),
        f"rnn_jax benchmark on {machine['label'] or machine['device']} ({machine['backend']})")
-  print(f"wrote {args.out}/results.json and results.png")
+  print(f"wrote {config.out}/results.json and results.png")
 
 
 if __name__ == "__main__":

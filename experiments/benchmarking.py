@@ -1,4 +1,8 @@
-"""Benchmark machinery shared by ``experiments.bench_rnn`` and ``experiments.bench_parallel``.
+"""Benchmark machinery shared by the ``experiments.bench_*`` scripts.
+
+:class:`BenchConfig` is the base of each script's settings (a
+:class:`~rnn_jax.training.config.Config`: the fields are its absl flags) and
+:func:`describe_machine` what each records about the machine it ran on.
 
 :func:`time_function` is the one timer every benchmark in the project uses: it
 calls a function, waits for its (JAX or PyTorch) results, and reports the
@@ -10,16 +14,75 @@ imported only by the builders that need them (the ``bench`` extra installs them)
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import platform
 import random
 import statistics
+import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import rnn_jax
+from rnn_jax.training import runtime
+from rnn_jax.training.config import Config, setting
+from rnn_jax.training.script import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig(Config):
+  """What every benchmark takes: where its results go and the machine's name; a script adds its
+  own fields (and may give ``out`` another default)."""
+
+  out: str = setting("experiments/results", "Folder the results are written to.")
+  label: str = setting("", "A name for the machine, printed and saved with the results.")
+
+
+def parse(config_class: type[Config], argv: Sequence[str] | None = None) -> Config:
+  """A benchmark's settings from command-line arguments (:meth:`Config.from_argv`; default
+  ``sys.argv[1:]``); a refusal is one line on stderr and exit status 2."""
+  try:
+    return config_class.from_argv(argv)[0]
+  except UsageError as error:
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def describe_machine(label: str) -> dict:
+  """What a benchmark records about where it ran: ``label``, JAX's backend and device, the
+  CPU, versions, the allocator, the load average at the start, the UTC time."""
+  device = jax.devices()[0]
+  info = {
+      "label": label,
+      "backend": jax.default_backend(),
+      "device": getattr(device, "device_kind", str(device)),
+      "cpu_count": os.cpu_count(),
+      "processor": platform.processor() or platform.machine(),
+      "jax": jax.__version__,
+      "python": platform.python_version(),
+      "allocator": runtime.allocator_name(),
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+      "load_average_start": os.getloadavg(),
+      "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+  }
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    info["cpu_model"] = names[0] if names else ""
+  except OSError:
+    info["cpu_model"] = ""
+  if torch_available():
+    import torch  # pylint: disable=import-outside-toplevel
+    info["torch"] = torch.__version__
+    info["torch_threads"] = torch.get_num_threads()
+    info["torch_allow_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                                "cudnn": torch.backends.cudnn.allow_tf32}
+  info["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
+  return info
 
 
 def time_function(fn: Callable[..., Any], *args, repeats: int = 20, warmup: int = 3,

@@ -39,13 +39,13 @@ line on stderr and exit status 2; missing data is status 1.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import os
-import sys
 import time
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 from rnn_jax.training import runtime  # Standard library only: safe before the extras.
 
@@ -57,11 +57,12 @@ try:
   import jax.numpy as jnp
   import numpy as np
   import optax
-  from absl import app, flags, logging
+  from absl import app
 
   import experiments
   import rnn_jax
   from rnn_jax.training import classification, datasets, loop, optim, plots, script
+  from rnn_jax.training.config import Config, setting
 except ImportError as missing:  # The `train` extra is not installed.
   runtime.exit_for_missing_extra(missing, __name__, "this experiment")
 
@@ -79,25 +80,6 @@ CELL_LABELS = {
 NORM_DTYPES = ("float32", "float64")
 MNIST_TRAIN_SIZE, MNIST_TEST_SIZE = 60_000, 10_000
 
-DEFAULTS = {
-    "views": ["pixels", "rows"],
-    "cells": ["rnn", "irnn", LSTM_FORGET_BIAS_0, "lstm", "gru", "mingru"],
-    "hidden_size": 64,
-    "batch_size": 32,
-    "train_steps": {"pixels": 300, "rows": 500},
-    "optimizer": "adam",
-    "learning_rate": 1e-3,
-    "clip_norm": 1.0,
-    "norm_examples": 64,
-    "eval_examples": 1000,
-    "norm_dtype": "float64",
-    "seed": 0,
-}
-"""The default run's settings (the flags' defaults)."""
-
-FLAGS = flags.FLAGS
-
-
 def cell_names() -> list[str]:
   """The names ``--cells`` accepts: the keys of ``classification.CELLS`` and ``lstm_fb0``."""
   return sorted([*classification.CELLS, LSTM_FORGET_BIAS_0])
@@ -110,36 +92,64 @@ def build_cell(name: str, hidden_size: int):
   return classification.CELLS[name](hidden_size)
 
 
-def define_flags() -> None:
-  """Defines the script's flags (only when run as a script, so importing this module is free)."""
-  flags.DEFINE_string("workdir", "runs/gradient_flow", "Where results.json and the PNGs go.")
-  flags.DEFINE_string("data_dir", None, "Folder with the MNIST IDX files (default: searched, see "
-                      "rnn_jax.training.datasets.find_data_dir).")
-  flags.DEFINE_list("views", DEFAULTS["views"], "Views of MNIST as a sequence: a non-empty "
-                    f"list of {', '.join(datasets.VIEWS)}.")
-  flags.DEFINE_list("cells", DEFAULTS["cells"], f"Cells: a non-empty list of "
-                    f"{', '.join(cell_names())} ({LSTM_FORGET_BIAS_0}: LSTM, forget bias 0).")
-  flags.DEFINE_integer("hidden_size", DEFAULTS["hidden_size"], "Hidden units of every cell.",
-                       lower_bound=1)
-  flags.DEFINE_integer("batch_size", DEFAULTS["batch_size"], "Training batch size.",
-                       lower_bound=1)
-  flags.DEFINE_list("train_steps", [f"{view}:{steps}"
-                                    for view, steps in DEFAULTS["train_steps"].items()],
-                    "Training steps per view, as view:steps pairs, or one number for every view.")
-  flags.DEFINE_enum("optimizer", DEFAULTS["optimizer"], optim.OPTIMIZERS, "Optimizer.")
-  flags.DEFINE_float("learning_rate", DEFAULTS["learning_rate"], "Constant learning rate.")
-  flags.DEFINE_float("clip_norm", DEFAULTS["clip_norm"], "Global-norm clipping of every training "
-                     "run except the tanh RNN's unclipped comparison run; > 0.")
-  flags.DEFINE_integer("norm_examples", DEFAULTS["norm_examples"], "Test images in the fixed "
-                       "batch whose loss the carry gradients are taken of.")
-  flags.DEFINE_integer("eval_examples", DEFAULTS["eval_examples"], "Test images of the accuracy "
-                       "reported at initialisation and after training.")
-  flags.DEFINE_enum("norm_dtype", DEFAULTS["norm_dtype"], NORM_DTYPES, "Precision of the carry "
-                    "gradient measurement (float32 underflows to 0 far from the loss).")
-  flags.DEFINE_integer("seed", DEFAULTS["seed"], "Seed of the initialisation and data order.")
-
-
 # ----------------------------------------------------------------------------- settings
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientFlowConfig(Config):
+  """The run's settings (``config`` in results.json, with ``train_steps`` per view); each field
+  is a flag."""
+
+  views: tuple[str, ...] = setting(("pixels", "rows"), "Views of MNIST as a sequence.",
+                                   choices=datasets.VIEWS)
+  cells: tuple[str, ...] = setting(("rnn", "irnn", LSTM_FORGET_BIAS_0, "lstm", "gru", "mingru"),
+                                   f"Cells ({LSTM_FORGET_BIAS_0}: LSTM, forget bias 0).",
+                                   choices=cell_names)
+  hidden_size: int = setting(64, "Hidden units of every cell.", lower=1)
+  batch_size: int = setting(32, "Training batch size.", lower=1, upper=MNIST_TRAIN_SIZE)
+  train_steps: tuple[str, ...] = setting(("pixels:300", "rows:500"), "Training steps per view, "
+                                         "as view:steps pairs, or one number for every view.")
+  optimizer: str = setting("adam", "Optimizer.", choices=optim.OPTIMIZERS)
+  learning_rate: float = setting(1e-3, "Constant learning rate.", above=0.0)
+  clip_norm: float = setting(1.0, "Global-norm clipping of every training run except the tanh "
+                             "RNN's unclipped comparison run.", above=0.0)
+  norm_examples: int = setting(64, "Test images in the fixed batch whose loss the carry "
+                               "gradients are taken of.", lower=1, upper=MNIST_TEST_SIZE)
+  eval_examples: int = setting(1000, "Test images of the accuracy reported at initialisation "
+                               "and after training.", lower=1, upper=MNIST_TEST_SIZE)
+  norm_dtype: str = setting("float64", "Precision of the carry gradient measurement (float32 "
+                            "underflows to 0 far from the loss).", choices=NORM_DTYPES)
+  seed: int = setting(0, "Seed of the initialisation and data order.", lower=0)
+
+  def check(self) -> None:
+    for name in ("views", "cells"):
+      values = getattr(self, name)
+      if not values:
+        raise script.UsageError(f"flag --{name}=: give at least one value")
+      if len(set(values)) != len(values):
+        raise script.UsageError(f"flag --{name}={','.join(values)}: lists a value twice")
+    for name in ("learning_rate", "clip_norm"):
+      if not math.isfinite(getattr(self, name)):
+        raise script.UsageError(f"flag --{name}={getattr(self, name)}: must be finite")
+    self.steps_per_view()
+
+  def steps_per_view(self) -> dict[str, int]:
+    """``train_steps`` for exactly the chosen views, in their order: ``{"pixels": 300, ...}``.
+
+    Raises:
+      rnn_jax.training.script.UsageError: pairs that do not parse, a view without
+        steps, a number of steps below 1.
+    """
+    flag = f"flag --train_steps={','.join(self.train_steps)}"
+    steps = parse_train_steps(list(self.train_steps))
+    if "*" in steps:
+      steps = {view: steps["*"] for view in self.views}
+    missing = [view for view in self.views if view not in steps]
+    if missing:
+      raise script.UsageError(f"{flag}: gives no steps for the view(s) {', '.join(missing)}")
+    if any(value < 1 for value in steps.values()):
+      raise script.UsageError(f"{flag}: every number of steps must be >= 1")
+    return {view: steps[view] for view in self.views}
 
 
 def parse_train_steps(values: list[str]) -> dict[str, int]:
@@ -154,55 +164,12 @@ def parse_train_steps(values: list[str]) -> dict[str, int]:
                             "pairs (pixels:200,rows:500) or one integer") from None
 
 
-def settings_from_flags() -> dict:
-  """The run's settings from the parsed flags, with ``train_steps`` parsed (not yet validated)."""
-  settings = {name: FLAGS[name].value for name in DEFAULTS}
-  settings["train_steps"] = parse_train_steps(settings["train_steps"])
-  return settings
+@dataclasses.dataclass(frozen=True)
+class Options(Config):
+  """How a run is carried out (not part of its config)."""
 
-
-def validate(settings: dict) -> dict:
-  """Checks the settings; returns them with ``train_steps`` given for exactly the chosen views.
-
-  Raises:
-    rnn_jax.training.script.UsageError: a value out of range, naming its flag.
-  """
-  def refuse(name, problem):
-    value = settings[name]
-    if isinstance(value, dict):
-      shown = ",".join(f"{key}:{steps}" for key, steps in value.items())
-    else:
-      shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-    raise script.UsageError(f"flag --{name}={shown}: {problem}")
-
-  settings = dict(settings)
-  for name, choices in (("views", datasets.VIEWS), ("cells", cell_names())):
-    if not settings[name] or any(value not in choices for value in settings[name]):
-      refuse(name, f"expected a non-empty list of {', '.join(choices)}")
-    if len(set(settings[name])) != len(settings[name]):
-      refuse(name, "lists a value twice")
-  steps = settings["train_steps"]
-  if "*" in steps:
-    steps = {view: steps["*"] for view in settings["views"]}
-  missing = [view for view in settings["views"] if view not in steps]
-  if missing:
-    refuse("train_steps", f"gives no steps for the view(s) {', '.join(missing)}")
-  if any(value < 1 for value in steps.values()):
-    refuse("train_steps", "every number of steps must be >= 1")
-  settings["train_steps"] = {view: steps[view] for view in settings["views"]}
-  for name, low, high in (("hidden_size", 1, None), ("batch_size", 1, MNIST_TRAIN_SIZE),
-                          ("norm_examples", 1, MNIST_TEST_SIZE),
-                          ("eval_examples", 1, MNIST_TEST_SIZE)):
-    if settings[name] < low or (high is not None and settings[name] > high):
-      refuse(name, f"must be in {low}..{high}" if high else f"must be >= {low}")
-  for name in ("learning_rate", "clip_norm"):
-    if not settings[name] > 0 or not math.isfinite(settings[name]):
-      refuse(name, "must be > 0")
-  if settings["optimizer"] not in optim.OPTIMIZERS:
-    refuse("optimizer", f"expected one of {', '.join(optim.OPTIMIZERS)}")
-  if settings["norm_dtype"] not in NORM_DTYPES:
-    refuse("norm_dtype", f"expected one of {', '.join(NORM_DTYPES)}")
-  return settings
+  data_dir: str | None = setting(None, "Folder with the MNIST IDX files (default: searched, see "
+                                 "rnn_jax.training.datasets.find_data_dir).")
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -371,16 +338,19 @@ def _json_float(value: float | None) -> float | None:
   return float(f"{value:.4g}") if value is not None and math.isfinite(value) else None
 
 
-def run(settings: dict, workdir: str, data_dir=None, figures: bool = True,
-        say: Callable[[str], None] = script.say) -> dict:
+def run(settings: Mapping | GradientFlowConfig, workdir: str, data_dir=None,
+        figures: bool = True, say: Callable[[str], None] = script.say) -> dict:
   """Runs the experiment; writes results.json and (if ``figures``) the PNGs; returns the summary.
+
+  ``settings``: a :class:`GradientFlowConfig`, or field values over its defaults.
 
   Raises:
     rnn_jax.training.script.UsageError: bad settings, an unwritable workdir or
       matplotlib missing, before any work.
     rnn_jax.training.datasets.DataError: the data cannot be found or read.
   """
-  settings = validate(settings)
+  config = GradientFlowConfig.resolve(settings)
+  settings = {**config.to_dict(), "train_steps": config.steps_per_view()}
   started = time.perf_counter()
   if figures:
     try:
@@ -568,16 +538,13 @@ def plot_global_grad_norm(views: dict, settings: dict, path: str) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise script.UsageError(f"unexpected arguments {argv[1:]}; all settings are --flags")
-  started = time.perf_counter()
-  logging.set_verbosity(logging.WARNING)  # JAX logs its backend search at INFO.
-  summary = run(settings_from_flags(), FLAGS.workdir, FLAGS.data_dir)
-  summary["wall_seconds"] = round(time.perf_counter() - started, 1)
-  print(json.dumps(summary), flush=True)
+parse_flags = script.flags_parser(GradientFlowConfig, Options, workdir_help="Where "
+                                  "results.json and the PNGs go (default runs/gradient_flow).")
+main_with_exit_codes = script.main_of(
+    lambda settings, workdir, options: run(settings, workdir or "runs/gradient_flow",
+                                           options.data_dir),
+    GradientFlowConfig, Options)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(script.with_exit_codes(main), flags_parser=script.parse_flags)
+  app.run(main_with_exit_codes, flags_parser=parse_flags)

@@ -34,11 +34,12 @@ stderr and exit status 2; missing data is status 1.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import sys
 import time
+from typing import Mapping
 
 from rnn_jax.training import runtime  # Standard library only: safe before the extras.
 
@@ -46,11 +47,12 @@ try:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from absl import app, flags, logging
+  from absl import app
 
   import experiments
   from rnn_jax import hopfield
   from rnn_jax.training import datasets, plots, script
+  from rnn_jax.training.config import Config, setting
 except ImportError as missing:  # The `train` extra is not installed.
   runtime.exit_for_missing_extra(missing, __name__, "this experiment")
 
@@ -60,114 +62,60 @@ RULES = {"hebbian": hopfield.hebbian, "storkey": hopfield.storkey,
          "pseudoinverse": hopfield.pseudoinverse}
 MNIST_TRAIN_SIZE = 60_000
 
-DEFAULTS = {
-    "datasets": list(DATASETS),
-    "rules": list(RULES),
-    "num_patterns": [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 256,
-                     320, 392, 480, 588],
-    "num_queries": 100,
-    "corruption": 0.1,
-    "mode": "async",
-    "max_sweeps": 100,
-    "modern_memories": [784, 7840, 23520, 60000],
-    "modern_betas": [0.01, 0.03, 0.1, 1.0],
-    "modern_queries": 200,
-    "digits_patterns": 32,
-    "seed": 0,
-}
-"""The default run's settings (the flags' defaults)."""
-
-FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-  """Defines the script's flags (only when run as a script, so importing this module is free)."""
-  flags.DEFINE_string("workdir", "runs/hopfield_capacity", "Where results.json and the PNGs go.")
-  flags.DEFINE_string("data_dir", None, "Folder with the MNIST IDX files (default: searched, see "
-                      "rnn_jax.training.datasets.find_data_dir).")
-  flags.DEFINE_list("datasets", DEFAULTS["datasets"], "Pattern sets: random and/or mnist.")
-  flags.DEFINE_list("rules", DEFAULTS["rules"], "Learning rules: hebbian, storkey, pseudoinverse.")
-  flags.DEFINE_list("num_patterns", [str(k) for k in DEFAULTS["num_patterns"]],
-                    f"Numbers K of stored patterns for the classical rules, each in "
-                    f"1..{NUM_UNITS}.")
-  flags.DEFINE_integer("num_queries", DEFAULTS["num_queries"],
-                       "Corrupted queries per K (drawn with replacement when K is smaller).")
-  flags.DEFINE_float("corruption", DEFAULTS["corruption"], "Fraction of the units flipped in a "
-                     "query, in [0, 0.5].")
-  flags.DEFINE_enum("mode", DEFAULTS["mode"], list(hopfield.MODES), "Classical recall dynamics.")
-  flags.DEFINE_integer("max_sweeps", DEFAULTS["max_sweeps"], "Most sweeps per recall.")
-  flags.DEFINE_list("modern_memories", [str(m) for m in DEFAULTS["modern_memories"]],
-                    "Numbers M of memories for the modern retrieval, each in "
-                    f"1..{MNIST_TRAIN_SIZE}; empty: skip it.")
-  flags.DEFINE_list("modern_betas", [str(b) for b in DEFAULTS["modern_betas"]],
-                    "Inverse temperatures of the modern retrieval, each > 0.")
-  flags.DEFINE_integer("modern_queries", DEFAULTS["modern_queries"],
-                       "Corrupted queries per M (at most M).")
-  flags.DEFINE_integer("digits_patterns", DEFAULTS["digits_patterns"], "K of the classical "
-                       "networks in recalled_digits.png (needs mnist), in 8..the largest K.")
-  flags.DEFINE_integer("seed", DEFAULTS["seed"], "Seed of the patterns, queries and update orders.")
+@dataclasses.dataclass(frozen=True)
+class HopfieldConfig(Config):
+  """The run's settings (``config`` in results.json); each field is a flag. The sizes are kept
+  sorted and de-duplicated."""
+
+  datasets: tuple[str, ...] = setting(DATASETS, "Pattern sets.", choices=DATASETS)
+  rules: tuple[str, ...] = setting(tuple(RULES), "Learning rules.", choices=tuple(RULES))
+  num_patterns: tuple[int, ...] = setting(
+      (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 320, 392, 480,
+       588), "Numbers K of stored patterns for the classical rules.", lower=1, upper=NUM_UNITS)
+  num_queries: int = setting(100, "Corrupted queries per K (drawn with replacement when K is "
+                             "smaller).", lower=1)
+  corruption: float = setting(0.1, "Fraction of the units flipped in a query.", lower=0.0,
+                              upper=0.5)
+  mode: str = setting("async", "Classical recall dynamics.", choices=hopfield.MODES)
+  max_sweeps: int = setting(100, "Most sweeps per recall.", lower=1)
+  modern_memories: tuple[int, ...] = setting(
+      (784, 7840, 23520, 60000), "Numbers M of memories for the modern retrieval; empty: skip "
+      "it.", lower=1, upper=MNIST_TRAIN_SIZE)
+  modern_betas: tuple[float, ...] = setting((0.01, 0.03, 0.1, 1.0), "Inverse temperatures of "
+                                            "the modern retrieval.", above=0.0)
+  modern_queries: int = setting(200, "Corrupted queries per M (at most the smallest M).",
+                                lower=1)
+  digits_patterns: int = setting(32, "K of the classical networks in recalled_digits.png (needs "
+                                 "mnist), in 8..the largest K.")
+  seed: int = setting(0, "Seed of the patterns, queries and update orders.", lower=0)
+
+  def validate(self) -> HopfieldConfig:
+    """:meth:`Config.validate`, then the sizes sorted and de-duplicated."""
+    config = super().validate()
+    return dataclasses.replace(config, **{
+        name: tuple(sorted(set(getattr(config, name))))
+        for name in ("num_patterns", "modern_memories", "modern_betas")})
+
+  def check(self) -> None:
+    for name in ("datasets", "rules", "num_patterns", "modern_betas"):
+      if not getattr(self, name):
+        raise script.UsageError(f"flag --{name}=: give at least one value")
+    if self.modern_memories and self.modern_queries > min(self.modern_memories):
+      raise script.UsageError(f"flag --modern_queries={self.modern_queries}: must be at most "
+                              f"the smallest --modern_memories ({min(self.modern_memories)})")
+    if "mnist" in self.datasets and not 8 <= self.digits_patterns <= max(self.num_patterns):
+      raise script.UsageError(f"flag --digits_patterns={self.digits_patterns}: must be in "
+                              f"8..{max(self.num_patterns)} (the largest --num_patterns)")
 
 
-# ----------------------------------------------------------------------------- settings
+@dataclasses.dataclass(frozen=True)
+class Options(Config):
+  """How a run is carried out (not part of its config)."""
 
-
-def _parse_list(name: str, values, kind):
-  try:
-    return [kind(value) for value in values]
-  except ValueError:
-    shown = ",".join(map(str, values))
-    raise script.UsageError(f"flag --{name}={shown}: expected a comma-separated list of "
-                            f"{kind.__name__}s") from None
-
-
-def settings_from_flags() -> dict:
-  """The run's settings from the parsed flags, with the lists parsed (not yet validated)."""
-  settings = {name: FLAGS[name].value for name in DEFAULTS}
-  settings["num_patterns"] = _parse_list("num_patterns", settings["num_patterns"], int)
-  settings["modern_memories"] = _parse_list("modern_memories", settings["modern_memories"], int)
-  settings["modern_betas"] = _parse_list("modern_betas", settings["modern_betas"], float)
-  return settings
-
-
-def validate(settings: dict) -> dict:
-  """Checks the settings; returns them with sorted, de-duplicated sizes.
-
-  Raises:
-    script.UsageError: a value out of range, naming its flag.
-  """
-  def refuse(name, problem):
-    value = settings[name]
-    shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-    raise script.UsageError(f"flag --{name}={shown}: {problem}")
-
-  settings = dict(settings)
-  for name, choices in (("datasets", DATASETS), ("rules", tuple(RULES))):
-    if not settings[name] or any(value not in choices for value in settings[name]):
-      refuse(name, f"expected a non-empty list of {', '.join(choices)}")
-  if not settings["num_patterns"] or any(not 1 <= k <= NUM_UNITS for k in settings["num_patterns"]):
-    refuse("num_patterns", f"expected a non-empty list of integers in 1..{NUM_UNITS}")
-  if any(not 1 <= m <= MNIST_TRAIN_SIZE for m in settings["modern_memories"]):
-    refuse("modern_memories", f"expected integers in 1..{MNIST_TRAIN_SIZE}")
-  if not settings["modern_betas"] or any(not b > 0 for b in settings["modern_betas"]):
-    refuse("modern_betas", "expected a non-empty list of numbers > 0")
-  for name in ("num_queries", "modern_queries", "max_sweeps"):
-    if settings[name] < 1:
-      refuse(name, "must be >= 1")
-  if not 0 <= settings["corruption"] <= 0.5:
-    refuse("corruption", "must be in [0, 0.5]")
-  if settings["mode"] not in hopfield.MODES:
-    refuse("mode", f"must be one of {', '.join(hopfield.MODES)}")
-  settings["num_patterns"] = sorted(set(settings["num_patterns"]))
-  settings["modern_memories"] = sorted(set(settings["modern_memories"]))
-  settings["modern_betas"] = sorted(set(settings["modern_betas"]))
-  if settings["modern_memories"] and settings["modern_queries"] > settings["modern_memories"][0]:
-    refuse("modern_queries", f"must be at most the smallest --modern_memories "
-           f"({settings['modern_memories'][0]})")
-  if "mnist" in settings["datasets"] and not (
-      8 <= settings["digits_patterns"] <= max(settings["num_patterns"])):
-    refuse("digits_patterns", f"must be in 8..{max(settings['num_patterns'])} (the largest "
-           "--num_patterns)")
-  return settings
+  data_dir: str | None = setting(None, "Folder with the MNIST IDX files (default: searched, see "
+                                 "rnn_jax.training.datasets.find_data_dir).")
 
 
 # ----------------------------------------------------------------------------- data
@@ -271,13 +219,17 @@ def digit_examples(pool: np.ndarray, settings: dict, key, count: int = 8) -> dic
   return digits
 
 
-def run(settings: dict, workdir: str, data_dir=None, plots: bool = True) -> dict:
-  """Runs the experiment; writes results.json and (if ``plots``) the PNGs; returns the summary."""
-  settings = validate(settings)
+def run(settings: Mapping | HopfieldConfig, workdir: str, data_dir=None,
+        plots: bool = True) -> dict:
+  """Runs the experiment; writes results.json and (if ``plots``) the PNGs; returns the summary.
+
+  ``settings``: a :class:`HopfieldConfig`, or field values over its defaults.
+  """
+  settings = HopfieldConfig.resolve(settings).to_dict()
   started = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   ks, ms = settings["num_patterns"], settings["modern_memories"]
-  pool_size = max([max(ks)] + ms)
+  pool_size = max([*ks, *ms])
   estimates = {
       "hebbian_retrieval": 0.138,
       "hebbian_exact": 1 / (2 * math.log(NUM_UNITS)),
@@ -473,14 +425,13 @@ def plot_digits(digits: dict, settings: dict, path: str) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise script.UsageError(f"unexpected arguments {argv[1:]}; all settings are --flags")
-  logging.set_verbosity(logging.WARNING)  # JAX logs its backend search at INFO.
-  summary = run(settings_from_flags(), FLAGS.workdir, FLAGS.data_dir)
-  print(json.dumps(summary), flush=True)
+parse_flags = script.flags_parser(HopfieldConfig, Options, workdir_help="Where results.json and "
+                                  "the PNGs go (default runs/hopfield_capacity).")
+main_with_exit_codes = script.main_of(
+    lambda settings, workdir, options: run(settings, workdir or "runs/hopfield_capacity",
+                                           options.data_dir),
+    HopfieldConfig, Options)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(script.with_exit_codes(main), flags_parser=script.parse_flags)
+  app.run(main_with_exit_codes, flags_parser=parse_flags)

@@ -1,13 +1,21 @@
 """Smoke tests of the benchmark machinery (experiments.benchmarking, bench_rnn): nothing timed."""
 
+import dataclasses
+import importlib
 import json
+import pathlib
+import re
+import shlex
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from absl import flags
+
 from experiments import benchmarking
+from rnn_jax.training.config import Config
 
 SHAPE = (2, 3, 2, 4)  # B, T, I, H
 
@@ -86,5 +94,72 @@ def test_init_benchmark_times_fresh_processes(tmp_path, capsys):
     (times,) = row["runs"][how]
     assert len(times) == 2 and all(t > 0 for t in times)
   assert "| simple_rnn(128) | 28 |" in capsys.readouterr().out
-  with pytest.raises(SystemExit, match="unknown lsmt"):
+  with pytest.raises(SystemExit) as refused:
     bench_init.main(["--layers", "lsmt"])
+  assert refused.value.code == 2
+  assert "error: flag --layers=lsmt: unknown lsmt; choose one of lstm" in capsys.readouterr().err
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCRIPTS = ("bench_rnn", "bench_parallel", "bench_init", "bench_devices", "bench_export",
+           "bench_char_lm", "bench_memory", "gradient_flow", "hopfield_capacity")
+
+
+def settings_classes(name: str) -> list[type[Config]]:
+  """The Config classes a script declares (its flags are theirs)."""
+  module = importlib.import_module(f"experiments.{name}")
+  return [value for value in vars(module).values() if isinstance(value, type)
+          and issubclass(value, Config) and value.__module__ == module.__name__]
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+  """``(script, arguments)`` of every ``python -m experiments.<script> ...`` the README, the
+  guides, the recorded results and the scripts' docstrings show (``<cell>`` read as lstm)."""
+  pattern = re.compile(r"python -m experiments\.(\w+)((?: +--?[\w-]+(?:[= ](?!--)(?:\"[^\"]*\"|"
+                       r"[^\s`|#]+))?)*)")
+  files = [ROOT / "README.md", ROOT / "experiments/results/README.md",
+           *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "experiments").glob("*.py"))]
+  commands = []
+  for path in files:
+    text = " ".join(path.read_text().replace("<cell>", "lstm").split())  # Wrapped lines joined.
+    for script, arguments in pattern.findall(text):
+      if script in SCRIPTS:
+        commands.append((script, shlex.split(arguments)))
+  return commands
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_setting_has_help(script):
+  classes = settings_classes(script)
+  assert classes, script
+  for settings_class in classes:
+    for field in dataclasses.fields(settings_class):
+      help_text = field.metadata.get("help", "")
+      assert len(help_text) > 5 and help_text.endswith("."), (settings_class, field.name)
+
+
+def test_documented_commands_parse():
+  commands = documented_commands()
+  assert {script for script, _ in commands} == set(SCRIPTS)
+  assert ("bench_rnn", ["--no-sweep"]) in commands
+  for script, arguments in commands:
+    flag_values = flags.FlagValues()
+    classes = settings_classes(script)
+    for settings_class in classes:
+      settings_class.define_flags(flag_values)
+    if script in ("gradient_flow", "hopfield_capacity"):  # script.flags_parser adds --workdir.
+      flags.DEFINE_string("workdir", None, "Run directory.", flag_values=flag_values)
+    assert flag_values(["prog", *arguments]) == ["prog"], (script, arguments)
+    for settings_class in classes:
+      settings_class.from_flags(flag_values)  # Checked: raises UsageError on a bad value.
+
+
+def test_bench_rnn_keeps_its_dashed_flags_and_reads_shapes_four_integers_each():
+  from experiments import bench_rnn  # pylint: disable=import-outside-toplevel
+  config = benchmarking.parse(bench_rnn.BenchRnnConfig, [
+      "--no-sweep", "--no-torch", "--no-flax", "--no-train", "--min-time", "0.5", "--quick",
+      "--shapes", "2,3,2,4,5,6,7,8"]).resolved()
+  assert config.no_sweep and config.no_torch and config.no_flax and config.no_train
+  assert config.min_time == 0.5 and config.rounds == 3 and config.unrolls == (1, 2)
+  assert config.shape_list() == [(2, 3, 2, 4), (5, 6, 7, 8)]
+  assert bench_rnn.BenchRnnConfig().resolved().shape_list() == list(benchmarking.DEFAULT_SHAPES)

@@ -5,14 +5,13 @@ loads MNIST and compiles the recall), checked for its files and for numbers
 that hold whatever the seed: one stored pattern is always recovered from 10%
 noise, three or more binarised digits are never recalled by the Hebbian rule,
 and the modern update with beta = 1 recovers every random memory. Bad
-settings are checked in-process (:func:`hopfield_capacity.validate`); a bad
+settings are checked in-process (:class:`hopfield_capacity.HopfieldConfig`); a bad
 flag and missing data as a script, refused with one line and their exit
 status.
 """
 
 import json
 import os
-import re
 
 import pytest
 
@@ -60,24 +59,28 @@ def test_tiny_run_writes_its_results_and_figures(tmp_path):
 
 @pytest.mark.parametrize("changes, message", [
     ({"corruption": 0.7}, "flag --corruption=0.7: must be in [0, 0.5]"),
-    ({"num_patterns": [0, 4]}, "flag --num_patterns=0,4: expected a non-empty list of integers"),
-    ({"rules": ["hebbian", "oja"]}, "flag --rules=hebbian,oja: expected a non-empty list of"),
-    ({"modern_betas": [0.0]}, "flag --modern_betas=0.0: expected a non-empty list of numbers > 0"),
-    ({"modern_memories": [784, 70000]}, "flag --modern_memories=784,70000: expected integers"),
-    ({"modern_queries": 1000}, "flag --modern_queries=1000: must be at most the smallest"),
+    ({"num_patterns": [0, 4]}, "flag --num_patterns=0,4: every value must be in [1, 784]"),
+    ({"num_patterns": []}, "flag --num_patterns=: give at least one value"),
+    ({"rules": ["hebbian", "oja"]}, "flag --rules=hebbian,oja: unknown oja; choose one of "
+     "hebbian, storkey, pseudoinverse"),
+    ({"modern_betas": [0.0]}, "flag --modern_betas=0.0: every value must be > 0"),
+    ({"modern_memories": [784, 70000]},
+     "flag --modern_memories=784,70000: every value must be in [1, 60000]"),
+    ({"modern_queries": 1000}, "flag --modern_queries=1000: must be at most the smallest "
+     "--modern_memories (784)"),
     ({"digits_patterns": 4}, "flag --digits_patterns=4: must be in 8..588"),
     ({"num_queries": 0}, "flag --num_queries=0: must be >= 1"),
 ])
-def test_validate_names_the_bad_flag(changes, message):
-  with pytest.raises(script.UsageError, match=re.escape(message)):
-    hopfield_capacity.validate({**hopfield_capacity.DEFAULTS, **changes})
+def test_bad_settings_are_one_line_naming_the_flag(changes, message):
+  with pytest.raises(script.UsageError) as error:
+    hopfield_capacity.HopfieldConfig.resolve(changes)
+  assert str(error.value).startswith(message)
 
 
-def test_validate_sorts_the_sizes():
-  settings = hopfield_capacity.validate({**hopfield_capacity.DEFAULTS, "num_patterns": [16, 8, 16],
-                                         "modern_betas": [1.0, 0.1],
-                                         "digits_patterns": 8})
-  assert settings["num_patterns"] == [8, 16] and settings["modern_betas"] == [0.1, 1.0]
+def test_config_sorts_the_sizes():
+  settings = hopfield_capacity.HopfieldConfig.resolve(
+      {"num_patterns": [16, 8, 16], "modern_betas": [1.0, 0.1], "digits_patterns": 8})
+  assert settings.num_patterns == (8, 16) and settings.modern_betas == (0.1, 1.0)
 
 
 @pytest.mark.parametrize("flag, message", [

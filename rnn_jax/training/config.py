@@ -15,11 +15,13 @@ subclass; each field says its help, choices and bounds in its metadata
     settings = MyConfig.resolve({"hidden_size": 8}, preset="small")   # from Python
 
 From these the class generates the absl flags (type from the annotation,
-help, choices, bounds), checks a value in one place (:meth:`Config.validate`:
-one :class:`~rnn_jax.training.script.UsageError` line naming the flag, exit
-status 2 in a script; a subclass adds the checks that involve several fields in
-:meth:`Config.check`) and applies presets as partial configs (the defaults,
-then the preset's values, then the given ones).
+help, choices, bounds; a ``tuple[int, ...]``, ``tuple[float, ...]`` or
+``tuple[str, ...]`` field is a comma-separated list flag, ``--steps=784,4096``,
+whose choices and bounds hold for each element), checks a value in one place
+(:meth:`Config.validate`: one :class:`~rnn_jax.training.script.UsageError`
+line naming the flag, exit status 2 in a script; a subclass adds the checks
+that involve several fields in :meth:`Config.check`) and applies presets as
+partial configs (the defaults, then the preset's values, then the given ones).
 
 The run identity (:meth:`Config.identity`): what ``config.json`` holds and the
 default workdir's name hashes. A field added after runs were published is
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import types
 import typing
 from typing import Any, Callable, ClassVar, Mapping, Sequence
@@ -83,6 +86,16 @@ def _value_type(cls, field: dataclasses.Field) -> type:
   return hint
 
 
+def _element_type(hint) -> type | None:
+  """``int`` for a list field's ``tuple[int, ...]``; ``None`` for a scalar field."""
+  return typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else None
+
+
+def _shown(value: Any) -> str:
+  """A value as its flag spells it: a list's elements joined by commas."""
+  return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
 def _bounds_text(field: dataclasses.Field) -> str | None:
   """``"in [0, 1)"``, ``">= 1"``, ... for the field's bounds, or ``None``."""
   meta = field.metadata
@@ -97,6 +110,31 @@ def _bounds_text(field: dataclasses.Field) -> str | None:
   if high:
     return f"{'<=' if high[-1] == ']' else '<'} {high[:-1]}"
   return None
+
+
+def _checked(field: dataclasses.Field, flag: str, kind: type, value: Any, unknown: str,
+             every: str) -> Any:
+  """``value`` (a field's, or one element of a list field's) checked against the field's type,
+  choices and bounds; an ``int`` for a ``float`` becomes a ``float``.
+
+  Raises:
+    UsageError: ``"<flag>: must be float"``, ``"<flag>: <unknown>; choose one of ..."``,
+      ``"<flag>: must be >= 1"`` (``every`` before ``must`` for a list's element).
+  """
+  if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    raise UsageError(f"{flag}: {every}must be {kind.__name__}")
+  choices = _choices(field)
+  if choices is not None and value not in choices:
+    raise UsageError(f"{flag}: {unknown}; choose one of {', '.join(map(str, choices))}")
+  meta = field.metadata
+  if ((meta.get("lower") is not None and value < meta["lower"]) or
+      (meta.get("upper") is not None and value > meta["upper"]) or
+      (meta.get("above") is not None and value <= meta["above"]) or
+      (meta.get("below") is not None and value >= meta["below"])):
+    raise UsageError(f"{flag}: {every}must be {_bounds_text(field)}")
+  return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,15 +198,21 @@ class Config:
       if field.name in flag_values:
         continue
       kind = _value_type(cls, field)
-      define = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer,
-                float: flags.DEFINE_float, str: flags.DEFINE_string}[kind]
+      element = _element_type(kind)
+      each = "each " if element else ""
       extra = [text for text in (
-          f"one of: {', '.join(map(str, _choices(field)))}" if _choices(field) else None,
-          _bounds_text(field)) if text]
+          f"{each}one of: {', '.join(map(str, _choices(field)))}" if _choices(field) else None,
+          f"{each}{_bounds_text(field)}" if _bounds_text(field) else None) if text]
       help_text = field.metadata.get("help", field.name)
       if extra:
         help_text = f"{help_text} ({'; '.join(extra)})"
-      define(field.name, field.default, help_text, flag_values=flag_values)
+      if element:
+        default = None if field.default is None else [str(value) for value in field.default]
+        flags.DEFINE_list(field.name, default, help_text, flag_values=flag_values)
+      else:
+        define = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer,
+                  float: flags.DEFINE_float, str: flags.DEFINE_string}[kind]
+        define(field.name, field.default, help_text, flag_values=flag_values)
       for alias in field.metadata.get("aliases", ()):
         flags.DEFINE_alias(alias, field.name, flag_values=flag_values)
 
@@ -179,9 +223,53 @@ class Config:
     from absl import flags  # pylint: disable=import-outside-toplevel
     flag_values = flags.FLAGS if flag_values is None else flag_values
     preset = flag_values["preset"].value if use_preset and cls.PRESETS else None
-    given = {field.name: flag_values[field.name].value for field in dataclasses.fields(cls)
-             if flag_values[field.name].present}
+    given = {field.name: cls._from_flag(field, flag_values[field.name].value)
+             for field in dataclasses.fields(cls) if flag_values[field.name].present}
     return cls.resolve(given, preset), preset
+
+  @classmethod
+  def _from_flag(cls, field: dataclasses.Field, value: Any) -> Any:
+    """A flag's value as the field's type: a list flag's strings become a tuple of its elements."""
+    element = _element_type(_value_type(cls, field))
+    if element is None or value is None:
+      return value
+    try:
+      return tuple(element(text.strip()) for text in value)
+    except ValueError:
+      raise UsageError(f"flag --{field.name}={_shown(value)}: must be a comma-separated list "
+                       f"of {element.__name__}") from None
+
+  @classmethod
+  def from_argv(cls, argv: Sequence[str] | None = None) -> tuple[Config, str | None]:
+    """``(config, preset)`` from command-line arguments, parsed by absl into flags of their own.
+
+    For a script whose ``main(argv)`` is also called from Python (a benchmark): each
+    call defines this class's flags (:meth:`define_flags`) on a fresh
+    ``absl.flags.FlagValues``, so calls do not share state. ``--help`` prints the
+    first line of the class's module doc and the flags, and exits with status 0.
+
+    Args:
+      argv: the arguments after the program's name (default ``sys.argv[1:]``).
+
+    Raises:
+      UsageError: an unknown flag, a value absl cannot parse, a positional
+        argument, or what :meth:`resolve` refuses.
+    """
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flag_values = flags.FlagValues()
+    cls.define_flags(flag_values)
+    if {"--help", "-h", "--helpshort"} & set(argv):
+      title = (sys.modules[cls.__module__].__doc__ or cls.__name__).strip().splitlines()[0]
+      print(f"{title}\n\n{flag_values.get_help()}")
+      raise SystemExit(0)
+    try:
+      rest = flag_values(["", *argv])
+    except flags.Error as error:
+      raise UsageError(" ".join(str(error).split())) from None
+    if len(rest) > 1:
+      raise UsageError(f"unexpected arguments {rest[1:]}; all settings are --flags")
+    return cls.from_flags(flag_values)
 
   # ------------------------------------------------------------------ checking
 
@@ -196,25 +284,23 @@ class Config:
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
       kind = _value_type(type(self), field)
-      flag = f"flag --{field.name}={value}"
+      element = _element_type(kind)
+      flag = f"flag --{field.name}={_shown(value)}"
       if value is None:
         if field.default is not None:
           raise UsageError(f"{flag}: give a value")
         continue
-      if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = changes[field.name] = float(value)
-      if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise UsageError(f"{flag}: must be {kind.__name__}")
-      choices = _choices(field)
-      if choices is not None and value not in choices:
-        raise UsageError(f"{flag}: unknown {field.name}; choose one of "
-                         f"{', '.join(map(str, choices))}")
+      if element is None:
+        value = _checked(field, flag, kind, value, f"unknown {field.name}", "")
+        if value is not getattr(self, field.name):
+          changes[field.name] = value
+      else:
+        if not isinstance(value, (tuple, list)):
+          raise UsageError(f"{flag}: must be a list of {element.__name__}")
+        value = changes[field.name] = tuple(
+            _checked(field, flag, element, item, f"unknown {item}", "every value ")
+            for item in value)
       meta = field.metadata
-      if ((meta.get("lower") is not None and value < meta["lower"]) or
-          (meta.get("upper") is not None and value > meta["upper"]) or
-          (meta.get("above") is not None and value <= meta["above"]) or
-          (meta.get("below") is not None and value >= meta["below"])):
-        raise UsageError(f"{flag}: must be {_bounds_text(field)}")
       if meta.get("path"):
         changes[field.name] = os.path.abspath(value)
     config = dataclasses.replace(self, **changes) if changes else self

@@ -5,9 +5,10 @@
 the longest stretch of steps the task asks the cell to remember (MNIST: 784
 pixels; the character LM: its BPTT window), which sets up the minGRU/minLSTM
 gate biases (chrono initialisation, ``max_timescale``); the other cells ignore
-it. It is a plain dict, so other modules may register more
-(``cores.CELLS["mycell"] = lambda hidden_size, sequence_length: ...``), and
-:func:`build_core` stacks and rematerialises them.
+it. A cell of your own joins it with :func:`register_cell` (then
+``--cell=<name>``, ``build_core`` and the tasks build it like the others; the
+Extending guide trains an IndRNN this way), and :func:`build_core` stacks and
+rematerialises them.
 
 Rematerialisation (``remat=True``, ``rnn_jax.remat``) puts each cell's whole
 time step under ``jax.checkpoint``: the backward pass keeps only each step's
@@ -48,6 +49,28 @@ CELLS: dict[str, Callable[[int, int | None], Any]] = {
 }
 """Cell builders by name: ``CELLS[name](hidden_size, sequence_length=None) -> cell``
 (``None``: the cell's own default initialisation)."""
+
+
+def register_cell(name: str, builder: Callable[[int, int | None], Any]) -> None:
+  """Adds a cell builder to :data:`CELLS`: the scripts' ``--cell=<name>``, :func:`build_core`
+  and the training tasks then build that cell like the built-in ones.
+
+  Register before the flags are checked (in the module that defines the cell,
+  imported by your script or notebook before it calls a script's ``run``).
+
+  Args:
+    name: the ``--cell`` value.
+    builder: ``builder(hidden_size, sequence_length) -> cell``, ``sequence_length``
+      being the longest stretch of steps the task asks the cell to remember
+      (``None``: the cell's own default; see the module doc).
+
+  Raises:
+    ValueError: ``name`` already names another builder (registering the same
+      builder again does nothing).
+  """
+  if CELLS.get(name, builder) is not builder:
+    raise ValueError(f"register_cell: {name!r} already names a cell builder; choose another name")
+  CELLS[name] = builder
 
 
 def build_core(cell_name: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,

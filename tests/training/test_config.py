@@ -102,3 +102,46 @@ def test_flags_come_from_the_fields_and_given_flags_override_the_preset():
 def test_paths_become_absolute():
   settings = train_char_lm.CharLMConfig.resolve({"text_file": "some.txt"})
   assert settings.text_file == os.path.abspath("some.txt")
+
+
+@dataclasses.dataclass(frozen=True)
+class Lists(config.Config):
+  steps: tuple[int, ...] = setting((784, 4096), "Sequence lengths.", lower=1)
+  cells: tuple[str, ...] = setting(("lstm",), "Cells.", choices=("lstm", "gru"))
+  rates: tuple[float, ...] = setting((), "Rates.", lower=0.0, upper=1.0)
+  no_sweep: bool = setting(False, "Time the defaults only.", aliases=("no-sweep",))
+
+
+def test_list_fields_are_comma_separated_flags_checked_element_by_element():
+  flag_values = flags.FlagValues()
+  Lists.define_flags(flag_values)
+  assert flag_values["steps"].help == "Sequence lengths. (each >= 1)"
+  assert Lists.from_argv([]) == (Lists(), None)
+  settings, _ = Lists.from_argv(["--steps", "64", "--cells=gru,lstm", "--rates=0,0.5",
+                                 "--no-sweep"])
+  assert settings == Lists(steps=(64,), cells=("gru", "lstm"), rates=(0.0, 0.5), no_sweep=True)
+  assert isinstance(settings.rates[0], float)
+  assert Lists.resolve({"steps": [8, 9]}).steps == (8, 9)  # A list from Python becomes a tuple.
+  assert Lists.resolve({"steps": [8]}).identity()["steps"] == (8,)
+  for argv, message in (
+      (["--steps=784,0"], "flag --steps=784,0: every value must be >= 1"),
+      (["--steps=7.5"], "flag --steps=7.5: must be a comma-separated list of int"),
+      (["--cells=lstm,lsmt"], "flag --cells=lstm,lsmt: unknown lsmt; choose one of lstm, gru"),
+      (["--rates=2"], "flag --rates=2.0: every value must be in [0, 1]"),
+      (["--width=3"], "Unknown command line flag 'width'"),
+      (["extra"], "unexpected arguments ['extra']; all settings are --flags")):
+    with pytest.raises(UsageError) as error:
+      Lists.from_argv(argv)
+    assert str(error.value) == message
+  with pytest.raises(UsageError, match=r"flag --steps=8: must be a list of int"):
+    Lists.resolve({"steps": 8})
+
+
+def test_from_argv_help_prints_every_flag_and_exits_0(capsys):
+  with pytest.raises(SystemExit) as done:
+    Lists.from_argv(["--help"])
+  assert done.value.code == 0
+  printed = capsys.readouterr().out
+  assert printed.startswith("Tests of rnn_jax.training.config: flags from fields")
+  assert "--steps: Sequence lengths. (each >= 1)\n    (default: '784,4096')" in printed
+  assert "--[no]no-sweep: Alias for --no_sweep." in printed

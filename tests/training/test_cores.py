@@ -58,3 +58,18 @@ def test_remat_keeps_a_stacks_dropout():
   core = cores.build_core("gru", 4, num_layers=2, dropout=0.5, remat=True)
   assert isinstance(core, rnn_jax.Stack) and core.dropout == 0.5
   assert all(isinstance(layer, rnn_jax.Remat) for layer in core.layers)
+
+
+def test_register_cell_makes_a_cell_buildable_by_name_and_a_flag_value(monkeypatch):
+  from experiments import train_mnist  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(cores, "CELLS", dict(cores.CELLS))  # The registration leaves with the test.
+  builder = lambda hidden_size, sequence_length: rnn_jax.gru(hidden_size, reset_after=False)
+  with pytest.raises(Exception, match="unknown cell; choose one of"):
+    train_mnist.MnistConfig.resolve({"cell": "gru_v1"})
+  cores.register_cell("gru_v1", builder)
+  cores.register_cell("gru_v1", builder)  # The same builder again: nothing changes.
+  assert train_mnist.MnistConfig.resolve({"cell": "gru_v1"}).cell == "gru_v1"
+  core = cores.build_core("gru_v1", 4, 2)
+  assert core.layers == (rnn_jax.gru(4, reset_after=False),) * 2
+  with pytest.raises(ValueError, match="'gru' already names a cell builder"):
+    cores.register_cell("gru", builder)
