@@ -11,6 +11,8 @@ The docstrings are Google style with Sphinx roles (``:func:`rnn```). This extens
   already renders as code in Markdown);
 * gives a method without a docstring the docstring of the method it overrides
   (``LSTM.init`` shows ``Layer.init``'s);
+* shows a :class:`~rnn_jax.training.config.Config` field's default in signatures, not the
+  ``setting(default, help, ...)`` call that declares it;
 * logs a warning, which fails ``mkdocs build --strict``, for every public function,
   class or method of the public modules that still has no docstring.
 """
@@ -32,7 +34,8 @@ PUBLIC_MODULES = (
     "rnn_jax.checks", "rnn_jax.flax_convert", "rnn_jax.export", "rnn_jax.onednn",
     *(f"rnn_jax.training.{name}" for name in (
         "loop", "optim", "classification", "datasets", "idx", "batching", "checkpoint",
-        "metrics", "plots", "distributed", "script", "runtime", "text", "language_model")),
+        "metrics", "plots", "distributed", "script", "runtime", "text", "language_model",
+        "config", "task", "cores", "runs", "workdir_lock")),
 )
 
 ROLE = re.compile(r":(?:py:)?(?:func|class|mod|meth|attr|data|obj|exc|const):`(~?)([\w.]+)(\(\))?`")
@@ -107,6 +110,29 @@ def _inherit(cls: griffe.Class) -> None:
         break
 
 
+def _setting_default(value):
+  """The default of a ``training.config.setting(default, help, ...)`` field, else ``None``."""
+  name = str(value.function) if isinstance(value, griffe.ExprCall) else ""
+  if (name == "setting" or name.endswith(".setting")) and value.arguments:
+    return value.arguments[0]
+  return None
+
+
+def _show_setting_defaults(cls: griffe.Class) -> None:
+  """A Config field's signature and entry show its default, not the whole ``setting(...)``
+  call with its help line (the help is the field's description already)."""
+  for member in cls.members.values():
+    if not member.is_alias and member.is_attribute:
+      default = _setting_default(member.value)
+      if default is not None:
+        member.value = default
+  init = cls.members.get("__init__")
+  for parameter in (init.parameters if init is not None and not init.is_alias else ()):
+    default = _setting_default(parameter.default)
+    if default is not None:
+      parameter.default = default
+
+
 def _walk(obj: griffe.Object):
   yield obj
   for member in obj.members.values():
@@ -121,6 +147,10 @@ class RnnJaxDocs(griffe.Extension):
     if pkg.name != "rnn_jax":
       return
     modules = [_lookup(pkg, path) for path in PUBLIC_MODULES]
+    for module in modules:
+      for obj in _walk(module):
+        if obj.is_class:
+          _show_setting_defaults(obj)
     for module in modules:
       for obj in _walk(module):
         if obj.is_class:

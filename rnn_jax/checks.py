@@ -43,8 +43,8 @@ def run_by_steps(layer: Layer, params: Any, xs, *, lengths=None, reverse: bool =
     initial_carry: defaults to ``layer.initial_carry(B)``.
 
   Returns:
-    ``(outputs [B, T, O], final carry)`` as NumPy arrays: outputs zero past
-    each length, the carry after each sequence's last valid step.
+    The outputs ``[B, T, O]`` (zero past each length) and the final carry
+    (after each sequence's last valid step), as NumPy arrays.
   """
   xs = np.asarray(xs)
   batch, num_steps = xs.shape[:2]

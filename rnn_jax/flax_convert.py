@@ -119,8 +119,8 @@ def from_flax(cell, params: Any = None) -> tuple[Layer, Any]:
       NNX cell, ``None``: they are read from the cell.
 
   Returns:
-    ``(layer, params)``: ``lstm(H, forget_bias=0.0)``, ``gru(H)`` or
-    ``simple_rnn(H, activation)``, and params as its ``init`` returns them,
+    The pair of a layer (``lstm(H, forget_bias=0.0)``, ``gru(H)`` or
+    ``simple_rnn(H, activation)``) and params as its ``init`` returns them,
     such that ``layer.step(params, from_flax_carry(layer, carry), x)``
     equals ``cell(carry, x)`` (carries converted) and ``rnn_jax.rnn`` equals
     ``flax.linen.RNN(cell)``.

@@ -597,7 +597,8 @@ def hold_out(images: np.ndarray, labels: np.ndarray, validation_examples: int
     validation_examples: ``N``, in ``0..N_file - 1``; 0 gives an empty validation split.
 
   Returns:
-    ``((images[:-N], labels[:-N]), (images[-N:], labels[-N:]))`` (views, no copies).
+    Two ``(images, labels)`` pairs, the first ``len(labels) - N`` examples and the last
+    ``N``, as views (no copies).
 
   Raises:
     UsageError: ``N`` negative or not below the file's example count.
