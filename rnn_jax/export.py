@@ -561,15 +561,13 @@ def _emit_summary(graph: _Graph, layer: Layer, outputs: str, reverse: bool) -> s
 
   The last output of a forward recurrence, the first of a reversed one; a stack's last layer
   decides; a ``bidirectional`` (``merge="concat"``) concatenates its halves' summaries, the
-  backward half read reversed, as ``Layer.summarize`` does.
+  backward half read reversed, as ``Layer.summarize`` does (which the exporters call first, in
+  ``jax.eval_shape`` of the model, so that a core without a summary is refused there).
   """
   layer = _unwrap(layer)
   if isinstance(layer, compose.Stack):
     return _emit_summary(graph, layer.layers[-1], outputs, reverse)
-  if isinstance(layer, compose.Bidirectional):
-    if layer.merge != "concat":
-      raise ValueError(f"summary: cannot export the summary of {layer!r}: its merge "
-                       f"{layer.merge!r} mixed the two halves' outputs; use merge='concat'")
+  if isinstance(layer, compose.Bidirectional):  # merge="concat" (summarize refuses the others).
     size = _unwrap(layer.forward).output_size
     halves = [graph.op("Slice", [outputs, graph.const([start], "start"), graph.const([end], "end"),
                                  graph.const([2], "axis2")], hint)
