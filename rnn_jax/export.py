@@ -48,6 +48,13 @@ What maps to which operator (each time-major inside the graph, ``xs`` transposed
   else each half on its own (the backward one reversed), then ``Concat``, ``Add`` or the mean;
   ``remat`` -> the wrapped layer (remat changes only how gradients are computed).
 
+Whole trained models, around the same graph code: ``classifier_to_onnx`` (a sequence classifier:
+``xs`` -> core -> ``rnn_jax.summary`` -> dense -> ``logits [batch, C]``, from the zero carry) and
+``char_lm_to_onnx`` (a character LM: ``ids [batch, time]`` int64 -> embedding -> core -> dense
+-> ``logits [batch, time, V]``, with the carry inputs and outputs above, for serving step by step
+or chunk by chunk); ``python -m experiments.export`` writes either from a run directory.
+``describe(model)`` lists a model's inputs and outputs.
+
 The graph computes in float32 (parameters are cast). A layer the exporter cannot write exactly
 (a subclass or another kind of layer, a hyperparameter it does not know, parameters it does
 not expect) is a ``ValueError`` naming it, never a silently different model.
