@@ -196,6 +196,7 @@ def test_char_lm_export_equals_the_model_whole_chunked_and_in_greedy_generation(
     (["--workdir={no_checkpoint}", "--out={out}"], 1, "no checkpoint to load"),
     (["--workdir={run}", "--out={empty}/no/such/folder/m.onnx"], 2, "no such folder"),
     (["--workdir={run}", "--out={empty}"], 2, "cannot write it"),  # A folder, not a file.
+    (["--workdir={run}", "--out={out}", "--opset=12"], 2, "opset must be an int from 13 to"),
 ])
 def test_script_refusals_are_one_line(args, status, message, mnist_run, tmp_path):
   workdir, _ = mnist_run
