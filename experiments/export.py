@@ -63,19 +63,20 @@ def export_run(workdir: str, out: str, opset: int | None = None):
   folder = os.path.dirname(os.path.abspath(out))
   if not os.path.isdir(folder):
     raise UsageError(f"--out={out}: no such folder {folder}")
-  # A character LM's config names its text; a classifier's never does.
-  if "text_file" in runs.read_config(workdir, "train_mnist or experiments.train_char_lm"):
-    trained, write = language_model.load(workdir), export.char_lm_to_onnx
-  else:
-    trained, write = classification.load(workdir), export.classifier_to_onnx
+  try:  # A character LM's config names its text; a classifier's never does.
+    if "text_file" in runs.read_config(workdir, "train_mnist or experiments.train_char_lm"):
+      trained, write = language_model.load(workdir), export.char_lm_to_onnx
+    else:
+      trained, write = classification.load(workdir), export.classifier_to_onnx
+  except runs.DataError as error:  # The loaders name the workdir; here it is a flag.
+    raise runs.DataError(str(error).replace(f"workdir {workdir}:", f"--workdir={workdir}:", 1)
+                         ) from error
   try:
     model = write(trained, out, opset=opset)
   except OSError as error:
     raise UsageError(f"--out={out}: cannot write it ({error.strerror or error})") from error
-  except ValueError as error:  # An opset out of range, or a model with no ONNX mapping.
-    raise UsageError(str(error)) from error
-  except ImportError as error:  # No onnx package: the message names the extra.
-    raise UsageError(str(error)) from error
+  except (ValueError, ImportError) as error:  # A bad opset, a model with no ONNX mapping, or
+    raise UsageError(str(error)) from error   # no onnx package (the message names the extra).
   print(f"exported the checkpoint at step {trained.step} of {workdir}", file=sys.stderr)
   return model
 
