@@ -48,6 +48,13 @@ What maps to which operator (each time-major inside the graph, ``xs`` transposed
   else each half on its own (the backward one reversed), then ``Concat``, ``Add`` or the mean;
   ``remat`` -> the wrapped layer (remat changes only how gradients are computed).
 
+Whole trained models, around the same graph code: ``classifier_to_onnx`` (a sequence classifier:
+``xs`` -> core -> ``rnn_jax.summary`` -> dense -> ``logits [batch, C]``, from the zero carry) and
+``char_lm_to_onnx`` (a character LM: ``ids [batch, time]`` int64 -> embedding -> core -> dense
+-> ``logits [batch, time, V]``, with the carry inputs and outputs above, for serving step by step
+or chunk by chunk); ``python -m experiments.export`` writes either from a run directory.
+``describe(model)`` lists a model's inputs and outputs.
+
 The graph computes in float32 (parameters are cast). A layer the exporter cannot write exactly
 (a subclass or another kind of layer, a hyperparameter it does not know, parameters it does
 not expect) is a ``ValueError`` naming it, never a silently different model.
@@ -57,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from typing import Any
 
@@ -236,16 +244,21 @@ class _Graph:
     onnx: the onnx module.
     lengths: whether the graph has the ``lengths`` input.
     reserved: the graph's input and output names, which no internal value may take.
+    source: the graph input whose first two axes are ``[batch, time]`` (``xs``, or ``ids``).
+    feed_carry: whether the initial carry is the ``initial_<leaf>`` inputs (default zeros) or
+      fixed zeros (a model that always starts from zeros, as a classifier does).
   """
 
-  def __init__(self, onnx, lengths: bool, reserved):
+  def __init__(self, onnx, lengths: bool, reserved, *, source: str = "xs",
+               feed_carry: bool = True):
     self.onnx = onnx
     self.helper = onnx.helper
     self.nodes, self.initializers, self.carry_inputs = [], [], []
+    self.feed_carry = feed_carry
     self._used = set(reserved)
-    self.nodes.append(self.helper.make_node("Shape", ["xs"], ["xs_shape"]))
-    self.batch = self.op("Gather", ["xs_shape", self.const([0], "index0")], "batch", axis=0)
-    self.time = self.op("Gather", ["xs_shape", self.const([1], "index1")], "time", axis=0)
+    shape = self.op("Shape", [source], f"{source}_shape")
+    self.batch = self.op("Gather", [shape, self.const([0], "index0")], "batch", axis=0)
+    self.time = self.op("Gather", [shape, self.const([1], "index1")], "time", axis=0)
     self.time_int32 = self.op("Cast", [self.op("Squeeze", [self.time], "time")], "time",
                               to=onnx.TensorProto.INT32)
     self.lengths = None
@@ -282,11 +295,15 @@ class _Graph:
     return self.op("Unsqueeze", [value, self.const([axis], f"axis{axis}")], f"{value}_unsqueezed")
 
   def carry_input(self, path: str, size: int) -> str:
-    """The ``initial_<path>`` input (default zeros) as a ``[batch, size]`` tensor."""
-    name = f"initial_{path}"
-    self.carry_inputs.append((name, size))
-    self.initializers.append(self.onnx.numpy_helper.from_array(np.zeros((1, size), np.float32),
-                                                               name))
+    """The ``initial_<path>`` input (default zeros) as a ``[batch, size]`` tensor; zeros
+    without ``feed_carry``."""
+    zeros = np.zeros((1, size), np.float32)
+    if self.feed_carry:
+      name = f"initial_{path}"
+      self.carry_inputs.append((name, size))
+      self.initializers.append(self.onnx.numpy_helper.from_array(zeros, name))
+    else:
+      name = self.const(zeros, f"zeros_{path}")
     shape = self.op("Concat", [self.batch, self.const([size], "size")], "carry_shape", axis=0)
     return self.op("Expand", [name, shape], f"{name}_expanded")
 
@@ -546,6 +563,82 @@ def _emit(graph: _Graph, layer: Layer, params, xs: str, path: str, reverse: bool
   return _emit_linear(graph, layer, params, xs, path, reverse)
 
 
+def _emit_summary(graph: _Graph, layer: Layer, outputs: str, reverse: bool) -> str:
+  """``rnn_jax.summary(layer, ...)`` of ``outputs [time, batch, O]`` (no lengths): ``[batch, O]``.
+
+  The last output of a forward recurrence, the first of a reversed one; a stack's last layer
+  decides; a ``bidirectional`` (``merge="concat"``) concatenates its halves' summaries, the
+  backward half read reversed, as ``Layer.summarize`` does (which the exporters call first, in
+  ``jax.eval_shape`` of the model, so that a core without a summary is refused there).
+  """
+  layer = _unwrap(layer)
+  if isinstance(layer, compose.Stack):
+    return _emit_summary(graph, layer.layers[-1], outputs, reverse)
+  if isinstance(layer, compose.Bidirectional):  # merge="concat" (summarize refuses the others).
+    size = _unwrap(layer.forward).output_size
+    halves = [graph.op("Slice", [outputs, graph.const([start], "start"), graph.const([end], "end"),
+                                 graph.const([2], "axis2")], hint)
+              for start, end, hint in ((0, size, "forward_outputs"),
+                                       (size, np.iinfo(np.int64).max, "backward_outputs"))]
+    return graph.op("Concat", [_emit_summary(graph, layer.forward, halves[0], reverse),
+                               _emit_summary(graph, layer.backward, halves[1], not reverse)],
+                    "summary", axis=1)
+  step = graph.const(np.int64(0 if reverse else -1), "first" if reverse else "last")
+  return graph.op("Gather", [outputs, step], "summary", axis=0)
+
+
+def _emit_dense(graph: _Graph, dense, features: str, hint: str) -> str:
+  """``features [..., O] @ w [O, C] + b [C]``: the heads' dense layer."""
+  product = graph.op("MatMul", [features, graph.const(dense["w"], "dense_w")], f"{hint}_product")
+  return graph.op("Add", [product, graph.const(dense["b"], "dense_b")], hint)
+
+
+def _check_opset(onnx, opset: int | None) -> int:
+  """``opset`` (``DEFAULT_OPSET`` for ``None``), checked against the installed onnx."""
+  newest = onnx.defs.onnx_opset_version()
+  opset = DEFAULT_OPSET if opset is None else opset
+  if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+    raise ValueError(f"opset must be an int from {MIN_OPSET} to {newest} (the newest the "
+                     f"installed onnx knows), got {opset!r}")
+  return opset
+
+
+def _carry_io_names(carry: list[tuple[str, int]]) -> list[str]:
+  """The graph names the carry takes: its final leaves and their ``initial_`` inputs."""
+  return [prefix + name for name, _ in carry for prefix in ("", "initial_")]
+
+
+def _finish(onnx, graph: _Graph, inputs: list, outputs: list, name: str, opset: int, doc: str,
+            path, metadata: dict[str, str] | None = None):
+  """Checks and saves the model of ``graph``; returns its ``ModelProto``.
+
+  Args:
+    inputs: the value infos of the graph inputs before the initial carry's (added here).
+    outputs: the value infos of the graph outputs.
+  """
+  value = onnx.helper.make_tensor_value_info
+  inputs = inputs + [value(carry, onnx.TensorProto.FLOAT, ["batch", size])
+                     for carry, size in graph.carry_inputs]
+  onnx_graph = onnx.helper.make_graph(graph.nodes, name, inputs, outputs, graph.initializers)
+  opsets = [onnx.helper.make_opsetid("", opset)]
+  model = onnx.helper.make_model(
+      onnx_graph, opset_imports=opsets, producer_name="rnn_jax",
+      ir_version=max(4, onnx.helper.find_min_ir_version_for(opsets)), doc_string=doc)
+  if metadata:
+    onnx.helper.set_model_props(model, metadata)
+  onnx.checker.check_model(model, full_check=True)
+  onnx.save(model, os.fspath(path))
+  return model
+
+
+def _output_carry(onnx, graph: _Graph, carry: list[tuple[str, int]], finals: list[str]) -> list:
+  """Names the final carry leaves as graph outputs; returns their value infos."""
+  for (name, _), final in zip(carry, finals):
+    graph.nodes.append(onnx.helper.make_node("Identity", [final], [name]))
+  return [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch", size])
+          for name, size in carry]
+
+
 def to_onnx(layer: Layer, params: Any, path: str | os.PathLike, *, lengths: bool = False,
             opset: int | None = None):
   """Writes ``layer`` with ``params`` as an ONNX model; see the module doc for its interface.
@@ -573,38 +666,151 @@ def to_onnx(layer: Layer, params: Any, path: str | os.PathLike, *, lengths: bool
   """
   onnx = _import_onnx()
   check_exportable(layer)
-  newest = onnx.defs.onnx_opset_version()
-  opset = DEFAULT_OPSET if opset is None else opset
-  if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
-    raise ValueError(f"opset must be an int from {MIN_OPSET} to {newest} (the newest the "
-                     f"installed onnx knows), got {opset!r}")
+  opset = _check_opset(onnx, opset)
   input_size = layer.input_size(params)
   # rnn's own checks of the parameters (tree and shapes), and the output size.
   output_size = jax.eval_shape(functools.partial(rnn, layer), params,
                                jax.ShapeDtypeStruct((1, 1, input_size), np.float32))[0].shape[-1]
   carry = _carry_paths(layer)
-  graph = _Graph(onnx, lengths, ["xs", "lengths", "outputs"]
-                 + [prefix + name for name, _ in carry for prefix in ("", "initial_")])
+  graph = _Graph(onnx, lengths, ["xs", "lengths", "outputs", *_carry_io_names(carry)])
   time_major = graph.op("Transpose", ["xs"], "xs_time_major", perm=[1, 0, 2])
   outputs, finals = _emit(graph, layer, _as_numpy(params), time_major, "", False)
   graph.nodes.append(onnx.helper.make_node("Transpose", [outputs], ["outputs"], perm=[1, 0, 2]))
   float32 = onnx.TensorProto.FLOAT
   value = onnx.helper.make_tensor_value_info
-  for (name, _), final in zip(carry, finals):
-    graph.nodes.append(onnx.helper.make_node("Identity", [final], [name]))
   inputs = [value("xs", float32, ["batch", "time", input_size])]
   if lengths:
     inputs.append(value("lengths", onnx.TensorProto.INT32, ["batch"]))
-  inputs += [value(name, float32, ["batch", size]) for name, size in graph.carry_inputs]
   model_outputs = ([value("outputs", float32, ["batch", "time", output_size])]
-                   + [value(name, float32, ["batch", size]) for name, size in carry])
-  onnx_graph = onnx.helper.make_graph(graph.nodes, f"rnn_jax_{type(_unwrap(layer)).__name__}",
-                                      inputs, model_outputs, graph.initializers)
-  opsets = [onnx.helper.make_opsetid("", opset)]
-  model = onnx.helper.make_model(
-      onnx_graph, opset_imports=opsets, producer_name="rnn_jax",
-      ir_version=max(4, onnx.helper.find_min_ir_version_for(opsets)),
-      doc_string=f"rnn_jax.export.to_onnx({layer!r}, lengths={lengths})")
-  onnx.checker.check_model(model, full_check=True)
-  onnx.save(model, os.fspath(path))
-  return model
+                   + _output_carry(onnx, graph, carry, finals))
+  return _finish(onnx, graph, inputs, model_outputs, f"rnn_jax_{type(_unwrap(layer)).__name__}",
+                 opset, f"rnn_jax.export.to_onnx({layer!r}, lengths={lengths})", path)
+
+
+# ----------------------------------------------------------------------------- trained models
+
+
+def classifier_to_onnx(trained: Any, path: str | os.PathLike, *, opset: int | None = None):
+  """Writes a trained sequence classifier (core -> summary -> dense) as an ONNX model.
+
+  The model's interface (no carry inputs: every sequence starts from the zero carry, as in
+  ``Classifier.apply``)::
+
+      input   xs      [batch, time, I]  float32, the sequences as the run fed them
+                                        (``datasets.as_sequences`` of the images)
+      output  logits  [batch, C]        float32
+
+  It computes ``trained.model.apply(trained.params, xs)`` with no dropout: the core as
+  ``to_onnx`` writes it, then ``rnn_jax.summary`` (the last step's output of a forward core;
+  for a bidirectional core the forward half's last and the backward half's first, concatenated),
+  then the dense layer.
+
+  Args:
+    trained: a :class:`rnn_jax.training.classification.TrainedClassifier` (``load(workdir)``),
+      or anything with its ``model`` (a ``Classifier``) and ``params``.
+    path: the ``.onnx`` file to write.
+    opset: as for ``to_onnx``.
+
+  Returns:
+    The ``onnx.ModelProto`` written.
+
+  Raises:
+    ValueError: a core ``to_onnx`` cannot write, a bidirectional core whose merge is not
+      ``"concat"`` (no summary), parameters that are not the model's, or a bad opset.
+    ImportError: without the ``onnx`` package.
+  """
+  onnx = _import_onnx()
+  model, params = trained.model, trained.params
+  check_exportable(model.core)
+  opset = _check_opset(onnx, opset)
+  input_size = model.core.input_size(params["core"])
+  # The model's own checks of the parameters, and the logits' size.
+  num_classes = jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct(
+      (1, 1, input_size), np.float32)).shape[-1]
+  numpy_params = _as_numpy(params)
+  graph = _Graph(onnx, False, ["xs", "logits"], feed_carry=False)
+  time_major = graph.op("Transpose", ["xs"], "xs_time_major", perm=[1, 0, 2])
+  outputs, _ = _emit(graph, model.core, numpy_params["core"], time_major, "",
+                     bool(model.options.reverse))
+  features = _emit_summary(graph, model.core, outputs, False)
+  graph.nodes.append(onnx.helper.make_node("Identity", [_emit_dense(
+      graph, numpy_params["dense"], features, "dense")], ["logits"]))
+  float32, value = onnx.TensorProto.FLOAT, onnx.helper.make_tensor_value_info
+  return _finish(onnx, graph, [value("xs", float32, ["batch", "time", input_size])],
+                 [value("logits", float32, ["batch", num_classes])], "rnn_jax_classifier",
+                 opset, f"rnn_jax.export.classifier_to_onnx: {model!r}", path)
+
+
+def char_lm_to_onnx(trained: Any, path: str | os.PathLike, *, opset: int | None = None):
+  """Writes a trained character LM (embedding -> core -> dense) as an ONNX model.
+
+  The model's interface, made to be served step by step or chunk by chunk (feed each call's
+  final carry back as the next call's ``initial_*``)::
+
+      inputs   ids             [batch, time]     int64, token ids (``vocabulary.encode``)
+               initial_<leaf>  [batch, H]        float32, optional (zeros), as in ``to_onnx``
+      outputs  logits          [batch, time, V]  float32, the next token's logits at each step
+               <leaf>          [batch, H]        the final carry (``carry_names(core)``)
+
+  It computes ``trained.model.apply(trained.params, ids, carry)`` with no dropout. The run's
+  vocabulary, when ``trained`` has one, is the model's metadata ``vocabulary``: a JSON list of
+  the characters in id order (the next id, ``len(list)``, is ``<unk>``).
+
+  Args:
+    trained: a :class:`rnn_jax.training.language_model.TrainedCharLM` (``load(workdir)``), or
+      anything with its ``model`` (a ``CharLM``) and ``params``.
+    path: the ``.onnx`` file to write.
+    opset: as for ``to_onnx``.
+
+  Returns:
+    The ``onnx.ModelProto`` written.
+
+  Raises:
+    ValueError: a core ``to_onnx`` cannot write, parameters that are not the model's, or a
+      bad opset.
+    ImportError: without the ``onnx`` package.
+  """
+  onnx = _import_onnx()
+  model, params = trained.model, trained.params
+  check_exportable(model.core)
+  opset = _check_opset(onnx, opset)
+  # The model's own checks of the parameters, and the logits' size.
+  vocab_size = jax.eval_shape(model.apply, params,
+                              jax.ShapeDtypeStruct((1, 1), np.int32))[0].shape[-1]
+  numpy_params = _as_numpy(params)
+  carry = _carry_paths(model.core)
+  graph = _Graph(onnx, False, ["ids", "logits", *_carry_io_names(carry)], source="ids")
+  time_major = graph.op("Transpose", ["ids"], "ids_time_major", perm=[1, 0])
+  embedded = graph.op("Gather", [graph.const(numpy_params["embed"], "embed"), time_major],
+                      "embedded", axis=0)
+  outputs, finals = _emit(graph, model.core, numpy_params["core"], embedded, "",
+                          bool(model.options.reverse))
+  logits = _emit_dense(graph, numpy_params["dense"], outputs, "dense")
+  graph.nodes.append(onnx.helper.make_node("Transpose", [logits], ["logits"], perm=[1, 0, 2]))
+  value = onnx.helper.make_tensor_value_info
+  vocabulary = getattr(trained, "vocabulary", None)
+  metadata = None if vocabulary is None else {"vocabulary": json.dumps(list(vocabulary.chars))}
+  return _finish(onnx, graph, [value("ids", onnx.TensorProto.INT64, ["batch", "time"])],
+                 [value("logits", onnx.TensorProto.FLOAT, ["batch", "time", vocab_size]),
+                  *_output_carry(onnx, graph, carry, finals)], "rnn_jax_char_lm", opset,
+                 f"rnn_jax.export.char_lm_to_onnx: {model!r}", path, metadata)
+
+
+def describe(model) -> list[str]:
+  """One line per input and output of an ONNX model: kind, name, element type and shape.
+
+  Example: ``input xs float32 [batch, time, 28]``; the initial carry inputs (overridable
+  initializers) end in ``(optional)``.
+  """
+  onnx = _import_onnx()
+  initializers = {tensor.name for tensor in model.graph.initializer}
+
+  def line(kind, value):
+    tensor = value.type.tensor_type
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+    shape = ", ".join(d.dim_param or str(d.dim_value) for d in tensor.shape.dim)
+    optional = " (optional)" if value.name in initializers else ""
+    return f"{kind} {value.name} {dtype} [{shape}]{optional}"
+
+  return ([line("input", value) for value in model.graph.input]
+          + [line("output", value) for value in model.graph.output])

@@ -21,6 +21,7 @@ import pytest
 
 from experiments import train_mnist
 from rnn_jax.training import classification, datasets, idx, optim, script
+from scripts import write_tiny_mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--cell=gru", "--hidden_size=8", "--batch_size=16", "--unroll=1", "--log_every=1",
@@ -57,16 +58,7 @@ def _script(*args, timeout=120, devices=None, **popen):
 @pytest.fixture(scope="module")
 def tiny_mnist(tmp_path_factory):
   """64 training and 20 test 'digits': class c lights up row band 2c..2c+4."""
-  folder = tmp_path_factory.mktemp("tiny_mnist")
-  rng = np.random.default_rng(0)
-  for split, count in (("train", 64), ("t10k", 20)):
-    labels = rng.integers(0, 10, count).astype(np.uint8)
-    images = rng.integers(0, 40, (count, 28, 28)).astype(np.uint8)
-    for index, label in enumerate(labels):
-      images[index, 2 * label:2 * label + 5] = 255
-    idx.write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
-    idx.write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
-  return str(folder)
+  return write_tiny_mnist(tmp_path_factory.mktemp("tiny_mnist"))
 
 
 def _summary(result):
