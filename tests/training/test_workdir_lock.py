@@ -99,7 +99,7 @@ def test_a_second_run_is_refused_and_a_killed_run_resumes(tmp_path):
   records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
   assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 41))
   assert len({(r["kind"], r["step"]) for r in records}) == len(records)  # Each record once.
-  assert records[-1]["kind"] == "eval" and records[-1]["step"] == 40
+  assert records[-1]["kind"] == "test" and records[-1]["step"] == 40
   assert json.loads(stdout.strip().splitlines()[-1])["resumed_from"] is None
 
   # A run killed with SIGKILL while it holds the lock: the same command resumes.
