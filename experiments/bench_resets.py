@@ -30,7 +30,7 @@ LAYERS = {
     "lstm": lambda hidden: rnn_jax.lstm(hidden),
     "gru": lambda hidden: rnn_jax.gru(hidden),
     "mingru (parallel)": lambda hidden: rnn_jax.mingru(hidden, parallel=True),
-    "lru (parallel)": lambda hidden: rnn_jax.lru(hidden, hidden, parallel=True),
+    "lru (parallel)": lambda hidden: rnn_jax.lru(hidden, hidden, skip="dense", parallel=True),
 }
 TARGETS = {"lstm": 1.1, "gru": 1.1, "mingru (parallel)": 1.2, "lru (parallel)": 1.2}
 

@@ -123,8 +123,17 @@ def _assert_trees_close(got, want, what):
   assert jax.tree.structure(got) == jax.tree.structure(want), what
 
 
-@pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("kind", LAYERS)
+def _cases():
+  """Every layer kind in every config: with lengths and reverse (the hardest) in the fast
+  suite, the other three marked slow (each case compiles two gradient programs: 5-30 s on a
+  loaded 2-core machine)."""
+  for kind in LAYERS:
+    for config in CONFIGS:
+      yield pytest.param(kind, config, id=f"{kind}-{config}",
+                         marks=() if config == "lengths_reverse" else pytest.mark.slow)
+
+
+@pytest.mark.parametrize("kind,config", list(_cases()))
 def test_run_with_resets_equals_segments_run_apart(kind, config):
   make, options = LAYERS[kind]
   layer = make()
