@@ -159,7 +159,7 @@ class Cell(Layer, abstract=True):
     """One ``jax.lax.scan`` over ``xs [T, ..., I]``, differentiated by autodiff or, with
     ``options.vjp == "fused"`` for a :class:`~rnn_jax.fused.FusedVJP` cell, by the fused
     backward: the ``"scan"`` kernel (:mod:`rnn_jax.kernels`). ``resets``: ``None`` or
-    ``[T, ...]`` bool, where the carry starts over (:func:`rnn_jax._scan.reset_flags`)."""
+    ``[T, ...]`` bool, where the carry starts over (``rnn_jax._scan.reset_flags``)."""
     scan = (fused.fused_scan if options.vjp == "fused" and isinstance(self, fused.FusedVJP)
             else _scan.scan_layer)
     return scan(self, params, xs, carry, lengths, resets=resets, reverse=options.reverse,

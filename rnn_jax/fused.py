@@ -22,7 +22,7 @@ derivative next to its equations (:mod:`rnn_jax.cells` does for the Elman
 RNN, LSTM and GRU); the scans, masking and weight-gradient matmuls are here,
 once. Any batch shape, ``lengths``, ``resets``, ``reverse`` and ``unroll`` work. With
 resets the forward pass zeroes the carry where a segment starts
-(:func:`rnn_jax._scan.reset_flags`) and saves the zeroed previous hidden
+(``rnn_jax._scan.reset_flags``) and saves the zeroed previous hidden
 state; the backward pass gives the carry before the reset no gradient.
 """
 

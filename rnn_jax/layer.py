@@ -18,7 +18,7 @@ as static arguments of ``jax.jit``), and offers:
   Composites (``stack``, ``bidirectional``) write ``run`` and pass the
   options and resets on. ``resets`` is ``None`` or ``[T, ...]`` bool in input
   time order (the carry starts over from zeros at each flagged step; see
-  :func:`rnn_jax._scan.reset_flags`); it is passed as a keyword and only when
+  ``rnn_jax._scan.reset_flags``); it is passed as a keyword and only when
   given (:func:`with_resets`), so layers and kernels written without it keep
   working for runs without resets;
 * ``step(params, carry, x_t) -> (carry, y_t)`` wherever stepping means

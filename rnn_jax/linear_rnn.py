@@ -42,7 +42,7 @@ the final carry is the carry after the last valid step; outputs there are
 zero. ``reverse=True`` with lengths reverses each valid prefix with
 :func:`rnn_jax.reverse_padded`. A reset (``rnn(..., resets=...)``) is the
 step ``a_t = 0``: the state starts over from ``b_t``, inside the same
-associative scan (:func:`rnn_jax._scan.reset_flags` says where).
+associative scan (``rnn_jax._scan.reset_flags`` says where).
 
 Shapes: ``I`` input size, ``H`` state size, ``O`` output size, ``T`` time,
 ``...`` any batch shape.

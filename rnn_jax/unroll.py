@@ -17,7 +17,7 @@ gives zero outputs and returns the initial carry; a length above ``T`` acts as
 Resets (``resets=``) start the carry over inside a sequence: episodes of a
 reinforcement-learning rollout, several documents packed into one row. The
 semantics, forwards and backwards, are written once in
-:func:`rnn_jax._scan.reset_flags`; :func:`reset_carry` is what a loop that
+``rnn_jax._scan.reset_flags``; :func:`reset_carry` is what a loop that
 steps a layer calls instead.
 """
 
