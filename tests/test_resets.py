@@ -296,3 +296,19 @@ def test_kernel_and_layer_without_resets_parameter_keep_working_and_refuse_reset
       rnn_jax.rnn(layer, params, xs, kernel="old_style", resets=jnp.asarray(RESETS))
   finally:
     kernels.unregister("old_style")
+
+
+class _OldScanGRU(rnn_jax.GRU):
+  """A layer written before resets existed: its ``scan`` has no ``resets`` parameter."""
+
+  def scan(self, params, xs, carry, lengths, options):
+    return super().scan(params, xs, carry, lengths, options)
+
+
+def test_layer_whose_scan_has_no_resets_runs_without_and_refuses_resets():
+  layer = _OldScanGRU(4)
+  params, xs, _ = _problem(layer)
+  np.testing.assert_array_equal(rnn_jax.rnn(layer, params, xs)[0],
+                                rnn_jax.rnn(rnn_jax.gru(4), params, xs)[0])
+  with pytest.raises(ValueError, match="resets: _OldScanGRU.scan has no resets parameter"):
+    rnn_jax.rnn(layer, params, xs, resets=jnp.asarray(RESETS), kernel="scan")
