@@ -22,13 +22,14 @@ from rnn_jax.layer import Layer, RunOptions, uses_dropout
 from rnn_jax.linear_rnn import LRU, LinearRNN, MinGRU, MinLSTM, lru, mingru, minlstm
 from rnn_jax._scan import reverse_padded
 from rnn_jax.summary import last_output, summary
-from rnn_jax.unroll import rnn
+from rnn_jax.unroll import reset_carry, rnn
 
 __all__ = [
     "Bidirectional", "Cell", "GRU", "LRU", "LSTM", "LSTMState", "Layer", "LinearRNN", "MinGRU",
     "MinLSTM", "Remat", "RunOptions", "SimpleRNN", "Stack", "bidirectional", "carry_gradient_norms",
     "gru",
-    "last_output", "lru", "lstm", "mingru", "minlstm", "remat", "reverse_padded", "rnn",
+    "last_output", "lru", "lstm", "mingru", "minlstm", "remat", "reset_carry", "reverse_padded",
+    "rnn",
     "simple_rnn", "stack", "summary", "uses_dropout",
 ]
 __version__ = "0.1.0"

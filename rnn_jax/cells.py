@@ -155,13 +155,14 @@ class Cell(Layer, abstract=True):
     check_step_input(self, params, carry, x)
     return self.recur(params, carry, self.project(params, x))
 
-  def scan(self, params, xs, carry, lengths, options: RunOptions):
+  def scan(self, params, xs, carry, lengths, options: RunOptions, resets=None):
     """One ``jax.lax.scan`` over ``xs [T, ..., I]``, differentiated by autodiff or, with
     ``options.vjp == "fused"`` for a :class:`~rnn_jax.fused.FusedVJP` cell, by the fused
-    backward: the ``"scan"`` kernel (:mod:`rnn_jax.kernels`)."""
+    backward: the ``"scan"`` kernel (:mod:`rnn_jax.kernels`). ``resets``: ``None`` or
+    ``[T, ...]`` bool, where the carry starts over (``rnn_jax._scan.reset_flags``)."""
     scan = (fused.fused_scan if options.vjp == "fused" and isinstance(self, fused.FusedVJP)
             else _scan.scan_layer)
-    return scan(self, params, xs, carry, lengths, reverse=options.reverse,
+    return scan(self, params, xs, carry, lengths, resets=resets, reverse=options.reverse,
                 unroll=options.unroll, hoist=options.hoist)
 
   def _weights(self, k_ih, k_hh, input_size: int, recurrent_init: Initializer) -> Params:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 import rnn_jax._scan as _scan
-from rnn_jax.layer import Layer, RunOptions, check_layer
+from rnn_jax.layer import Layer, RunOptions, check_layer, with_resets
 
 
 def split_key(key, num: int) -> list:
@@ -90,12 +90,13 @@ class Stack(Layer):
   def input_size(self, params) -> int:
     return self.layers[0].input_size(params[0])
 
-  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
+  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None, resets=None):
+    """Each layer over the whole sequence in turn; every layer resets at the same steps."""
     keys = split_key(rng, 2 * len(self.layers))
     final_carries = []
     for index, layer in enumerate(self.layers):
       xs, layer_carry = layer.run(params[index], xs, carry[index], lengths, options,
-                                  keys[2 * index])
+                                  keys[2 * index], **with_resets(resets))
       final_carries.append(layer_carry)
       if rng is not None and self.dropout > 0.0 and index < len(self.layers) - 1:
         xs = dropout_outputs(keys[2 * index + 1], xs, self.dropout, self.variational)
@@ -216,12 +217,15 @@ class Bidirectional(Layer):
   def input_size(self, params) -> int:
     return self.forward.input_size(params["forward"])
 
-  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
+  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None, resets=None):
+    """Both halves over the same inputs and ``resets`` (segments in input time order, so
+    the backward half reads each segment from its last step and no output mixes two)."""
     key_forward, key_backward = split_key(rng, 2)
     out_forward, carry_forward = self.forward.run(params["forward"], xs, carry[0], lengths,
-                                                  options, key_forward)
+                                                  options, key_forward, **with_resets(resets))
     out_backward, carry_backward = self.backward.run(params["backward"], xs, carry[1], lengths,
-                                                     options.flipped(), key_backward)
+                                                     options.flipped(), key_backward,
+                                                     **with_resets(resets))
     return self.merge_fn(out_forward, out_backward), (carry_forward, carry_backward)
 
   def summarize(self, outputs, lengths, reverse):
@@ -351,17 +355,18 @@ class Remat(Layer):
   def summarize(self, outputs, lengths, reverse):
     return self.layer.summarize(outputs, lengths, reverse)
 
-  def scan(self, params, xs, carry, lengths, options: RunOptions):
+  def scan(self, params, xs, carry, lengths, options: RunOptions, resets=None):
     """The ``"scan"`` kernel (:mod:`rnn_jax.kernels`): the wrapped layer's steps, each under
     ``jax.checkpoint``; a linear recurrence in its parallel mode, checkpointed whole."""
     if options.parallel:
-      run = lambda p, x, c: self.layer.scan(p, x, c, lengths, options)
+      run = lambda p, x, c: self.layer.scan(p, x, c, lengths, options, **with_resets(resets))
       return jax.checkpoint(run)(params, xs, carry)
     if self.every is not None:  # The wrapped layer's own steps, checkpointed by chunk.
-      return _scan.scan_layer(self.layer, params, xs, carry, lengths, reverse=options.reverse,
-                              unroll=options.unroll, checkpoint_every=self.every)
-    return _scan.scan_layer(self, params, xs, carry, lengths, reverse=options.reverse,
-                            unroll=options.unroll)
+      return _scan.scan_layer(self.layer, params, xs, carry, lengths, resets=resets,
+                              reverse=options.reverse, unroll=options.unroll,
+                              checkpoint_every=self.every)
+    return _scan.scan_layer(self, params, xs, carry, lengths, resets=resets,
+                            reverse=options.reverse, unroll=options.unroll)
 
 
 def remat(layer: Layer, every: int | None = None) -> Layer:

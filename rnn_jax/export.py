@@ -27,6 +27,11 @@ carry, as when streaming a sequence chunk by chunk. onnxruntime lists them under
 ``session.get_overridable_initializers()`` rather than ``get_inputs()``, and warns once per
 session that an initializer is also an input (this is that choice, not a problem).
 
+The graph has no ``resets`` input (``rnn(..., resets=...)``): an exported model runs whole
+sequences. To start a sequence over at serving time, begin a new call with the initial carry
+left out (zeros), which is what a reset means; nothing in the layer refuses export because
+resets exist.
+
 What maps to which operator (each time-major inside the graph, ``xs`` transposed once):
 
 * ``simple_rnn`` -> ``RNN`` (activation ``Tanh`` or ``Relu``); ``lstm`` -> ``LSTM`` with the

@@ -20,7 +20,10 @@ and finite differences in float64) and users still call ``jax.grad``.
 A cell opts in by deriving from :class:`FusedVJP` and writing its
 derivative next to its equations (:mod:`rnn_jax.cells` does for the Elman
 RNN, LSTM and GRU); the scans, masking and weight-gradient matmuls are here,
-once. Any batch shape, ``lengths``, ``reverse`` and ``unroll`` work.
+once. Any batch shape, ``lengths``, ``resets``, ``reverse`` and ``unroll`` work. With
+resets the forward pass zeroes the carry where a segment starts
+(``rnn_jax._scan.reset_flags``) and saves the zeroed previous hidden
+state; the backward pass gives the carry before the reset no gradient.
 """
 
 from __future__ import annotations
@@ -76,40 +79,46 @@ def time_batch_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.einsum("tnp,tnq->pq", a, b)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6, 7))
-def _fused(cell, params, xs, carry, lengths, reverse, unroll, hoist):
-  """The scan of ``xs [T, N, I]`` whose gradient is :func:`_fused_backward`."""
-  return _scan.scan_layer(cell, params, xs, carry, lengths, reverse=reverse, unroll=unroll,
-                          hoist=hoist)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 6, 7, 8))
+def _fused(cell, params, xs, carry, lengths, flags, reverse, unroll, hoist):
+  """The scan of ``xs [T, N, I]`` in reading order (``flags``: reset flags placed like ``xs``)
+  whose gradient is :func:`_fused_backward`."""
+  return _scan.scan_in_reading_order(cell, params, xs, carry, lengths, flags, reverse=reverse,
+                                     unroll=unroll, hoist=hoist)
 
 
-def _fused_forward(cell, params, xs, carry, lengths, reverse, unroll, hoist):
+def _fused_forward(cell, params, xs, carry, lengths, flags, reverse, unroll, hoist):
   del hoist  # The differentiated forward always projects all steps at once.
   px = cell.project(params, xs)
 
-  def body(carry, px_t, valid):
+  def body(carry, px_t, valid, reset):
+    carry = _scan.zero_where(reset, carry)  # The saved previous state is the post-reset one.
     new_carry, y, residuals = cell.recur_with_residuals(params, carry, px_t)
     return _scan.hold(valid, new_carry, carry), (_scan.zero_invalid(valid, y),
                                                  cell.hidden(carry), residuals)
 
   final_carry, (ys, h_prevs, residuals) = _scan.scan_steps(body, carry, px, lengths,
-                                                           reverse=reverse, unroll=unroll)
-  return (ys, final_carry), (params, xs, lengths, ys, h_prevs, residuals)
+                                                           resets=flags, reverse=reverse,
+                                                           unroll=unroll)
+  return (ys, final_carry), (params, xs, lengths, flags, ys, h_prevs, residuals)
 
 
 def _fused_backward(cell, reverse, unroll, hoist, saved, cotangents):
   del hoist
-  params, xs, lengths, ys, h_prevs, residuals = saved
+  params, xs, lengths, flags, ys, h_prevs, residuals = saved
   d_ys, d_final_carry = cotangents
 
-  def body(dcarry, step_input, valid):
+  def body(dcarry, step_input, valid, reset):
     dy, y, h_prev, residuals_t = step_input
     dcarry_prev, dz_in, dz_rec = cell.step_vjp(params, residuals_t, h_prev, y, dcarry,
                                                _scan.zero_invalid(valid, dy))
-    return _scan.hold(valid, dcarry_prev, dcarry), _scan.zero_invalid(valid, (dz_in, dz_rec))
+    dcarry_prev = _scan.hold(valid, dcarry_prev, dcarry)
+    # The carry before a reset was replaced by zeros: it gets no gradient.
+    return _scan.zero_where(reset, dcarry_prev), _scan.zero_invalid(valid, (dz_in, dz_rec))
 
   d_carry, (dz_in, dz_rec) = _scan.scan_steps(body, d_final_carry, (d_ys, ys, h_prevs, residuals),
-                                              lengths, reverse=not reverse, unroll=unroll)
+                                              lengths, resets=flags, reverse=not reverse,
+                                              unroll=unroll)
   w_ih = params["w_ih"]
   xs_promoted = xs.astype(jnp.promote_types(xs.dtype, w_ih.dtype))
   d_params = {"w_ih": time_batch_matmul(xs_promoted, dz_in),
@@ -118,15 +127,15 @@ def _fused_backward(cell, reverse, unroll, hoist, saved, cotangents):
                                        dz_in if dz_rec is None else dz_rec))
   d_params = {name: d_params[name].astype(value.dtype) for name, value in params.items()}
   d_xs = (dz_in @ w_ih.T).astype(xs.dtype)
-  d_lengths = None if lengths is None else np.zeros(lengths.shape, jax.dtypes.float0)
-  return d_params, d_xs, d_carry, d_lengths
+  no_gradient = lambda a: None if a is None else np.zeros(a.shape, jax.dtypes.float0)
+  return d_params, d_xs, d_carry, no_gradient(lengths), no_gradient(flags)
 
 
 _fused.defvjp(_fused_forward, _fused_backward)
 
 
 def fused_scan(cell: FusedVJP, params, xs: jax.Array, carry: Any, lengths=None, *,
-               reverse: bool = False, unroll: int = 1, hoist: bool = False):
+               resets=None, reverse: bool = False, unroll: int = 1, hoist: bool = False):
   """The cell's scan (:func:`rnn_jax._scan.scan_layer`) with the fused backward pass.
 
   Args:
@@ -135,6 +144,8 @@ def fused_scan(cell: FusedVJP, params, xs: jax.Array, carry: Any, lengths=None, 
     xs: ``[T, ..., I]`` time-major inputs, any batch shape ``...``.
     carry: initial carry, leaves ``[..., H]``.
     lengths: ``None`` or ``[...]`` int32 in ``[0, T]``.
+    resets: ``None`` or ``[T, ...]`` bool in input time order, as
+      :func:`rnn_jax._scan.scan_layer`'s.
     reverse: run from the last (valid) step to the first.
     unroll: ``jax.lax.scan``'s unroll, for both the forward and backward scans.
     hoist: whether the forward pass alone (no gradient taken) hoists the input
@@ -147,13 +158,16 @@ def fused_scan(cell: FusedVJP, params, xs: jax.Array, carry: Any, lengths=None, 
   size = math.prod(batch_shape)
   flat = lambda a: a.reshape((size, a.shape[-1]))
 
-  def run(xs, reverse):
+  def run(inputs, reverse):
+    xs, flags = inputs
     with jax.named_scope(f"fused_{cell.name}"):
       outputs, final = _fused(cell, params, xs.reshape((num_steps, size, xs.shape[-1])),
                               jax.tree.map(flat, carry),
                               None if lengths is None else lengths.reshape((size,)),
+                              None if flags is None else flags.reshape((num_steps, size, 1)),
                               bool(reverse), int(unroll), bool(hoist))
     return (outputs.reshape((num_steps, *batch_shape, outputs.shape[-1])),
             jax.tree.map(lambda a: a.reshape((*batch_shape, a.shape[-1])), final))
 
-  return _scan.run_in_valid_order(run, xs, lengths, reverse)
+  return _scan.run_in_valid_order(run, (xs, _scan.reset_flags(resets, lengths, reverse)),
+                                  lengths, reverse)

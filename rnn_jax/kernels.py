@@ -5,14 +5,19 @@ computes; a kernel says *how* a whole sequence of it is computed. A kernel is
 a :class:`Kernel`, a named pair of pure functions (the shape of an Optax
 transformation)::
 
-    unsupported(layer, params, xs, carry, lengths, backend) -> str | None
-    run(layer, params, xs, carry, lengths, options) -> (outputs, final carry)
+    unsupported(layer, params, xs, carry, lengths, backend, resets=None) -> str | None
+    run(layer, params, xs, carry, lengths, options, resets=None) -> (outputs, final carry)
 
 ``unsupported`` says why the kernel cannot run ``layer`` on these inputs
 (``None``: it can); ``run`` has the contract of ``Layer.run`` with the options
 already resolved (:meth:`rnn_jax.RunOptions.resolve`). Arrays are time-major:
-``xs [T, ..., I]``, ``lengths [...]`` int32 or ``None``; ``backend`` is a JAX
-backend name (``"cpu"``, ``"gpu"``, ...).
+``xs [T, ..., I]``, ``lengths [...]`` int32 or ``None``, ``resets [T, ...]``
+bool or ``None`` (where the carry starts over from zeros, in input time order:
+``rnn(..., resets=...)``); ``backend`` is a JAX backend name (``"cpu"``,
+``"gpu"``, ...). ``resets`` is passed as a keyword and only when a run has
+them, so a kernel written without the parameter keeps working without resets
+and is refused, with a reason naming ``resets``, in runs with them
+(:func:`why_unsupported`).
 
 Two kernels are registered with the package:
 
@@ -34,9 +39,10 @@ This module imports nothing from the rest of the package.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, NamedTuple
 
-__all__ = ["Kernel", "SCAN", "get", "names", "register", "unregister"]
+__all__ = ["Kernel", "SCAN", "get", "names", "register", "unregister", "why_unsupported"]
 
 
 class Kernel(NamedTuple):
@@ -44,11 +50,11 @@ class Kernel(NamedTuple):
 
   Attributes:
     name: what ``RunOptions.kernel`` and ``rnn(..., kernel=...)`` call it.
-    unsupported: ``(layer, params, xs, carry, lengths, backend) -> str | None``:
-      why this kernel cannot run ``layer`` on these inputs, or ``None``.
-      Called at trace time, on shapes and dtypes.
-    run: ``(layer, params, xs [T, ..., I], carry, lengths, options) ->
-      (outputs [T, ..., O], final carry)``, outputs in input time order.
+    unsupported: ``(layer, params, xs, carry, lengths, backend, resets=None) ->
+      str | None``: why this kernel cannot run ``layer`` on these inputs, or
+      ``None``. Called at trace time, on shapes and dtypes.
+    run: ``(layer, params, xs [T, ..., I], carry, lengths, options, resets=None)
+      -> (outputs [T, ..., O], final carry)``, outputs in input time order.
   """
 
   name: str
@@ -56,15 +62,42 @@ class Kernel(NamedTuple):
   run: Callable[..., tuple[Any, Any]]
 
 
-def _scan_unsupported(layer, params, xs, carry, lengths, backend) -> str | None:
+def takes_resets(function: Callable) -> bool:
+  """Whether ``function`` (a kernel's or a layer's) accepts a ``resets`` keyword."""
+  try:
+    parameters = inspect.signature(function).parameters
+  except (TypeError, ValueError):
+    return False
+  return "resets" in parameters or any(
+      parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values())
+
+
+def why_unsupported(kernel: Kernel, layer, params, xs, carry, lengths, backend,
+                    resets=None) -> str | None:
+  """``kernel.unsupported(...)``, passing ``resets`` only when given; a kernel whose
+  ``unsupported`` or ``run`` has no ``resets`` parameter cannot run a sequence with resets."""
+  if resets is None:
+    return kernel.unsupported(layer, params, xs, carry, lengths, backend)
+  if not (takes_resets(kernel.unsupported) and takes_resets(kernel.run)):
+    return (f"resets: the {kernel.name!r} kernel takes no resets (its unsupported/run have no "
+            "resets parameter); use kernel='scan'")
+  return kernel.unsupported(layer, params, xs, carry, lengths, backend, resets=resets)
+
+
+def _scan_unsupported(layer, params, xs, carry, lengths, backend, resets=None) -> str | None:
   del params, xs, carry, lengths, backend
   if not callable(getattr(layer, "scan", None)):
     return f"{type(layer).__name__} has no scan(params, xs, carry, lengths, options) of its own"
+  if resets is not None and not takes_resets(layer.scan):
+    return (f"resets: {type(layer).__name__}.scan has no resets parameter, so it cannot start "
+            "the carry over inside a sequence")
   return None
 
 
-def _scan_run(layer, params, xs, carry, lengths, options):
-  return layer.scan(params, xs, carry, lengths, options)
+def _scan_run(layer, params, xs, carry, lengths, options, resets=None):
+  if resets is None:
+    return layer.scan(params, xs, carry, lengths, options)
+  return layer.scan(params, xs, carry, lengths, options, resets=resets)
 
 
 SCAN = Kernel("scan", _scan_unsupported, _scan_run)

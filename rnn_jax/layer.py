@@ -8,14 +8,19 @@ as static arguments of ``jax.jit``), and offers:
 * ``init(key, input_size) -> params``: a plain pytree of arrays;
 * ``initial_carry(batch_shape=(), dtype=float32) -> carry`` of zeros;
 * ``input_size(params) -> I`` and the attribute ``output_size``;
-* ``run(params, xs [T, ..., I], carry, lengths, options, rng) -> (outputs
-  [T, ..., O], carry)``: the whole sequence, time-major, no argument checks
-  (:func:`rnn_jax.rnn` checks and then calls it). A leaf layer does not
-  write ``run``: it writes ``scan(params, xs, carry, lengths, options)``, its
-  own pure-JAX way through a sequence, and the inherited ``run`` resolves the
-  options and hands the sequence to the kernel they name
-  (:mod:`rnn_jax.kernels`; the scan kernel calls ``scan``). Composites
-  (``stack``, ``bidirectional``) write ``run`` and pass the options on;
+* ``run(params, xs [T, ..., I], carry, lengths, options, rng, resets=None)
+  -> (outputs [T, ..., O], carry)``: the whole sequence, time-major, no
+  argument checks (:func:`rnn_jax.rnn` checks and then calls it). A leaf
+  layer does not write ``run``: it writes ``scan(params, xs, carry, lengths,
+  options, resets=None)``, its own pure-JAX way through a sequence, and the
+  inherited ``run`` resolves the options and hands the sequence to the
+  kernel they name (:mod:`rnn_jax.kernels`; the scan kernel calls ``scan``).
+  Composites (``stack``, ``bidirectional``) write ``run`` and pass the
+  options and resets on. ``resets`` is ``None`` or ``[T, ...]`` bool in input
+  time order (the carry starts over from zeros at each flagged step; see
+  ``rnn_jax._scan.reset_flags``); it is passed as a keyword and only when
+  given (:func:`with_resets`), so layers and kernels written without it keep
+  working for runs without resets;
 * ``step(params, carry, x_t) -> (carry, y_t)`` wherever stepping means
   something (everything but a bidirectional layer), for generation;
 * ``sublayers`` and ``dropout``, from which :func:`uses_dropout` answers at
@@ -126,7 +131,8 @@ class RunOptions:
     return dataclasses.replace(self, reverse=not self.reverse)
 
   def resolve(self, layer: Layer, backend: str | None = None, *, xs: Any = None,
-              lengths: Any = None, params: Any = None, carry: Any = None) -> RunOptions:
+              lengths: Any = None, params: Any = None, carry: Any = None,
+              resets: Any = None) -> RunOptions:
     """These options with every ``None`` field decided for ``layer``: the one place that does.
 
     ``unroll``, ``vjp``, ``hoist`` and ``parallel`` come from the tables of
@@ -169,10 +175,12 @@ class RunOptions:
       kernel = tuned.TUNED_KERNEL.get(backend, kernels.SCAN.name)
       if kernel != kernels.SCAN.name and (
           xs is None or kernel not in kernels.names()
-          or kernels.get(kernel).unsupported(layer, params, xs, carry, lengths, backend)):
+          or kernels.why_unsupported(kernels.get(kernel), layer, params, xs, carry, lengths,
+                                     backend, resets)):
         kernel = kernels.SCAN.name
     elif xs is not None:
-      reason = kernels.get(kernel).unsupported(layer, params, xs, carry, lengths, backend)
+      reason = kernels.why_unsupported(kernels.get(kernel), layer, params, xs, carry, lengths,
+                                       backend, resets)
       if reason is not None:
         raise ValueError(f"kernel={kernel!r}: {reason}")
     return dataclasses.replace(self, unroll=unroll, vjp=vjp, hoist=hoist, kernel=kernel,
@@ -271,27 +279,33 @@ class Layer:
     return isinstance(self, FusedVJP) or any(sub.runs_fused_vjp() for sub in self.sublayers)
 
   def run(self, params: Any, xs: jax.Array, carry: Any, lengths: jax.Array | None,
-          options: RunOptions, rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
+          options: RunOptions, rng: jax.Array | None = None,
+          resets: jax.Array | None = None) -> tuple[jax.Array, Any]:
     """The whole sequence, time-major: ``xs [T, ..., I]`` from ``carry`` ->
     ``(outputs [T, ..., O], final carry)``.
 
     No argument checks (:func:`rnn_jax.rnn` checks, then calls this);
-    ``lengths`` is ``[...]`` or ``None``, ``rng`` the dropout key or ``None``.
+    ``lengths`` is ``[...]`` or ``None``, ``rng`` the dropout key or ``None``,
+    ``resets`` ``[T, ...]`` bool (the carry starts over at each flagged step) or ``None``.
     For a leaf layer: resolves ``options`` for it and these inputs
     (:meth:`RunOptions.resolve`) and runs the kernel they name
     (:mod:`rnn_jax.kernels`), by default its own ``scan``. Composites write
     their own ``run`` and pass the options on.
     """
     del rng  # A leaf layer has no dropout of its own.
-    options = options.resolve(self, xs=xs, lengths=lengths, params=params, carry=carry)
+    options = options.resolve(self, xs=xs, lengths=lengths, params=params, carry=carry,
+                              resets=resets)
     with jax.named_scope(getattr(self, "name", type(self).__name__.lower())):
-      return kernels.get(options.kernel).run(self, params, xs, carry, lengths, options)
+      return kernels.get(options.kernel).run(self, params, xs, carry, lengths, options,
+                                             **with_resets(resets))
 
   @required_method
   def scan(self, params: Any, xs: jax.Array, carry: Any, lengths: jax.Array | None,
-           options: RunOptions) -> tuple[jax.Array, Any]:
+           options: RunOptions, resets: jax.Array | None = None) -> tuple[jax.Array, Any]:
     """A leaf layer's own pure-JAX run over ``xs [T, ..., I]``, with ``options`` resolved:
-    the ``"scan"`` kernel. ``(outputs [T, ..., O], final carry)``, outputs in input order."""
+    the ``"scan"`` kernel. ``(outputs [T, ..., O], final carry)``, outputs in input order.
+    ``resets`` (``[T, ...]`` bool or ``None``; a layer that cannot start over may leave
+    the keyword out, and runs with resets then refuse it) is where the carry starts over."""
     raise NotImplementedError(f"{type(self).__name__}.scan")
 
   def step(self, params: Any, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
@@ -346,6 +360,13 @@ def compiled_init(init: Callable) -> Callable:
     return compiled(self, key, int(input_size))
 
   return init_compiled_once
+
+
+def with_resets(resets: jax.Array | None) -> dict:
+  """``{}`` without resets, else ``{"resets": resets}``: the keyword arguments with which a
+  run passes resets on, so that layers and kernels written before resets existed keep
+  working in runs without them."""
+  return {} if resets is None else {"resets": resets}
 
 
 def check_layer(argument: str, value: Any) -> None:

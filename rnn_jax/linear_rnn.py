@@ -40,7 +40,9 @@ Variable lengths follow the core: past a sequence's length the step is
 replaced by the identity (``a_t = 1``, ``b_t = 0``), so the carry is held and
 the final carry is the carry after the last valid step; outputs there are
 zero. ``reverse=True`` with lengths reverses each valid prefix with
-:func:`rnn_jax.reverse_padded`.
+:func:`rnn_jax.reverse_padded`. A reset (``rnn(..., resets=...)``) is the
+step ``a_t = 0``: the state starts over from ``b_t``, inside the same
+associative scan (``rnn_jax._scan.reset_flags`` says where).
 
 Shapes: ``I`` input size, ``H`` state size, ``O`` output size, ``T`` time,
 ``...`` any batch shape.
@@ -125,7 +127,7 @@ class LinearRNN(Layer, abstract=True):
     check_step_input(self, params, carry, x)
     return self.recur(params, carry, self.project(params, x))
 
-  def scan(self, params, xs, carry, lengths, options: RunOptions):
+  def scan(self, params, xs, carry, lengths, options: RunOptions, resets=None):
     """The ``"scan"`` kernel over ``xs [T, ..., I]`` (:mod:`rnn_jax.kernels`), in the mode
     ``options.parallel`` says: one associative scan, or the sequential ``jax.lax.scan``.
 
@@ -135,9 +137,9 @@ class LinearRNN(Layer, abstract=True):
     differentiated by autodiff.
     """
     if options.parallel:
-      return parallel_run(self, params, xs, carry, lengths, options.reverse)
-    return _scan.scan_layer(self, params, xs, carry, lengths, reverse=options.reverse,
-                            unroll=options.unroll, hoist=options.hoist)
+      return parallel_run(self, params, xs, carry, lengths, options.reverse, resets)
+    return _scan.scan_layer(self, params, xs, carry, lengths, resets=resets,
+                            reverse=options.reverse, unroll=options.unroll, hoist=options.hoist)
 
 
 def check_parallel(parallel) -> None:
@@ -211,7 +213,7 @@ linear_scan.defvjp(_linear_scan_forward, _linear_scan_backward)
 
 
 def parallel_run(layer: LinearRNN, params, xs: jax.Array, carry: jax.Array, lengths=None,
-                 reverse: bool = False):
+                 reverse: bool = False, resets=None):
   """Runs ``layer`` over time-major ``xs [T, ..., I]`` with one associative scan.
 
   Args:
@@ -221,18 +223,22 @@ def parallel_run(layer: LinearRNN, params, xs: jax.Array, carry: jax.Array, leng
     carry: ``h0 [..., H]``.
     lengths: ``None`` or ``[...]`` int32 already clipped to ``[0, T]``.
     reverse: run from the last (valid) step to the first.
+    resets: ``None`` or ``[T, ...]`` bool in input time order: the state
+      starts over at each flagged step (``a_t = 0`` in the scan's inputs).
 
   Returns:
     ``(outputs [T, ..., O], final h [..., H])``, outputs in input time order.
   """
 
-  def run(xs, reverse):
+  def run(inputs, reverse):
     if reverse:  # Whole sequences (lengths is None): read them flipped.
-      outputs, final = run(jnp.flip(xs, 0), False)
+      outputs, final = run(jax.tree.map(lambda x: jnp.flip(x, 0), inputs), False)
       return jnp.flip(outputs, 0), final
+    xs, flags = inputs
     a, b, skip = layer.project(params, xs)
     dtype = jnp.result_type(a, b, carry)
     a, b = a.astype(dtype), b.astype(dtype)
+    a = _scan.zero_where(flags, a)  # A new segment: h_t = b_t, whatever came before.
     valid = None if lengths is None else _scan.valid_mask(xs.shape[0], lengths)
     if valid is not None:  # Past the length the step is the identity: h is held.
       a = jnp.where(valid, a, jnp.ones_like(a))
@@ -240,7 +246,8 @@ def parallel_run(layer: LinearRNN, params, xs: jax.Array, carry: jax.Array, leng
     h = linear_scan(a, b, carry.astype(dtype))
     return _scan.zero_invalid(valid, layer.readout(params, h, skip)), h[-1]
 
-  return _scan.run_in_valid_order(run, xs, lengths, reverse)
+  return _scan.run_in_valid_order(run, (xs, _scan.reset_flags(resets, lengths, reverse)),
+                                  lengths, reverse)
 
 
 def g(x: jax.Array) -> jax.Array:

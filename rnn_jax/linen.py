@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.layer import Layer, RunOptions, check_layer, uses_dropout
-from rnn_jax.unroll import rnn
+from rnn_jax.unroll import reset_carry, rnn
 
 PARAM = "layer"
 """The name of the one parameter of :class:`RNN` and :class:`Cell`."""
@@ -93,7 +93,8 @@ class RNN(nn.Module):
 
   @nn.compact
   def __call__(self, xs: jax.Array, *, lengths: jax.Array | None = None,
-               initial_carry: Any = None, deterministic: bool = True):
+               initial_carry: Any = None, deterministic: bool = True,
+               resets: jax.Array | None = None):
     """Runs the layer.
 
     Args:
@@ -103,6 +104,8 @@ class RNN(nn.Module):
       deterministic: if False and the layer has dropout (a ``stack`` with
         ``dropout > 0``), draw a key with ``make_rng(rng_collection)`` and
         apply it; pass ``rngs={"dropout": key}`` to ``apply`` then.
+      resets: optional bool ``[..., T]`` (``[T, ...]`` if ``time_major``): the
+        carry starts over (zeros) at each flagged step, as :func:`rnn_jax.rnn`'s.
 
     Returns:
       ``outputs [..., T, O]``, or ``(outputs, final_carry)`` if ``return_carry``.
@@ -113,7 +116,7 @@ class RNN(nn.Module):
       dropout_rng = self.make_rng(self.rng_collection)
     outputs, carry = rnn(self.layer, params, xs, initial_carry=initial_carry, lengths=lengths,
                          options=self.run_options, time_major=self.time_major,
-                         dropout_rng=dropout_rng)
+                         dropout_rng=dropout_rng, resets=resets)
     return (outputs, carry) if self.return_carry else outputs
 
   @nn.nowrap
@@ -124,9 +127,12 @@ class RNN(nn.Module):
     """
     return self.layer.initial_carry(batch_shape)
 
-  def step(self, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+  def step(self, carry: Any, x: jax.Array, *,
+           resets: jax.Array | None = None) -> tuple[Any, jax.Array]:
     """One time step without dropout, ``(carry, x_t [..., I]) -> (carry, y_t [..., O])``:
-    what the run computes at each step.
+    what the run computes at each step; with ``resets`` (bool ``[...]``, the
+    carry's batch shape) the flagged entries start from the initial carry
+    (:func:`rnn_jax.reset_carry`), as a run's ``resets[..., t]`` does.
 
     Reads the parameter of an initialised ``RNN``:
     ``model.apply(variables, carry, x_t, method="step")`` (or ``model.step`` inside
@@ -139,6 +145,8 @@ class RNN(nn.Module):
       raise ValueError("RNN.step: no parameters yet; initialise with model.init(key, xs) "
                        "(the whole sequence) and call model.apply(variables, carry, x_t, "
                        "method='step')")
+    if resets is not None:
+      carry = reset_carry(self.layer, carry, resets)
     return self.layer.step(self.get_variable("params", PARAM), carry, x)
 
 
@@ -165,9 +173,13 @@ class Cell(nn.RNNCellBase):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
-    """One step: ``(carry, x_t [..., I]) -> (carry, y_t [..., O])``."""
+  def __call__(self, carry: Any, x: jax.Array, *,
+               resets: jax.Array | None = None) -> tuple[Any, jax.Array]:
+    """One step: ``(carry, x_t [..., I]) -> (carry, y_t [..., O])``; ``resets`` (bool
+    ``[...]``) starts the flagged entries from the initial carry (:func:`rnn_jax.reset_carry`)."""
     params = self.param(PARAM, self.layer.init, jnp.shape(x)[-1])
+    if resets is not None:
+      carry = reset_carry(self.layer, carry, resets)
     return self.layer.step(params, carry, x)
 
   @nn.nowrap

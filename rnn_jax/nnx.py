@@ -40,7 +40,7 @@ from flax import nnx
 import jax
 
 from rnn_jax.layer import Layer, RunOptions, check_layer, uses_dropout
-from rnn_jax.unroll import rnn
+from rnn_jax.unroll import reset_carry, rnn
 
 
 def to_param_value(params: Any) -> Any:
@@ -104,13 +104,18 @@ class _LayerParams(nnx.Module):
     """Zeros: the carry before the first step, leaves ``[*batch_shape, ...]`` (float32)."""
     return self.layer.initial_carry(batch_shape)
 
-  def step(self, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+  def step(self, carry: Any, x: jax.Array, *,
+           resets: jax.Array | None = None) -> tuple[Any, jax.Array]:
     """One time step without dropout, ``(carry, x_t [..., I]) -> (carry, y_t [..., O])``:
-    what :func:`rnn_jax.rnn` computes at each step.
+    what :func:`rnn_jax.rnn` computes at each step; with ``resets`` (bool ``[...]``,
+    the carry's batch shape) the flagged entries start from the initial carry
+    (:func:`rnn_jax.reset_carry`), as a run's ``resets[..., t]`` does.
 
     Raises:
       TypeError: for a layer that cannot be stepped (a bidirectional one).
     """
+    if resets is not None:
+      carry = reset_carry(self.layer, carry, resets)
     return self.layer.step(self.layer_params(), carry, x)
 
 
@@ -166,7 +171,8 @@ class RNN(_LayerParams):
 
   def __call__(self, xs: jax.Array, *, lengths: jax.Array | None = None,
                initial_carry: Any = None, deterministic: bool | None = None,
-               rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None):
+               rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+               resets: jax.Array | None = None):
     """Runs the layer.
 
     Args:
@@ -177,6 +183,8 @@ class RNN(_LayerParams):
       rngs: where this call's dropout key comes from instead of the layer's
         own stream: an ``nnx.Rngs`` (its ``"dropout"`` stream), an
         ``nnx.RngStream`` or a key.
+      resets: optional bool ``[..., T]`` (``[T, ...]`` if ``time_major``): the
+        carry starts over (zeros) at each flagged step, as :func:`rnn_jax.rnn`'s.
 
     Returns:
       ``outputs [..., T, O]``, or ``(outputs, final_carry)`` if ``return_carry``.
@@ -188,7 +196,7 @@ class RNN(_LayerParams):
       dropout_rng = self._dropout_key(rngs)
     outputs, carry = rnn(self.layer, self.layer_params(), xs, initial_carry=initial_carry,
                          lengths=lengths, options=self.options, time_major=self.time_major,
-                         dropout_rng=dropout_rng)
+                         dropout_rng=dropout_rng, resets=resets)
     return (outputs, carry) if self.return_carry else outputs
 
   def _dropout_key(self, rngs: nnx.Rngs | nnx.RngStream | jax.Array | None) -> jax.Array:
@@ -242,9 +250,10 @@ class Cell(_LayerParams, nnx.RNNCellBase):
     self._init_params(layer, input_size, rngs, "layer (for a flax.nnx cell use it directly)")
     _check_steppable(layer, self.layer_params())
 
-  def __call__(self, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+  def __call__(self, carry: Any, x: jax.Array, *,
+               resets: jax.Array | None = None) -> tuple[Any, jax.Array]:
     """One step: ``(carry, x_t [..., I]) -> (carry, y_t [..., O])``, as :meth:`step`."""
-    return self.step(carry, x)
+    return self.step(carry, x, resets=resets)
 
   def initialize_carry(self, input_shape: tuple[int, ...], rngs: Any = None,
                        carry_init: Any = None) -> Any:

@@ -116,7 +116,10 @@ def unsupported_reason(cell, xs, lengths, params=None, carry=None,
   return None
 
 
-def _unsupported(layer, params, xs, carry, lengths, backend) -> str | None:
+def _unsupported(layer, params, xs, carry, lengths, backend, resets=None) -> str | None:
+  if resets is not None:
+    return ("resets: oneDNN's RNN primitives cannot start the carry over inside a sequence "
+            "(rnn(..., resets=...)); use kernel='scan'")
   reason = unsupported_reason(layer, xs, lengths, params, carry, backend)
   if reason is None and not available():
     reason = INSTALL_HINT
@@ -231,8 +234,8 @@ def run(cell, params, xs, carry, reverse: bool = False):
   return outputs, h_t
 
 
-def _kernel_run(layer, params, xs, carry, lengths, options):
-  del lengths  # None: unsupported_reason refuses lengths.
+def _kernel_run(layer, params, xs, carry, lengths, options, resets=None):
+  del lengths, resets  # None: _unsupported refuses lengths and resets.
   with jax.named_scope("onednn"):
     return run(layer, params, xs, carry, options.reverse)
 

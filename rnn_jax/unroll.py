@@ -13,6 +13,12 @@ prefix is reversed (``tf.reverse_sequence``), so a backward pass starts at the
 true last step. Lengths outside ``[0, T]`` are clipped to it: a length of 0
 gives zero outputs and returns the initial carry; a length above ``T`` acts as
 ``T``.
+
+Resets (``resets=``) start the carry over inside a sequence: episodes of a
+reinforcement-learning rollout, several documents packed into one row. The
+semantics, forwards and backwards, are written once in
+``rnn_jax._scan.reset_flags``; :func:`reset_carry` is what a loop that
+steps a layer calls instead.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.layer import Layer, RunOptions, check_layer
+from rnn_jax.layer import Layer, RunOptions, check_layer, with_resets
 
-__all__ = ["rnn"]
+__all__ = ["reset_carry", "rnn"]
 
 
 def _leaves_by_path(tree) -> dict:
@@ -55,22 +61,31 @@ def _check_param_shapes(layer, params, expected: dict) -> None:
                        f"{layer!r}, got {tuple(jnp.shape(leaf))} (params of another size?)")
 
 
-def _check_carry(layer, carry, batch_shape):
+def _check_carry(layer, carry, batch_shape, name: str = "initial_carry"):
   expected = jax.eval_shape(lambda: layer.initial_carry(batch_shape))
   if jax.tree.structure(carry) != jax.tree.structure(expected):
-    raise ValueError(f"initial_carry: expected a pytree like {jax.tree.structure(expected)}, "
+    raise ValueError(f"{name}: expected a pytree like {jax.tree.structure(expected)}, "
                      f"got {jax.tree.structure(carry)}")
   for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(expected)):
     if tuple(got.shape) != tuple(want.shape):
-      raise ValueError(f"initial_carry: expected leaves of shape {tuple(want.shape)} "
+      raise ValueError(f"{name}: expected leaves of shape {tuple(want.shape)} "
                        f"(batch shape {tuple(batch_shape)} + hidden), got {tuple(got.shape)}")
+
+
+def _check_resets(resets, expected_shape: tuple, layout: str, name: str = "resets") -> jax.Array:
+  """``resets`` as a bool array of ``expected_shape``; ``ValueError`` naming ``name`` otherwise."""
+  resets = jnp.asarray(resets)
+  if resets.dtype != jnp.bool_ or resets.shape != tuple(expected_shape):
+    raise ValueError(f"{name}: expected a bool array of shape {tuple(expected_shape)} ({layout}), "
+                     f"got {resets.dtype} of shape {resets.shape}")
+  return resets
 
 
 def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
         options: RunOptions | None = None, reverse: bool | None = None, time_major: bool = False,
         unroll: int | None = None, dropout_rng: jax.Array | None = None,
         hoist: bool | None = None, vjp: str | None = None, kernel: str | None = None,
-        backward: str | None = None):
+        backward: str | None = None, resets=None):
   """Runs a layer (a cell, a linear recurrence, a ``stack``, ``bidirectional`` or ``remat``)
   over a sequence.
 
@@ -120,6 +135,20 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
       training on our CPU). See :mod:`rnn_jax.onednn`. Composites pass it to
       every layer.
     backward: the old name of ``vjp``; deprecated.
+    resets: optional bool ``[..., T]`` (``[T, ...]`` with ``time_major``):
+      ``resets[..., t]`` starts a new segment at step ``t``, so the carry
+      entering step ``t`` is the layer's zero initial carry, whatever came
+      before; ``initial_carry`` enters the first segment (only where step 0
+      is not flagged). Segments are in input time order: with ``reverse``,
+      and in a bidirectional layer's backward half, each is read from its
+      last step to its first (the carry is zeroed before the last step of
+      every segment but the final one, which the initial carry enters), so
+      no output mixes two segments. Flags at or past a sequence's length
+      change nothing. A run with no flag set equals a run without resets,
+      bitwise. Every layer and mode takes them (the linear recurrences'
+      parallel mode as ``a_t = 0`` inside its associative scan) except the
+      oneDNN kernel (``ValueError``). :func:`reset_carry` is the stepping
+      counterpart.
 
   Returns:
     ``(outputs, final_carry)``; outputs ``[..., T, O]`` (``[T, ..., O]`` if
@@ -129,7 +158,8 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
   Raises:
     TypeError: when ``layer`` is not an rnn_jax layer.
     ValueError: on a wrong rank, an input size that does not match ``params``,
-      ``lengths`` of the wrong shape or dtype, a mismatched ``initial_carry``,
+      ``lengths`` of the wrong shape or dtype, ``resets`` that are not bool or
+      not shaped like ``xs`` without its feature axis, a mismatched ``initial_carry``,
       an unknown ``vjp`` or ``kernel``, or ``kernel="onednn"`` where oneDNN
       cannot run a cell (the message says why).
   """
@@ -157,8 +187,13 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
     raise ValueError(f"xs: expected input size {input_size} in the last axis (from params), "
                      f"got shape {xs.shape}")
   _check_param_shapes(layer, params, expected_params)
+  if resets is not None:
+    resets = _check_resets(resets, xs.shape[:-1], "[T, ...] with time_major=True, xs without "
+                           "its feature axis" if time_major else "[..., T], xs without its "
+                           "feature axis")
   if not time_major:
     xs = jnp.moveaxis(xs, -2, 0)
+    resets = None if resets is None else jnp.moveaxis(resets, -1, 0)
   num_steps, batch_shape = xs.shape[0], xs.shape[1:-1]
 
   if lengths is not None:
@@ -182,7 +217,44 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
         lambda leaf: jnp.asarray(leaf).astype(jnp.promote_types(leaf.dtype, carry_dtype)),
         initial_carry)
 
-  outputs, carry = layer.run(params, xs, initial_carry, lengths, options, dropout_rng)
+  outputs, carry = layer.run(params, xs, initial_carry, lengths, options, dropout_rng,
+                             **with_resets(resets))
   if not time_major:
     outputs = jnp.moveaxis(outputs, 0, -2)
   return outputs, carry
+
+
+def reset_carry(layer: Layer, carry: Any, reset) -> Any:
+  """``carry`` with the batch entries where ``reset`` is true replaced by the initial carry.
+
+  What a loop that steps a layer (an acting loop over environments whose
+  episodes end at different times) calls before ``layer.step``: stepping
+  ``carry = reset_carry(layer, carry, resets[:, t])`` then
+  ``carry, y = layer.step(params, carry, xs[:, t])`` gives the outputs and
+  carries of ``rnn(layer, params, xs, resets=resets)``. Works for any layer,
+  composites included (every leaf of the carry pytree); the initial carry is
+  ``layer.initial_carry`` (zeros), in each leaf's dtype.
+
+  Args:
+    layer: any layer.
+    carry: its carry, leaves ``[..., F]``.
+    reset: bool ``[...]``, the carry's batch shape.
+
+  Returns:
+    A carry of the same structure, shapes and dtypes.
+
+  Raises:
+    TypeError: when ``layer`` is not an rnn_jax layer.
+    ValueError: when ``reset`` is not bool of the carry's batch shape, or
+      ``carry`` is not a carry of ``layer``.
+  """
+  check_layer("layer (the first argument)", layer)
+  batch_shape = tuple(jax.tree.leaves(carry)[0].shape[:-1])
+  reset = _check_resets(reset, batch_shape, "the carry's batch shape, one flag per sequence",
+                        "reset")
+  _check_carry(layer, carry, batch_shape, "carry")
+  dtype = jax.tree.leaves(carry)[0].dtype
+  initial = layer.initial_carry(batch_shape, dtype if jnp.issubdtype(dtype, jnp.floating)
+                                else jnp.float32)
+  return jax.tree.map(lambda start, leaf: jnp.where(reset[..., None], start.astype(leaf.dtype),
+                                                    leaf), initial, carry)

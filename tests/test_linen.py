@@ -243,3 +243,24 @@ def test_cell_in_flax_linen_rnn_scan_and_a_loop_matches_rnn(rnn_jit):
     carry, y = STEPPABLE.step(params, carry, x)
     np.testing.assert_allclose(want_y, y, atol=1e-6)
     x = jnp.repeat(y.mean(-1, keepdims=True), INPUT, axis=-1)
+
+
+def test_resets_reach_rnn_and_step_and_cell_reset_like_the_run(rnn_jit):
+  xs = _inputs(9)
+  resets = np.array([[False, False, True, False, False], [True, False, False, False, True],
+                     [False, True, False, True, False]])
+  model = rnn_linen.RNN(STEPPABLE, return_carry=True)
+  variables = model.init(jax.random.key(2), xs)
+  want_out, want_carry = rnn_jit(STEPPABLE, variables["params"]["layer"], xs, resets=resets)
+  got_out, got_carry = jax.jit(lambda v, x, r: model.apply(v, x, resets=r))(variables, xs, resets)
+  np.testing.assert_allclose(got_out, want_out, atol=1e-6)
+  cell = rnn_linen.Cell(STEPPABLE)
+  for apply_step in (lambda c, x, r: model.apply(variables, c, x, resets=r, method="step"),
+                     lambda c, x, r: cell.apply(variables, c, x, resets=r)):
+    carry, outputs = model.initial_carry((BATCH,)), []
+    for t in range(STEPS):
+      carry, y = jax.jit(apply_step)(carry, xs[:, t], resets[:, t])
+      outputs.append(y)
+    np.testing.assert_allclose(jnp.stack(outputs, 1), want_out, atol=1e-6)
+    for got, want in zip(jax.tree.leaves((carry, got_carry)), jax.tree.leaves((want_carry,) * 2)):
+      np.testing.assert_allclose(got, want, atol=1e-6)

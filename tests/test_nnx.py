@@ -240,3 +240,24 @@ def test_rnn_and_cell_step_like_the_run(rnn_jit):
     rnn_nnx.Cell(BIDIRECTIONAL, INPUT, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="carry_init"):
     cell.initialize_carry(xs[:, 0].shape, carry_init=jnp.zeros)
+
+
+def test_resets_reach_rnn_and_step_and_cell_reset_like_the_run(rnn_jit):
+  xs = _inputs(9)
+  resets = np.array([[False, False, True, False, False], [True, False, False, False, True],
+                     [False, True, False, True, False]])
+  model = rnn_nnx.RNN(STEPPABLE, INPUT, rngs=nnx.Rngs(3), return_carry=True)
+  want_out, want_carry = rnn_jit(STEPPABLE, model.layer_params(), xs, resets=resets)
+  got_out, got_carry = nnx.jit(lambda m, x, r: m(x, resets=r))(model, xs, resets)
+  np.testing.assert_allclose(got_out, want_out, atol=1e-6)
+  _assert_trees_close(got_carry, want_carry)
+  cell = rnn_nnx.Cell(STEPPABLE, INPUT, rngs=nnx.Rngs(3))
+  step = nnx.jit(lambda m, c, x, r: m.step(c, x, resets=r))
+  call = nnx.jit(lambda m, c, x, r: m(c, x, resets=r))   # a cell's __call__ is one step
+  for module, advance in ((model, step), (cell, step), (cell, call)):
+    carry, outputs = module.initial_carry((BATCH,)), []
+    for t in range(STEPS):
+      carry, y = advance(module, carry, xs[:, t], resets[:, t])
+      outputs.append(y)
+    np.testing.assert_allclose(jnp.stack(outputs, 1), want_out, atol=1e-6)
+    _assert_trees_close(carry, want_carry)
