@@ -129,10 +129,11 @@ def test_bfloat16_module_is_widened():
   np.testing.assert_array_equal(params["w_hh"], module.weight_hh_l0.float().detach().numpy().T)
 
 
-def test_torch_params_in_flax_linen_layer():
-  """from_torch's params are what rnn_jax.linen.RNN keeps under "layer"."""
+@pytest.mark.parametrize("proj_size", [0, 2])
+def test_torch_params_in_flax_linen_layer(proj_size):
+  """from_torch's params are what rnn_jax.linen.RNN keeps under "layer" (projected LSTMs too)."""
   from rnn_jax import linen as rnn_linen  # pylint: disable=g-import-not-at-top
-  module = _module("lstm", 14, num_layers=2, batch_first=True)
+  module = _module("lstm", 14, num_layers=2, batch_first=True, proj_size=proj_size)
   cell, params = interop.from_torch(module)
   x = _inputs(True, 15)
   with torch.no_grad():
