@@ -179,6 +179,15 @@ def test_values_compose_and_evaluation_runs_as_steps(make):
   assert any(np.any(g != 0.0) for g in jax.tree.leaves(grads["backward"]))
 
 
+def test_remat_goes_inside_the_regularisers():
+  cell = rnn_jax.lstm(H)
+  outer = rnn_jax.remat(rnn_jax.stack([rnn_jax.weight_drop(rnn_jax.zoneout(cell, 0.1), 0.2)]))
+  inner = rnn_jax.stack([rnn_jax.weight_drop(rnn_jax.zoneout(rnn_jax.remat(cell), 0.1), 0.2)])
+  assert outer == inner
+  assert rnn_jax.remat(rnn_jax.zoneout(cell, 0.1), every=3) == rnn_jax.zoneout(
+      rnn_jax.remat(cell, every=3), 0.1)
+
+
 def test_remat_inside_zoneout_gives_the_same_numbers():
   cell = rnn_jax.lstm(H)
   params, xs = _params(cell), _xs()
