@@ -309,8 +309,8 @@ def test_projected_lstm_matches_torch_outputs_states_and_gradients(layers, bidir
 
   x_torch = torch.tensor(x, requires_grad=True)
   want_out, (h_n, c_n) = _run_torch(module, x_torch, lengths, state)
-  loss = ((want_out * torch.from_numpy(out_weights)).sum() + (h_n * torch.from_numpy(h_weights)).sum()
-          + (c_n * torch.from_numpy(c_weights)).sum())
+  loss = ((want_out * torch.from_numpy(out_weights)).sum()
+          + (h_n * torch.from_numpy(h_weights)).sum() + (c_n * torch.from_numpy(c_weights)).sum())
   loss.backward()
 
   cell, params = interop.from_torch(module)
