@@ -9,7 +9,10 @@ The text (``--text_file``, or Tiny Shakespeare found as
 character offset as tensorflow-datasets splits it; the vocabulary is the
 training split's characters plus ``<unk>``. The model is embedding -> the
 recurrent core (``--cell`` x ``--num_layers``) -> dense; ``--dropout`` drops
-the embeddings, the core's outputs and, in a stack, between layers. With
+the embeddings, the core's outputs and, in a stack, between layers, with a
+fresh mask per step (``--variational_dropout``: one per window). The LM kit:
+``--proj_size`` and ``--layer_norm`` (LSTM only), ``--zoneout`` and
+``--weight_drop`` (the recurrent connections, in training). With
 ``--tbptt`` (the default) the training text is cut into ``--batch_size``
 contiguous streams and step ``i`` trains on window ``i`` of ``--window``
 characters of each, from the carry the previous window ended with (part of
@@ -20,7 +23,8 @@ The task is :class:`rnn_jax.training.language_model.CharLMTask`, run by
 run writes (``--workdir``, default ``runs/char_lm-<config hash>``: checkpoints,
 ``vocabulary.json``, ``metrics.jsonl``, ``curves.png``, ``sample.txt``), how it
 resumes bitwise, runs data-parallel, and its exit statuses. The last line is
-one JSON object (``val_loss``, ``test_loss`` in nats/char, ``val_bpc``,
+one JSON object (``val_loss``, ``test_loss`` in nats/char, ``last10_loss``
+(validation and test together: nanoGPT's "val" split), ``val_bpc``,
 ``test_bpc``, ``chars_per_second``, ...). Sample from a trained run with
 ``python -m experiments.generate --workdir=DIR``. From Python:
 ``train_char_lm.run({"steps": 100}, "runs/x", train_char_lm.Options())``.
@@ -48,6 +52,8 @@ except ImportError as missing:  # The `train` extra is not installed.
   runtime.exit_for_missing_extra(missing, __name__, "the training toolkit")
 
 UsageError = script.UsageError
+WEIGHT_DROP_CELLS = ("gru", "irnn", "lstm", "rnn")
+"""The cells of ``--cell`` with a recurrent matrix ``w_hh`` for ``--weight_drop``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +90,30 @@ class CharLMConfig(Config):
   remat_every: int = setting(0, "Keep the carry only every K steps of a window in the backward "
                              "pass and recompute each chunk (for long --window); 0: off.",
                              lower=0, added=True)
+  proj_size: int = setting(0, "LSTM only: project each layer's output and recurrent input to "
+                           "this many units (rnn_jax.lstm(proj_size=...)); 0: none.", lower=0,
+                           added=True)
+  layer_norm: bool = setting(False, "LSTM only: the layer-normalised LSTM (Ba et al. 2016).",
+                             added=True)
+  zoneout: float = setting(0.0, "Zoneout rate of every layer's carry in training "
+                           "(rnn_jax.zoneout; Krueger et al. 2017).", lower=0.0, below=1.0,
+                           added=True)
+  weight_drop: float = setting(0.0, "DropConnect rate of every layer's recurrent matrix w_hh in "
+                               "training, one mask per step's windows (rnn_jax.weight_drop; "
+                               "AWD-LSTM).", lower=0.0, below=1.0, added=True)
+  variational_dropout: bool = setting(False, "Draw the --dropout masks once per window, shared "
+                                      "by all its time steps (variational/locked dropout), "
+                                      "instead of afresh at every step.", added=True)
+
+  def check(self) -> None:
+    """The cell options that only some cells have."""
+    for name in ("proj_size", "layer_norm"):
+      if getattr(self, name) and self.cell != "lstm":
+        raise UsageError(f"flag --{name}={getattr(self, name)}: an option of --cell=lstm, not "
+                         f"--cell={self.cell}")
+    if self.weight_drop and self.cell not in WEIGHT_DROP_CELLS:
+      raise UsageError(f"flag --weight_drop={self.weight_drop}: --cell={self.cell} has no "
+                       f"recurrent matrix w_hh; use one of {', '.join(WEIGHT_DROP_CELLS)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Layers (:mod:`rnn_jax.layer`) are immutable values of hyperparameters with
 pure methods: cells (:mod:`rnn_jax.cells`), linear recurrences
-(:mod:`rnn_jax.linear_rnn`) and their compositions (:mod:`rnn_jax.compose`).
+(:mod:`rnn_jax.linear_rnn`), their compositions (:mod:`rnn_jax.compose`) and
+regularisers (:mod:`rnn_jax.regularizers`).
 Parameters are plain pytrees of arrays; :func:`rnn` unrolls any layer over
 time with ``jax.lax.scan``. This package needs only jax and numpy; the Flax
 layers (``rnn_jax.linen``, ``rnn_jax.nnx``) need flax, ``rnn_jax.interop``
@@ -20,17 +21,17 @@ from rnn_jax.compose import Bidirectional, Remat, Stack, bidirectional, remat, s
 from rnn_jax.gradient_flow import carry_gradient_norms
 from rnn_jax.layer import Layer, RunOptions, uses_dropout
 from rnn_jax.linear_rnn import LRU, LinearRNN, MinGRU, MinLSTM, lru, mingru, minlstm
+from rnn_jax.regularizers import WeightDrop, Zoneout, weight_drop, zoneout
 from rnn_jax._scan import reverse_padded
 from rnn_jax.summary import last_output, summary
 from rnn_jax.unroll import reset_carry, rnn
 
 __all__ = [
     "Bidirectional", "Cell", "GRU", "LRU", "LSTM", "LSTMState", "Layer", "LinearRNN", "MinGRU",
-    "MinLSTM", "Remat", "RunOptions", "SimpleRNN", "Stack", "bidirectional", "carry_gradient_norms",
-    "gru",
+    "MinLSTM", "Remat", "RunOptions", "SimpleRNN", "Stack", "WeightDrop", "Zoneout",
+    "bidirectional", "carry_gradient_norms", "gru",
     "last_output", "lru", "lstm", "mingru", "minlstm", "remat", "reset_carry", "reverse_padded",
-    "rnn",
-    "simple_rnn", "stack", "summary", "uses_dropout",
+    "rnn", "simple_rnn", "stack", "summary", "uses_dropout", "weight_drop", "zoneout",
 ]
 __version__ = "0.1.0"
 

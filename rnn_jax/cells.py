@@ -112,6 +112,28 @@ def affine_input(params: Params, x: jax.Array, bias: str, blocks: int = 1) -> ja
   return product + params[bias]
 
 
+LAYER_NORM_EPSILON = 1e-5
+"""Added to the variance inside the square root of :func:`normalized` (PyTorch's default)."""
+
+
+def normalized(v: jax.Array, gain: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+  """Layer normalisation over the last axis: ``gain * (v - mean) / sqrt(var + 1e-5) + bias``.
+
+  Args:
+    v: ``[..., F]``.
+    gain: ``[F]``.
+    bias: ``[F]`` or ``None`` (no bias).
+
+  Returns:
+    ``[..., F]``; the mean and (biased) variance are taken over ``F``.
+  """
+  mean = v.mean(axis=-1, keepdims=True)
+  centred = v - mean
+  variance = (centred * centred).mean(axis=-1, keepdims=True)
+  out = gain * centred * jax.lax.rsqrt(variance + LAYER_NORM_EPSILON)
+  return out if bias is None else out + bias
+
+
 class Cell(Layer, abstract=True):
   """Base of the steppable cells: their ``scan`` is one ``jax.lax.scan`` of ``step``.
 
@@ -160,7 +182,7 @@ class Cell(Layer, abstract=True):
     ``options.vjp == "fused"`` for a :class:`~rnn_jax.fused.FusedVJP` cell, by the fused
     backward: the ``"scan"`` kernel (:mod:`rnn_jax.kernels`). ``resets``: ``None`` or
     ``[T, ...]`` bool, where the carry starts over (``rnn_jax._scan.reset_flags``)."""
-    scan = (fused.fused_scan if options.vjp == "fused" and isinstance(self, fused.FusedVJP)
+    scan = (fused.fused_scan if options.vjp == "fused" and self.runs_fused_vjp()
             else _scan.scan_layer)
     return scan(self, params, xs, carry, lengths, resets=resets, reverse=options.reverse,
                 unroll=options.unroll, hoist=options.hoist)
@@ -250,6 +272,27 @@ class LSTM(Cell, fused.FusedVJP):
 
   Params: ``w_ih [I, 4H]``, ``w_hh [H, 4H]``, ``b [4H]``. Carry:
   ``LSTMState(h [..., H], c [..., H])``. Built by :func:`lstm`.
+
+  With ``proj_size=P > 0`` (PyTorch's projected LSTM, Sak et al. 2014) the
+  hidden state is projected, ``h_t = (o * tanh(c_t)) @ w_hr`` with
+  ``w_hr [H, P]``; ``h_t`` is the output and the recurrent input, so
+  ``w_hh`` is ``[P, 4H]`` and the carry is ``LSTMState(h [..., P], c [..., H])``.
+
+  With ``layer_norm=True`` (Ba, Kiros & Hinton 2016, "Layer Normalization",
+  eqs. 20-22), writing ``LN(v; gain, bias) = gain * (v - mean(v)) /
+  sqrt(var(v) + 1e-5) + bias`` over the last axis of ``v``::
+
+      z   = LN(x_t @ w_ih; ln_ih_gain, 0) + LN(h_{t-1} @ w_hh; ln_hh_gain, 0) + b
+      c_t = f * c_{t-1} + i * g          (gates from z as above, forget_bias included)
+      h_t = o * tanh(LN(c_t; ln_c_gain, ln_c_bias))
+
+  The two ``[4H]`` pre-activation terms are normalised each over all four
+  gate blocks together (as in the paper); their biases are the one ``b [4H]``
+  (the paper's two LN biases and ``b`` are one parameter). Extra params:
+  ``ln_ih_gain [4H]``, ``ln_hh_gain [4H]``, ``ln_c_gain [H]`` (ones) and
+  ``ln_c_bias [H]`` (zeros). Both options may be combined (the projection
+  follows ``o * tanh(LN(c_t))``); either one turns the fused backward off
+  (:meth:`runs_fused_vjp`; ``vjp="fused"`` then differentiates by autodiff).
   """
 
   FACTORY: ClassVar[str] = "lstm"
@@ -269,29 +312,82 @@ class LSTM(Cell, fused.FusedVJP):
   recurrent_init: Initializer = dataclasses.field(default=orthogonal, repr=False)
   bias_init: Initializer = dataclasses.field(default=zeros, repr=False)
   param_dtype: Any = jnp.float32
+  proj_size: int = 0
+  layer_norm: bool = False
 
   def __post_init__(self):
     check_size("hidden_size", self.hidden_size)
     if not isinstance(self.forget_bias, numbers.Real) or isinstance(self.forget_bias, bool):
       raise ValueError(f"forget_bias must be a number, got {self.forget_bias!r}")
+    if self.proj_size != 0:
+      check_size("proj_size (0: no projection)", self.proj_size)
+    if not isinstance(self.layer_norm, bool):
+      raise ValueError(f"layer_norm must be a bool, got {self.layer_norm!r}")
+
+  @property
+  def output_size(self) -> int:
+    """``P`` with a projection, else ``H``."""
+    return self.proj_size or self.hidden_size
+
+  def runs_fused_vjp(self) -> bool:
+    """Whether ``vjp="fused"`` applies: the hand-written backward covers the plain LSTM only
+    (no ``proj_size``, no ``layer_norm``); for those, autodiff differentiates the scan."""
+    return not (self.proj_size or self.layer_norm)
 
   def initial_carry(self, batch_shape=(), dtype=jnp.float32):
-    zeros_h = super().initial_carry(batch_shape, dtype)
-    return LSTMState(zeros_h, zeros_h)
+    zeros_c = super().initial_carry(batch_shape, dtype)
+    zeros_h = zeros_carry(batch_shape, self.proj_size, dtype) if self.proj_size else zeros_c
+    return LSTMState(zeros_h, zeros_c)
 
   @compiled_init
   def init(self, key, input_size: int) -> Params:
-    k_ih, k_hh, k_b = jax.random.split(key, 3)
-    params = self._weights(k_ih, k_hh, input_size, self.recurrent_init)
-    params["b"] = self.bias_init(k_b, (4 * self.hidden_size,), self.param_dtype)
+    k_ih, k_hh, k_b, k_hr = jax.random.split(key, 4)
+    width = 4 * self.hidden_size
+    params = {
+        "w_ih": blockwise(self.kernel_init, 4)(k_ih, (input_size, width), self.param_dtype),
+        "w_hh": blockwise(self.recurrent_init, 4)(k_hh, (self.output_size, width),
+                                                  self.param_dtype),
+        "b": self.bias_init(k_b, (width,), self.param_dtype),
+    }
+    if self.proj_size:
+      params["w_hr"] = self.kernel_init(k_hr, (self.hidden_size, self.proj_size),
+                                        self.param_dtype)
+    if self.layer_norm:
+      ones = lambda size: jnp.ones((size,), self.param_dtype)
+      params.update(ln_ih_gain=ones(width), ln_hh_gain=ones(width),
+                    ln_c_gain=ones(self.hidden_size),
+                    ln_c_bias=jnp.zeros((self.hidden_size,), self.param_dtype))
     return params
 
   def project(self, params, x):
-    return affine_input(params, x, "b", self.GATES)
+    """``x @ w_ih + b``; with ``layer_norm``, ``LN(x @ w_ih; ln_ih_gain) + b`` (per step, so
+    it still hoists out of the time loop)."""
+    if not self.layer_norm:
+      return affine_input(params, x, "b", self.GATES)
+    weights = params["w_ih"]
+    x = x.astype(jnp.promote_types(x.dtype, weights.dtype))
+    return normalized(x @ weights, params["ln_ih_gain"]) + params["b"]
 
   def recur(self, params, state, px):
+    if self.proj_size or self.layer_norm:
+      return self._recur_extended(params, state, px)
     state, _, _ = self.recur_with_residuals(params, state, px)
     return state, state.h
+
+  def _recur_extended(self, params, state, px):
+    """``recur`` with the projection and/or layer normalisation (see the class doc)."""
+    recurrent = state.h @ params["w_hh"]
+    if self.layer_norm:
+      recurrent = normalized(recurrent, params["ln_hh_gain"])
+    i, f, g, o = jnp.split(px + recurrent, 4, axis=-1)
+    i, f = jax.nn.sigmoid(i), jax.nn.sigmoid(f + self.forget_bias)
+    g, o = jnp.tanh(g), jax.nn.sigmoid(o)
+    c = f * state.c + i * g
+    shown = normalized(c, params["ln_c_gain"], params["ln_c_bias"]) if self.layer_norm else c
+    h = o * jnp.tanh(shown)
+    if self.proj_size:
+      h = h @ params["w_hr"]
+    return LSTMState(h, c), h
 
   def recur_with_residuals(self, params, state, px):
     """Also returns ``(gates [..., 4H] activated (i, f, g, o), c_{t-1}, tanh(c_t))``."""
@@ -460,17 +556,28 @@ def simple_rnn(hidden_size: int, activation: str = "tanh", *,
 
 def lstm(hidden_size: int, forget_bias: float = 1.0, *,
          kernel_init: Initializer = glorot_uniform, recurrent_init: Initializer = orthogonal,
-         bias_init: Initializer = zeros, param_dtype=jnp.float32) -> LSTM:
+         bias_init: Initializer = zeros, param_dtype=jnp.float32, proj_size: int = 0,
+         layer_norm: bool = False) -> LSTM:
   """Long short-term memory, gates fused in the order (i, f, g, o) of PyTorch/cuDNN.
 
   See :class:`LSTM` for the equations. ``forget_bias`` is a constant added to
   the forget gate's pre-activation at run time, as in TF1's BasicLSTMCell (it
   is not a parameter; use 0.0 to match PyTorch).
 
-  Params: ``w_ih [I, 4H]``, ``w_hh [H, 4H]`` (each gate block initialised
-  separately), ``b [4H]``. Carry: ``LSTMState(h [..., H], c [..., H])``.
+  Args:
+    proj_size: ``P > 0``: PyTorch's projected LSTM (``torch.nn.LSTM(proj_size=P)``):
+      ``h_t = (o * tanh(c_t)) @ w_hr``, ``w_hr [H, P]`` (initialised by
+      ``kernel_init``), output and recurrent input of size ``P``. 0: none.
+    layer_norm: the layer-normalised LSTM of Ba et al. (2016); equations and
+      extra params in :class:`LSTM`.
+
+  Params: ``w_ih [I, 4H]``, ``w_hh [H, 4H]`` (``[P, 4H]`` with a projection;
+  each gate block initialised separately), ``b [4H]``, plus ``w_hr`` and the
+  layer-norm gains and bias when asked. Carry: ``LSTMState(h [..., H], c [..., H])``
+  (``h [..., P]`` with a projection).
   """
-  return LSTM(hidden_size, forget_bias, kernel_init, recurrent_init, bias_init, param_dtype)
+  return LSTM(hidden_size, forget_bias, kernel_init, recurrent_init, bias_init, param_dtype,
+              proj_size, layer_norm)
 
 
 def gru(hidden_size: int, reset_after: bool = True, *,

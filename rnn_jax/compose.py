@@ -373,8 +373,10 @@ def remat(layer: Layer, every: int | None = None) -> Layer:
   """``layer`` with its backward pass rematerialised (:class:`Remat`), at any nesting depth.
 
   A ``stack`` or ``bidirectional`` keeps its structure (and dropout) with
-  each leaf layer wrapped; wrapping a ``remat`` again sets its ``every``.
-  Params and carries are those of ``layer``.
+  each leaf layer wrapped; wrapping a ``remat`` again sets its ``every``. A
+  wrapper of one layer (a dataclass with a ``layer`` field: ``zoneout``,
+  ``weight_drop``) stays outside, the ``remat`` goes inside it, so that its
+  dropout still acts. Params and carries are those of ``layer``.
 
   Args:
     layer: any layer.
@@ -392,4 +394,6 @@ def remat(layer: Layer, every: int | None = None) -> Layer:
   if isinstance(layer, Bidirectional):
     return dataclasses.replace(layer, forward=remat(layer.forward, every),
                                backward=remat(layer.backward, every))
+  if dataclasses.is_dataclass(layer) and "layer" in {f.name for f in dataclasses.fields(layer)}:
+    return dataclasses.replace(layer, layer=remat(layer.layer, every))
   return Remat(layer, every)

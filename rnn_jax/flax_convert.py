@@ -193,7 +193,8 @@ def to_flax(layer: Layer, params: Any, cell) -> Any:
   family, layout = _flax_kind(cell)
   activation = _activation_name(cell, family)
   wanted = {"lstm": LSTM, "gru": GRU, "simple": SimpleRNN}[family]
-  if not isinstance(layer, wanted) or getattr(layer, "reset_after", True) is False:
+  if (not isinstance(layer, wanted) or getattr(layer, "reset_after", True) is False
+      or getattr(layer, "proj_size", 0) or getattr(layer, "layer_norm", False)):
     raise ValueError(f"to_flax: {layer!r} does not compute a Flax {type(cell).__name__}")
   if layer.hidden_size != _hidden_size(cell):
     raise ValueError(f"to_flax: {layer!r} has hidden size {layer.hidden_size}, the cell "

@@ -31,8 +31,10 @@ The mapping (``G`` gates: 1 for RNN, 4 for LSTM, 3 for GRU):
   Without one the two agree with the torch module in ``eval()`` mode (or with
   ``dropout=0``). For ``num_layers=1`` torch ignores ``dropout``, and so does
   the plain cell returned.
-* ``proj_size > 0`` (LSTM with projections) has no rnn_jax equivalent and
-  raises ``ValueError``.
+* ``proj_size = P > 0`` (LSTM with projections) -> ``rnn_jax.lstm(H, forget_bias=0.0,
+  proj_size=P)``; ``weight_hr_l{k}`` ``[P, H]`` -> ``w_hr [H, P]``, ``weight_hh_l{k}``
+  is then ``[4H, P]`` -> ``w_hh [P, 4H]``, and ``h_n`` is ``[L*D, ..., P]`` while
+  ``c_n`` stays ``[L*D, ..., H]``.
 
 Going back: ``to_torch_state`` / ``from_torch_state`` convert final or initial
 carries to and from torch's ``h_n [L*D, ..., H]`` layout (layer-major,
@@ -76,12 +78,10 @@ def _cell_of(module) -> tuple[Cell, int, int]:
   torch = _import_torch()
   nn = torch.nn
   if isinstance(module, nn.RNNBase):
-    if getattr(module, "proj_size", 0) > 0:
-      raise ValueError(f"from_torch: LSTM with proj_size={module.proj_size} (projected hidden "
-                       "state) has no rnn_jax equivalent; only proj_size=0 is supported")
     by_mode = {"RNN_TANH": lambda h: simple_rnn(h, "tanh"),
                "RNN_RELU": lambda h: simple_rnn(h, "relu"),
-               "LSTM": lambda h: lstm(h, forget_bias=0.0),
+               "LSTM": lambda h: lstm(h, forget_bias=0.0,
+                                      proj_size=getattr(module, "proj_size", 0)),
                "GRU": lambda h: gru(h, reset_after=True)}
     if module.mode not in by_mode:
       raise ValueError(f"from_torch: unsupported RNN mode {module.mode!r}")
@@ -115,6 +115,8 @@ def _layer_params(cell: Cell, module, suffix: str) -> dict:
   else:
     b_ih = b_hh = np.zeros(w_ih.shape[0], w_ih.dtype)
   params = {"w_ih": jnp.asarray(w_ih.T), "w_hh": jnp.asarray(w_hh.T)}
+  if getattr(cell, "proj_size", 0):
+    params["w_hr"] = jnp.asarray(_numpy(getattr(module, "weight_hr" + suffix)).T)
   if isinstance(cell, GRU):
     params.update(b_ih=jnp.asarray(b_ih), b_hh=jnp.asarray(b_hh))
   else:
@@ -142,13 +144,13 @@ def from_torch(module) -> tuple[Any, Any]:
     ``bidirectional(cell, cell)`` layer for ``bidirectional=True``, a
     ``stack`` of those (``dropout=module.dropout``) for ``num_layers > 1``;
     params are ``jax.Array`` pytrees as ``cell.init`` would return
-    (``w_ih [I_k, G*H]``, ``w_hh [H, G*H]``, ``b [G*H]`` or ``b_ih``/``b_hh``;
-    ``I_k`` is ``I`` for the first layer, ``D*H`` after), in the module's
+    (``w_ih [I_k, G*H]``, ``w_hh [H, G*H]``, ``b [G*H]`` or ``b_ih``/``b_hh``,
+    and ``w_hr [H, P]`` with ``w_hh [P, 4H]`` for ``proj_size=P``; ``I_k`` is ``I``
+    for the first layer, ``D*H`` (``D*P``) after), in the module's
     dtype (float64 only with ``jax_enable_x64``; bfloat16 is widened to float32).
 
   Raises:
     TypeError: for any other module.
-    ValueError: for an LSTM with ``proj_size > 0``.
   """
   cell, num_layers, directions = _cell_of(module)
   layer_cells, layer_params = [], []
@@ -275,7 +277,8 @@ def _torch_biases(cell: Cell, params: dict, hidden: int) -> tuple[np.ndarray, np
 def _torch_signature(cell: Cell) -> tuple:
   """What a torch module fixes for all its layers: type, size, activation (not forget_bias)."""
   return (type(cell), cell.hidden_size, getattr(cell, "activation", None),
-          getattr(cell, "reset_after", None))
+          getattr(cell, "reset_after", None), getattr(cell, "proj_size", 0),
+          getattr(cell, "layer_norm", False))
 
 
 def _new_module(kind: str, structure, cell, params, batch_first: bool):
@@ -288,13 +291,15 @@ def _new_module(kind: str, structure, cell, params, batch_first: bool):
                 dropout=cell.dropout if isinstance(cell, Stack) else 0.0)
   if kind == "RNN":
     kwargs["nonlinearity"] = first.activation
+  if getattr(first, "proj_size", 0):
+    kwargs["proj_size"] = first.proj_size
   return getattr(torch.nn, kind)(**kwargs)
 
 
 def _torch_kind(cell: Cell) -> str | None:
   """``"LSTM"``, ``"GRU"`` or ``"RNN"``: the torch module family of ``cell``; ``None`` if none
   computes it (a ``gru(reset_after=False)``, a linear recurrence)."""
-  if getattr(cell, "reset_after", True) is False:
+  if getattr(cell, "reset_after", True) is False or getattr(cell, "layer_norm", False):
     return None
   return getattr(cell, "TORCH_MODULE", None)
 
@@ -342,10 +347,11 @@ def to_torch(cell, params, module=None, *, batch_first: bool = False, as_cell: b
   """
   torch = _import_torch()
   if as_cell:
-    if not isinstance(cell, Cell) or _torch_kind(cell) is None:
-      raise ValueError(f"to_torch(as_cell=True): {cell!r} is not an lstm, gru or simple_rnn "
-                       "cell; torch's single-step cells (nn.LSTMCell, nn.GRUCell, nn.RNNCell) "
-                       "hold one of those")
+    if (not isinstance(cell, Cell) or _torch_kind(cell) is None
+        or getattr(cell, "proj_size", 0)):
+      raise ValueError(f"to_torch(as_cell=True): {cell!r} is not an lstm (without proj_size), "
+                       "gru or simple_rnn cell; torch's single-step cells (nn.LSTMCell, "
+                       "nn.GRUCell, nn.RNNCell) hold one of those")
     if module is not None and not isinstance(module, torch.nn.RNNCellBase):
       raise ValueError(f"to_torch(as_cell=True): module must be a torch cell, got "
                        f"{type(module).__name__}")
@@ -380,6 +386,8 @@ def to_torch(cell, params, module=None, *, batch_first: bool = False, as_cell: b
       bias_ih, bias_hh = _torch_biases(part_cell, part, part_cell.hidden_size)
       values["weight_ih" + suffix] = _numpy(part["w_ih"]).T
       values["weight_hh" + suffix] = _numpy(part["w_hh"]).T
+      if getattr(part_cell, "proj_size", 0):
+        values["weight_hr" + suffix] = _numpy(part["w_hr"]).T
       if module.bias:
         values["bias_ih" + suffix], values["bias_hh" + suffix] = bias_ih, bias_hh
       elif np.any(bias_ih) or np.any(bias_hh):

@@ -83,7 +83,7 @@ def _kind(cell) -> int | None:
   """The extension's ``kind`` for ``cell`` (0 LSTM, 1 lbr GRU, 2 vanilla GRU), or None:
   the cells oneDNN implements, by class."""
   if type(cell) is LSTM:  # pylint: disable=unidiomatic-typecheck  # Not subclasses.
-    return 0
+    return None if cell.proj_size or cell.layer_norm else 0
   if type(cell) is GRU:  # pylint: disable=unidiomatic-typecheck
     return 1 if cell.reset_after else 2
   return None
@@ -99,7 +99,8 @@ def unsupported_reason(cell, xs, lengths, params=None, carry=None,
   is installed (:func:`available`).
   """
   if _kind(cell) is None:
-    return f"oneDNN kernels run LSTM and GRU cells only, not {type(cell).__name__} ({cell!r})"
+    return (f"oneDNN kernels run LSTM and GRU cells only (an LSTM without proj_size or "
+            f"layer_norm), not {type(cell).__name__} ({cell!r})")
   if lengths is not None:
     return "oneDNN's RNN primitives have no variable lengths (lengths=...); use kernel='scan'"
   if jnp.dtype(xs.dtype) != jnp.float32:

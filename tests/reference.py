@@ -51,15 +51,42 @@ def elman_step(params, h, x, activation="tanh"):
 
 
 def lstm_step(params, carry, x, forget_bias=1.0):
-  """One LSTM step, gates (i, f, g, o); ``carry = (h [H], c [H])``."""
+  """One LSTM step, gates (i, f, g, o); ``carry = (h [H], c [H])``; with ``w_hr`` in
+  ``params`` the projected LSTM (``h [P]``) and with ``ln_ih_gain`` the layer-normalised one."""
+  if "ln_ih_gain" in params:
+    return layer_norm_lstm_step(params, carry, x, forget_bias)
   h, c = carry
-  hidden = h.shape[0]
+  hidden = c.shape[0]
   i = sigmoid(_gate(params, x, h, 0, hidden))
   f = sigmoid(_gate(params, x, h, 1, hidden) + forget_bias)
   g = np.tanh(_gate(params, x, h, 2, hidden))
   o = sigmoid(_gate(params, x, h, 3, hidden))
   c = f * c + i * g
   h = o * np.tanh(c)
+  if "w_hr" in params:
+    h = h @ params["w_hr"]
+  return (h, c), h
+
+
+def layer_norm(v, gain, bias=0.0, epsilon=1e-5):
+  """``gain * (v - mean(v)) / sqrt(var(v) + epsilon) + bias`` over the whole vector ``v``."""
+  return gain * (v - v.mean()) / np.sqrt(v.var() + epsilon) + bias
+
+
+def layer_norm_lstm_step(params, carry, x, forget_bias=1.0):
+  """Ba, Kiros & Hinton (2016) eqs. 20-22, written out: the input and recurrent terms
+  normalised apart over all ``4H`` pre-activations, then the cell state before its tanh."""
+  h, c = carry
+  hidden = c.shape[0]
+  z = (layer_norm(x @ params["w_ih"], params["ln_ih_gain"])
+       + layer_norm(h @ params["w_hh"], params["ln_hh_gain"]) + params["b"])
+  block = lambda k: z[k * hidden:(k + 1) * hidden]
+  i, f = sigmoid(block(0)), sigmoid(block(1) + forget_bias)
+  g, o = np.tanh(block(2)), sigmoid(block(3))
+  c = f * c + i * g
+  h = o * np.tanh(layer_norm(c, params["ln_c_gain"], params["ln_c_bias"]))
+  if "w_hr" in params:
+    h = h @ params["w_hr"]
   return (h, c), h
 
 
@@ -335,7 +362,7 @@ register(rnn_jax.SimpleRNN, lambda cell, p: (lambda h, x: elman_step(p, h, x, ce
              "irnn": lambda h: rnn_jax.simple_rnn(h, "relu", recurrent_init="identity"),
          }, gates=1)
 register(rnn_jax.LSTM, lambda cell, p: (lambda carry, x: lstm_step(p, carry, x, cell.forget_bias)),
-         lambda cell: (_zeros(cell), _zeros(cell)), {
+         lambda cell: (np.zeros(cell.output_size), _zeros(cell)), {
              "lstm_fb0": lambda h: rnn_jax.lstm(h, forget_bias=0.0),
              "lstm_fb1": lambda h: rnn_jax.lstm(h, forget_bias=1.0),
          }, gates=4)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import rnn_jax
-from rnn_jax import cells
+from rnn_jax import cells, checks
 import reference
 
 CELLS = reference.example_cells()  # Every registered cell (tests/reference.py).
@@ -218,3 +218,54 @@ def test_input_projection_of_a_single_feature_is_taken_per_gate_block_with_the_s
   text = jax.jit(lambda p, x: cells.affine_input(p, x, "b", blocks=3)).lower(
       {"w_ih": jnp.ones((2, 12)), "b": params["b"]}, wider).as_text()
   assert text.count("dot_general") == 1
+
+
+LSTM_VARIANTS = {
+    "proj": lambda: rnn_jax.lstm(5, forget_bias=0.5, proj_size=3),
+    "layer_norm": lambda: rnn_jax.lstm(5, forget_bias=0.5, layer_norm=True),
+    "layer_norm_proj": lambda: rnn_jax.lstm(5, forget_bias=0.5, layer_norm=True, proj_size=3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LSTM_VARIANTS))
+def test_projected_and_layer_normalised_lstm_match_their_numpy_equations(name, random_params):
+  """Whole sequences (lengths, both directions) against tests/reference.py's equations,
+  layer-norm gains and biases random so that every one of them counts."""
+  cell = LSTM_VARIANTS[name]()
+  params = random_params(cell, 3, seed=3)
+  rng = np.random.default_rng(4)
+  xs = rng.standard_normal((3, 6, 3)).astype(np.float32)
+  lengths = np.array([6, 2, 4], np.int32)
+  ref = reference.cell_layer(cell, params)
+  zero = reference.zero_carry(cell)
+  for reverse in (False, True):
+    outputs, final = rnn_jax.rnn(cell, params, xs, lengths=lengths, reverse=reverse)
+    want_outputs, want_finals = reference.run_batch(ref, xs, lengths=lengths, reverse=reverse,
+                                                    zero=zero)
+    np.testing.assert_allclose(outputs, want_outputs, atol=2e-5)
+    for b, want in enumerate(want_finals):
+      np.testing.assert_allclose(final.h[b], want[0], atol=2e-5)
+      np.testing.assert_allclose(final.c[b], want[1], atol=2e-5)
+  assert outputs.shape[-1] == cell.output_size == (cell.proj_size or cell.hidden_size)
+
+
+def test_projected_and_layer_normalised_lstm_params_and_carry():
+  cell = rnn_jax.lstm(5, proj_size=3, layer_norm=True)
+  params = cell.init(jax.random.key(0), 2)
+  assert {name: value.shape for name, value in params.items()} == {
+      "w_ih": (2, 20), "w_hh": (3, 20), "b": (20,), "w_hr": (5, 3), "ln_ih_gain": (20,),
+      "ln_hh_gain": (20,), "ln_c_gain": (5,), "ln_c_bias": (5,)}
+  np.testing.assert_array_equal(params["ln_c_gain"], 1.0)
+  np.testing.assert_array_equal(params["ln_c_bias"], 0.0)
+  carry = cell.initial_carry((4,))
+  assert carry.h.shape == (4, 3) and carry.c.shape == (4, 5)
+  assert repr(cell) == "lstm(5, proj_size=3, layer_norm=True)"
+  assert cell == eval(f"rnn_jax.{cell!r}") and hash(cell) == hash(rnn_jax.lstm(5, proj_size=3,
+                                                                              layer_norm=True))
+  assert not cell.runs_fused_vjp() and rnn_jax.lstm(5).runs_fused_vjp()
+  checks.assert_run_matches_steps(cell, params, jnp.ones((4, 3, 2)),
+                                  lengths=jnp.array([3, 1, 0, 2]))
+  with pytest.raises(ValueError, match="proj_size"):
+    rnn_jax.lstm(5, proj_size=-1)
+  with pytest.raises(ValueError, match="layer_norm must be a bool"):
+    rnn_jax.lstm(5, layer_norm=1)

@@ -117,6 +117,9 @@ def test_forget_bias_and_gru_biases_go_into_flax(layout):
 
 
 def test_refusals_name_the_argument():
+  for variant in (rnn_jax.lstm(HIDDEN, proj_size=2), rnn_jax.lstm(HIDDEN, layer_norm=True)):
+    with pytest.raises(ValueError, match="does not compute a Flax LSTMCell"):
+      flax_convert.to_flax(variant, variant.init(jax.random.key(0), INPUT), nn.LSTMCell(HIDDEN))
   with pytest.raises(TypeError, match="cell: expected a flax.linen or flax.nnx LSTMCell"):
     flax_convert.from_flax(nn.MGUCell(HIDDEN), {})
   with pytest.raises(ValueError, match="activation_fn .* no rnn_jax counterpart"):

@@ -129,10 +129,11 @@ def test_bfloat16_module_is_widened():
   np.testing.assert_array_equal(params["w_hh"], module.weight_hh_l0.float().detach().numpy().T)
 
 
-def test_torch_params_in_flax_linen_layer():
-  """from_torch's params are what rnn_jax.linen.RNN keeps under "layer"."""
+@pytest.mark.parametrize("proj_size", [0, 2])
+def test_torch_params_in_flax_linen_layer(proj_size):
+  """from_torch's params are what rnn_jax.linen.RNN keeps under "layer" (projected LSTMs too)."""
   from rnn_jax import linen as rnn_linen  # pylint: disable=g-import-not-at-top
-  module = _module("lstm", 14, num_layers=2, batch_first=True)
+  module = _module("lstm", 14, num_layers=2, batch_first=True, proj_size=proj_size)
   cell, params = interop.from_torch(module)
   x = _inputs(True, 15)
   with torch.no_grad():
@@ -280,9 +281,97 @@ def test_to_torch_into_existing_module_and_cell():
   np.testing.assert_array_equal(lstm_cell.bias_ih.detach().numpy()[HIDDEN:2 * HIDDEN], 1.0)
 
 
+PROJ = 2  # proj_size of the projected LSTMs below (< HIDDEN, as torch requires)
+
+
+@pytest.mark.parametrize("layers, bidir, batch_first, packed, with_state", [
+    (1, False, True, False, False), (1, True, False, True, True), (2, True, True, True, True),
+    (2, False, False, True, False)], ids=["L1", "L1_bi_packed_h0", "L2_bi_packed_h0", "L2_packed"])
+def test_projected_lstm_matches_torch_outputs_states_and_gradients(layers, bidir, batch_first,
+                                                                   packed, with_state):
+  torch.manual_seed(7)
+  module = torch.nn.LSTM(INPUT, HIDDEN, num_layers=layers, bidirectional=bidir,
+                         batch_first=batch_first, proj_size=PROJ).eval()
+  x = _inputs(batch_first, 8)
+  lengths = LENGTHS if packed else None
+  directions = layers * (2 if bidir else 1)
+  rng = np.random.default_rng(9)
+  state = None
+  if with_state:
+    state = (torch.tensor(rng.standard_normal((directions, BATCH, PROJ)), dtype=torch.float32),
+             torch.tensor(rng.standard_normal((directions, BATCH, HIDDEN)), dtype=torch.float32))
+  out_weights = rng.standard_normal((BATCH, STEPS, PROJ * (2 if bidir else 1)))
+  if not batch_first:
+    out_weights = np.swapaxes(out_weights, 0, 1)
+  out_weights = out_weights.astype(np.float32)
+  h_weights = rng.standard_normal((directions, BATCH, PROJ)).astype(np.float32)
+  c_weights = rng.standard_normal((directions, BATCH, HIDDEN)).astype(np.float32)
+
+  x_torch = torch.tensor(x, requires_grad=True)
+  want_out, (h_n, c_n) = _run_torch(module, x_torch, lengths, state)
+  loss = ((want_out * torch.from_numpy(out_weights)).sum()
+          + (h_n * torch.from_numpy(h_weights)).sum() + (c_n * torch.from_numpy(c_weights)).sum())
+  loss.backward()
+
+  cell, params = interop.from_torch(module)
+  leaf = cell.layers[0] if layers > 1 else cell
+  leaf = leaf.forward if bidir else leaf
+  assert leaf == rnn_jax.lstm(HIDDEN, forget_bias=0.0, proj_size=PROJ)
+  carry = interop.from_torch_state(cell, state) if with_state else None
+  length_array = None if lengths is None else jnp.array(lengths)
+
+  def ours(params, xs):
+    out, final = rnn_jax.rnn(cell, params, xs, initial_carry=carry, lengths=length_array,
+                             time_major=not batch_first)
+    h, c = interop.to_torch_state(cell, final)
+    value = jnp.sum(out * out_weights) + jnp.sum(h * h_weights) + jnp.sum(c * c_weights)
+    return value, (out, h, c)
+
+  (value, (out, h, c)), (d_params, d_x) = jax.jit(
+      jax.value_and_grad(ours, argnums=(0, 1), has_aux=True))(params, x)
+  np.testing.assert_allclose(out, want_out.detach().numpy(), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(h, h_n.detach().numpy(), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(c, c_n.detach().numpy(), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(value, loss.item(), rtol=1e-5)
+  np.testing.assert_allclose(d_x, x_torch.grad.numpy(), atol=1e-4, rtol=0)
+  # The parameter gradients, written back in torch's layout and compared name by name.
+  grads_module = interop.to_torch(cell, d_params)
+  torch_grads = dict(module.named_parameters())
+  for name, ours_grad in grads_module.named_parameters():
+    if name.startswith("bias_hh"):
+      continue  # Our one b holds bias_ih + bias_hh; its gradient is bias_ih's (and bias_hh's).
+    want = torch_grads[name].grad.numpy()
+    np.testing.assert_allclose(ours_grad.detach().numpy(), want, atol=1e-4, rtol=0, err_msg=name)
+  assert any(name.startswith("weight_hr") for name, _ in module.named_parameters())
+
+  # And back: to_torch builds a projected torch.nn.LSTM that computes the same outputs.
+  rebuilt = interop.to_torch(cell, params, batch_first=batch_first)
+  assert rebuilt.proj_size == PROJ
+  with torch.no_grad():
+    again, _ = _run_torch(rebuilt, torch.from_numpy(x), lengths, state)
+  np.testing.assert_allclose(again.numpy(), want_out.detach().numpy(), atol=1e-6, rtol=0)
+
+
+def test_projected_lstm_fused_vjp_falls_back_to_autodiff():
+  cell = rnn_jax.lstm(HIDDEN, proj_size=PROJ)
+  params = cell.init(jax.random.key(1), INPUT)
+  xs = jnp.asarray(_inputs(True, 3))
+  assert not cell.runs_fused_vjp()
+  loss = lambda p, vjp: jnp.sum(rnn_jax.rnn(cell, p, xs, vjp=vjp)[0] ** 2)
+  with pytest.warns(UserWarning, match="does nothing"):
+    fused = jax.grad(loss)(params, "fused")
+  plain = jax.grad(loss)(params, "autodiff")
+  for name in params:
+    np.testing.assert_array_equal(fused[name], plain[name])
+
+
 def test_errors():
-  with pytest.raises(ValueError, match="proj_size=2"):
-    interop.from_torch(torch.nn.LSTM(INPUT, HIDDEN, proj_size=2))
+  with pytest.raises(ValueError, match="without proj_size"):
+    projected = rnn_jax.lstm(HIDDEN, proj_size=2)
+    interop.to_torch(projected, projected.init(jax.random.key(0), INPUT), as_cell=True)
+  with pytest.raises(ValueError, match="no torch counterpart"):
+    layer_normed = rnn_jax.lstm(HIDDEN, layer_norm=True)
+    interop.to_torch(layer_normed, layer_normed.init(jax.random.key(0), INPUT))
   with pytest.raises(TypeError, match="Linear"):
     interop.from_torch(torch.nn.Linear(INPUT, HIDDEN))
   with pytest.raises(ValueError, match="no torch counterpart"):

@@ -183,6 +183,8 @@ def test_unsupported_reason():
   assert onednn.unsupported_reason(rnn_jax.gru(2, reset_after=False), xs, None) is None
   assert "lengths" in onednn.unsupported_reason(rnn_jax.gru(2), xs, jnp.array([1, 2]))
   assert "LSTM and GRU" in onednn.unsupported_reason(rnn_jax.mingru(2), xs, None)
+  for variant in (rnn_jax.lstm(2, proj_size=1), rnn_jax.lstm(2, layer_norm=True)):
+    assert "without proj_size or layer_norm" in onednn.unsupported_reason(variant, xs, None)
   assert "empty" in onednn.unsupported_reason(rnn_jax.lstm(2), jnp.ones((3, 0, 2)), None)
 
 

@@ -14,6 +14,7 @@ import signal
 import numpy as np
 import pytest
 
+import rnn_jax
 from experiments import generate, train_char_lm
 from rnn_jax.training import language_model, loop, text
 from scripts import REPO, one_line, run_experiment
@@ -49,6 +50,9 @@ def test_run_writes_everything_and_reports_json_figures(trained):
   vocabulary = text.Vocabulary.load(os.path.join(workdir, "vocabulary.json"))
   assert summary["val_loss"] < np.log(vocabulary.size) - 0.25  # Below uniform.
   assert summary["chars_per_second"] > 0 and summary["val_chars"] > 100
+  assert summary["last10_loss"] == pytest.approx(
+      (summary["val_loss"] * summary["val_chars"] + summary["test_loss"] * summary["test_chars"])
+      / (summary["val_chars"] + summary["test_chars"]))
   assert sorted(os.listdir(workdir)) == [".lock", "checkpoints", "config.json", "curves.png",
                                          "metrics.jsonl", "sample.txt", "vocabulary.json"]
   progress = [line for line in lines if line.startswith("step 8/16")]
@@ -153,6 +157,9 @@ def test_a_loaded_run_generates_what_the_command_prints(trained):
 @pytest.mark.parametrize("args, flag", [
     (["--cell=transformer"], "--cell"),
     (["--window=0"], "--window"),
+    (["--cell=gru", "--proj_size=8"], "--proj_size=8: an option of --cell=lstm"),
+    (["--cell=mingru", "--weight_drop=0.1"], "--weight_drop=0.1: --cell=mingru has no"),
+    (["--zoneout=1"], "--zoneout"),
 ])
 def test_bad_flag_prints_one_line_and_exits_2(args, flag):
   line = one_line(run_experiment("train_char_lm", *args, "--workdir=/nonexistent/never"), 2)
@@ -192,6 +199,24 @@ def test_four_devices_match_one_and_the_checkpoint_resumes_on_two(tiny_text, tmp
   assert two["devices"] == 2 and two["resumed_from"] == 8
   for key in ("val_loss", "test_loss"):
     assert two[key] == pytest.approx(four[key], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_the_lm_kit_flags_train_and_keep_their_config(tiny_text, tmp_path):
+  workdir = str(tmp_path / "kit")
+  config = {**CONFIG, "text_file": tiny_text, "cell": "lstm", "num_layers": 2, "steps": 4,
+            "proj_size": 4, "layer_norm": True, "zoneout": 0.1, "weight_drop": 0.2,
+            "variational_dropout": True}
+  summary = train_char_lm.run(config, workdir, dataclasses.replace(OPTIONS, sample_length=0,
+                                                                   plots=False), say=print)
+  assert np.isfinite(summary["last10_loss"])
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert {key: saved[key] for key in ("proj_size", "layer_norm", "zoneout", "weight_drop",
+                                      "variational_dropout")} == {
+      "proj_size": 4, "layer_norm": True, "zoneout": 0.1, "weight_drop": 0.2,
+      "variational_dropout": True}
+  loaded = language_model.load(workdir)
+  assert loaded.model.core.layers[0].layer.layer == rnn_jax.lstm(16, proj_size=4, layer_norm=True)
 
 
 def test_missing_text_file_is_one_clear_error(tmp_path):

@@ -75,7 +75,8 @@ def register_cell(name: str, builder: Callable[[int, int | None], Any]) -> None:
 
 def build_core(cell_name: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
                variational: bool = False, remat: bool = False, *,
-               sequence_length: int | None = None, remat_every: int = 0):
+               sequence_length: int | None = None, remat_every: int = 0, proj_size: int = 0,
+               layer_norm: bool = False, zoneout: float = 0.0, weight_drop: float = 0.0):
   """A task's recurrent core, by name.
 
   Args:
@@ -88,23 +89,50 @@ def build_core(cell_name: str, hidden_size: int, num_layers: int = 1, dropout: f
     sequence_length: the task's sequence length, passed to the builders
       (see the module doc); ``None``: the cells' own defaults.
     remat_every: if positive, keep the carry only every this many steps in the
-      backward pass and recompute each chunk (``rnn_jax.remat(core, every=...)``:
+      backward pass and recompute each chunk (``rnn_jax.remat(cell, every=...)``:
       memory that grows as ``sqrt(T)`` for ``remat_every`` near ``sqrt(T)``);
       it replaces ``remat``.
+    proj_size: ``"lstm"`` only: ``rnn_jax.lstm(H, proj_size=proj_size)``, each
+      layer's output and recurrent input projected to ``proj_size`` units (0: none).
+    layer_norm: ``"lstm"`` only: the layer-normalised LSTM (``rnn_jax.lstm(H,
+      layer_norm=True)``).
+    zoneout: each layer under ``rnn_jax.zoneout(cell, zoneout)`` (0: none).
+    weight_drop: each layer under ``rnn_jax.weight_drop(cell, weight_drop)``,
+      outside the zoneout (0: none; cells with ``w_hh`` only).
+
+  Each layer is ``weight_drop(zoneout(remat(cell)))``, the parts asked for.
 
   Returns:
-    A cell (``num_layers == 1``) or a ``rnn_jax.Stack``, possibly under ``rnn_jax.remat``.
+    A cell or its wrappers (``num_layers == 1``) or a ``rnn_jax.Stack`` of them.
 
   Raises:
-    ValueError: an unknown ``cell_name`` or ``num_layers < 1``.
+    ValueError: an unknown ``cell_name``, ``num_layers < 1``, ``proj_size`` or
+      ``layer_norm`` for a cell other than ``"lstm"``, ``weight_drop`` for a cell
+      without ``w_hh``.
   """
   if cell_name not in CELLS:
     raise ValueError(f"cell_name must be one of {sorted(CELLS)}, got {cell_name!r}")
   if num_layers < 1:
     raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-  cells = [CELLS[cell_name](hidden_size, sequence_length) for _ in range(num_layers)]
-  core = cells[0] if num_layers == 1 else rnn_jax.stack(cells, dropout=dropout,
-                                                         variational=variational)
-  if remat_every:
-    return rnn_jax.remat(core, every=remat_every)
-  return rnn_jax.remat(core) if remat else core
+  if (proj_size or layer_norm) and cell_name != "lstm":
+    raise ValueError(f"proj_size and layer_norm are options of the lstm cell, not {cell_name!r}")
+
+  def build_layer():
+    if proj_size or layer_norm:
+      layer = rnn_jax.lstm(hidden_size, proj_size=proj_size, layer_norm=layer_norm)
+    else:
+      layer = CELLS[cell_name](hidden_size, sequence_length)
+    if remat_every:
+      layer = rnn_jax.remat(layer, every=remat_every)
+    elif remat:
+      layer = rnn_jax.remat(layer)
+    if zoneout:
+      layer = rnn_jax.zoneout(layer, zoneout)
+    if weight_drop:
+      layer = rnn_jax.weight_drop(layer, weight_drop)
+    return layer
+
+  layers = [build_layer() for _ in range(num_layers)]
+  if num_layers == 1:
+    return layers[0]
+  return rnn_jax.stack(layers, dropout=dropout, variational=variational)

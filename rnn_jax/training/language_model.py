@@ -9,8 +9,12 @@ a ``stack``, a ``remat`` of either; :func:`~rnn_jax.training.cores.build_core`
 builds one by name); how it runs is one ``rnn_jax.RunOptions``. Dropout
 (inverted, rate ``dropout``) is applied in
 training to the embeddings and to the core's outputs before the dense layer;
-a stacked core also drops between its layers (``stack(dropout=...)``). The
-recurrent connections are never dropped.
+a stacked core also drops between its layers (``stack(dropout=...)``). Its
+masks are drawn afresh for every time step, or, with ``variational=True``
+(variational or locked dropout, Gal & Ghahramani 2016), once per sequence and
+shared by all its steps. The recurrent connections are dropped only by a
+core built with ``rnn_jax.weight_drop`` or ``rnn_jax.zoneout``
+(:func:`~rnn_jax.training.cores.build_core`'s ``weight_drop`` and ``zoneout``).
 
 The task, for :mod:`rnn_jax.training.loop`:
 
@@ -69,6 +73,8 @@ class CharLM:
     dropout: drop rate on the embeddings and the core's outputs in training.
     options: how the core runs (``rnn_jax.rnn(options=...)``: ``unroll``,
       ``vjp``, ...; ``None`` fields: the core's tuned choices per backend).
+    variational: one ``dropout`` mask per sequence (window), shared by all its
+      time steps (locked dropout), instead of one per step.
   """
 
   core: rnn_jax.Layer
@@ -76,6 +82,7 @@ class CharLM:
   embed_size: int
   dropout: float = 0.0
   options: rnn_jax.RunOptions = rnn_jax.RunOptions()
+  variational: bool = False
 
   def __post_init__(self):
     if not 0.0 <= self.dropout < 1.0:
@@ -103,6 +110,12 @@ class CharLM:
   def _dense(self, params, features):
     return features @ params["dense"]["w"] + params["dense"]["b"]
 
+  def _drop(self, key, features: jax.Array) -> jax.Array:
+    """Inverted dropout of batch-major ``features [B, T, F]``: a mask per step, or with
+    ``variational`` one per sequence (:func:`rnn_jax.compose.dropout_outputs`, time-major)."""
+    time_major = jnp.swapaxes(features, 0, 1)
+    return jnp.swapaxes(dropout_outputs(key, time_major, self.dropout, self.variational), 0, 1)
+
   def apply(self, params, ids: jax.Array, carry: Any = None,
             dropout_rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
     """``ids int [B, T]`` -> ``(logits [B, T, V], final carry)``, from ``carry`` (zeros if ``None``)."""
@@ -111,11 +124,11 @@ class CharLM:
       embed_rng, core_rng, output_rng = jax.random.split(dropout_rng, 3)
     inputs = params["embed"][ids]
     if embed_rng is not None and self.dropout > 0.0:
-      inputs = dropout_outputs(embed_rng, inputs, self.dropout, variational=False)
+      inputs = self._drop(embed_rng, inputs)
     outputs, carry = rnn_jax.rnn(self.core, params["core"], inputs, initial_carry=carry,
                                  dropout_rng=core_rng, options=self.options)
     if output_rng is not None and self.dropout > 0.0:
-      outputs = dropout_outputs(output_rng, outputs, self.dropout, variational=False)
+      outputs = self._drop(output_rng, outputs)
     return self._dense(params, outputs), carry
 
   def step(self, params, carry: Any, ids: jax.Array) -> tuple[Any, jax.Array]:
@@ -380,6 +393,11 @@ class CharLMTask:
   tbptt: bool = True
   seed: int = 0
   remat_every: int = 0
+  proj_size: int = 0
+  layer_norm: bool = False
+  zoneout: float = 0.0
+  weight_drop: float = 0.0
+  variational_dropout: bool = False
   options: rnn_jax.RunOptions = rnn_jax.RunOptions()
   search_dirs: tuple[str, ...] = ()
   eval_streams: int = 32
@@ -418,8 +436,12 @@ class CharLMTask:
     """The model for ``vocab_size`` ids (training, and sampling from a trained run)."""
     from rnn_jax.training.cores import build_core  # pylint: disable=import-outside-toplevel
     core = build_core(self.cell, self.hidden_size, self.num_layers, dropout=self.dropout,
-                      sequence_length=self.window, remat_every=self.remat_every)
-    return CharLM(core, vocab_size, self.embed_size, self.dropout, self.options)
+                      variational=self.variational_dropout, sequence_length=self.window,
+                      remat_every=self.remat_every, proj_size=self.proj_size,
+                      layer_norm=self.layer_norm, zoneout=self.zoneout,
+                      weight_drop=self.weight_drop)
+    return CharLM(core, vocab_size, self.embed_size, self.dropout, self.options,
+                  self.variational_dropout)
 
   def optimizer(self) -> optax.GradientTransformation:
     """Adam, warmup then cosine decay over ``steps``, clipped to ``clip_norm``."""
@@ -580,17 +602,31 @@ class CharLMTask:
     return extras
 
   def summary(self, results, steps_per_second: float) -> dict:
-    """Validation and test figures, the character rate, the machine's load and allocator."""
+    """Validation and test figures, the character rate, the machine's load and allocator.
+
+    ``last10_loss`` is the loss over the validation and test splits together,
+    the mean of their losses weighted by their character counts: nanoGPT's
+    "val" split, the last 10% of the text (for Tiny Shakespeare both splits
+    hold 55,770 characters, so it is the plain mean of the two losses).
+    """
     validation, test = results["validation"], results["test"]
     from rnn_jax.training import runtime  # pylint: disable=import-outside-toplevel
     return {
         "val_loss": validation["loss"], "val_bpc": validation["bpc"],
         "test_loss": test["loss"], "test_bpc": test["bpc"],
+        "last10_loss": last10_loss(validation, test),
         "val_chars": validation["count"], "test_chars": test["count"],
         "chars_per_second": round(self.batch_size * self.window * steps_per_second),
         "load_average": [round(value, 2) for value in os.getloadavg()],
         "allocator": runtime.allocator_name(),
     }
+
+
+def last10_loss(validation: dict, test: dict) -> float:
+  """The loss over the validation and test splits together (nanoGPT's "val", the last 10%
+  of the text): their ``loss`` values weighted by their ``count`` of characters."""
+  total = validation["count"] + test["count"]
+  return (validation["loss"] * validation["count"] + test["loss"] * test["count"]) / total
 
 
 # ----------------------------------------------------------------------------- a trained run

@@ -184,3 +184,32 @@ def test_resume_equals_uninterrupted_bitwise(tmp_path):
   assert step == 11 and np.abs(np.asarray(restored.aux.c)).max() > 0
   resumed = _fit_periodic(restored, 20, store)
   assert_trees_equal(resumed, uninterrupted)
+
+
+def test_variational_dropout_shares_one_mask_over_the_steps_of_each_sequence():
+  """The model's dropout of batch-major features ``[B, T, F]``: with ``variational`` one mask
+  per sequence (constant over ``T``), else a mask per step; inverted scaling either way."""
+  features = jnp.ones((16, 20, 32))
+  key = jax.random.key(0)
+  locked = language_model.CharLM(rnn_jax.gru(4), VOCAB, 8, 0.5, variational=True)
+  per_step = language_model.CharLM(rnn_jax.gru(4), VOCAB, 8, 0.5)
+  dropped = np.asarray(locked._drop(key, features))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(dropped, np.broadcast_to(dropped[:, :1], dropped.shape))
+  assert set(np.unique(dropped)) == {0.0, 2.0}
+  assert not np.array_equal(dropped[0], dropped[1])  # Each sequence its own mask.
+  fresh = np.asarray(per_step._drop(key, features))  # pylint: disable=protected-access
+  assert not np.array_equal(fresh[:, 0], fresh[:, 1])
+  assert 0.4 < (dropped == 0.0).mean() < 0.6 and 0.4 < (fresh == 0.0).mean() < 0.6
+
+
+def test_the_lm_kit_options_build_the_core_they_name():
+  task = language_model.CharLMTask(num_layers=2, hidden_size=8, proj_size=3, layer_norm=True,
+                                   zoneout=0.1, weight_drop=0.2, variational_dropout=True)
+  model = task.model(VOCAB)
+  wrapped = rnn_jax.weight_drop(rnn_jax.zoneout(rnn_jax.lstm(8, proj_size=3, layer_norm=True),
+                                                0.1), 0.2)
+  assert model.core == rnn_jax.stack([wrapped, wrapped], dropout=0.1, variational=True)
+  assert model.variational and model.uses_dropout()
+  plain = language_model.CharLMTask(dropout=0.0).model(VOCAB)
+  assert plain.core == rnn_jax.lstm(512) and not plain.uses_dropout()
+  assert language_model.last10_loss({"loss": 1.0, "count": 3}, {"loss": 2.0, "count": 1}) == 1.25
