@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import rnn_jax._scan as _scan
 from rnn_jax.cells import Cell, LSTMState
 from rnn_jax.fused import FusedVJP
-from rnn_jax.layer import Layer, RunOptions, check_layer
+from rnn_jax.layer import Layer, RunOptions, check_layer, with_resets
 
 
 def _check_rate(name: str, rate: Any, allow_one: bool) -> float:
@@ -159,11 +159,12 @@ class Zoneout(Layer):
       return self.layer.step(params, carry, x)
     return self._zoned_step(params, carry, x)
 
-  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
+  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None, resets=None):
     """``xs [T, ..., I]``: one scan of the zoned steps; masks ``[T, ...]`` drawn from ``rng``
-    per step and unit (``None``: the expectation)."""
+    per step and unit (``None``: the expectation). ``resets``: the carry starts over
+    where a segment starts (:func:`rnn_jax._scan.reset_flags`), before the zoned step."""
     if self.dropout == 0.0:
-      return self.layer.run(params, xs, carry, lengths, options, rng)
+      return self.layer.run(params, xs, carry, lengths, options, rng, **with_resets(resets))
     inner = self.layer.tuned_like()
     unroll = (options.unroll if options.unroll is not None
               else inner.TUNED_UNROLL.get(jax.default_backend(), 1))
@@ -177,18 +178,21 @@ class Zoneout(Layer):
           jax.random.bernoulli(key, rate, (num_steps, *leaf.shape))
           for key, rate, leaf in zip(keys, jax.tree.leaves(rates), leaves)])
 
-    def body(c, inputs, valid):
+    def body(c, inputs, valid, reset=None):
+      c = _scan.zero_where(reset, c)
       x_t, keep_t = inputs
       new, y = self._zoned_step(params, c, x_t, keep_t)
       return _scan.hold(valid, new, c), _scan.zero_invalid(valid, y)
 
     def run(inputs, reverse):
-      final, outputs = _scan.scan_steps(body, carry, inputs, lengths, reverse=reverse,
-                                        unroll=unroll)
+      steps, flags = inputs
+      final, outputs = _scan.scan_steps(body, carry, steps, lengths, resets=flags,
+                                        reverse=reverse, unroll=unroll)
       return outputs, final
 
+    flags = _scan.reset_flags(resets, lengths, options.reverse)
     with jax.named_scope(self.name):
-      return _scan.run_in_valid_order(run, (xs, masks), lengths, options.reverse)
+      return _scan.run_in_valid_order(run, ((xs, masks), flags), lengths, options.reverse)
 
 
 def zoneout(layer: Layer, rate: float, cell_rate: float | None = None) -> Layer:
@@ -298,12 +302,13 @@ class WeightDrop(Layer):
     keep = jax.random.bernoulli(key, 1.0 - self.rate, w_hh.shape)
     return {**params, "w_hh": jnp.where(keep, w_hh / (1.0 - self.rate), jnp.zeros_like(w_hh))}
 
-  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None):
+  def run(self, params, xs, carry, lengths, options: RunOptions, rng=None, resets=None):
     """The wrapped layer's run, with ``w_hh`` dropped once for the call when ``rng`` is given."""
     if rng is None or self.rate == 0.0:
-      return self.layer.run(params, xs, carry, lengths, options, rng)
+      return self.layer.run(params, xs, carry, lengths, options, rng, **with_resets(resets))
     mask_key, inner_key = jax.random.split(rng)
-    return self.layer.run(self.dropped(params, mask_key), xs, carry, lengths, options, inner_key)
+    return self.layer.run(self.dropped(params, mask_key), xs, carry, lengths, options, inner_key,
+                          **with_resets(resets))
 
 
 def weight_drop(layer: Layer, rate: float) -> Layer:

@@ -207,3 +207,22 @@ def test_bad_arguments():
     rnn_jax.weight_drop(rnn_jax.stack([rnn_jax.lstm(H)]), 0.1)
   with pytest.raises(TypeError, match="expected an rnn_jax layer"):
     rnn_jax.zoneout("lstm", 0.1)
+
+
+@pytest.mark.parametrize("wrap", [lambda l: rnn_jax.zoneout(l, 0.3, cell_rate=0.6),
+                                  lambda l: rnn_jax.weight_drop(l, 0.4)],
+                         ids=["zoneout", "weight_drop"])
+def test_resets_pass_through_the_wrappers(wrap):
+  """Without a key both are deterministic layers: a run with resets equals stepping each segment
+  (rnn_jax.checks' reference), forwards and backwards, with lengths; with a key they run too."""
+  from rnn_jax.checks import assert_run_matches_steps  # pylint: disable=import-outside-toplevel
+  layer = wrap(rnn_jax.lstm(3))
+  params = layer.init(jax.random.key(0), 2)
+  xs = np.random.default_rng(0).standard_normal((2, 7, 2)).astype(np.float32)
+  resets = np.zeros((2, 7), bool)
+  resets[0, 3] = resets[1, 1] = resets[1, 5] = True
+  for reverse in (False, True):
+    assert_run_matches_steps(layer, params, xs, lengths=np.array([7, 6]), reverse=reverse,
+                             resets=resets)
+  outputs, _ = rnn_jax.rnn(layer, params, xs, resets=resets, dropout_rng=jax.random.key(1))
+  assert outputs.shape == (2, 7, 3) and bool(jnp.all(jnp.isfinite(outputs)))
