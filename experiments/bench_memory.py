@@ -93,15 +93,17 @@ def compiled_memory(mode: str, num_steps: int) -> dict:
           "outputs": analysis.output_size_in_bytes}
 
 
-def longest_trainable(mode: str, budget_bytes: float, cap: int = 2**31) -> int:
-  """The largest T (to 1%) whose compiled gradient's arguments, outputs and temporaries fit."""
+def longest_trainable(mode: str, budget_bytes: float, cap: int = 2**31,
+                      precision: float = 0.01) -> int:
+  """The largest T (to ``precision``, relative) whose compiled gradient's arguments, outputs
+  and temporaries fit in ``budget_bytes``; 0 if not even T = 1 does; ``cap`` if it does."""
   fits = lambda t: sum(compiled_memory(mode, t).values()) <= budget_bytes
-  low, high = 1000, 2000
+  low, high = 0, 64
   while fits(high):
     low, high = high, high * 2
     if high > cap:
       return cap
-  while high - low > max(1, low // 100):
+  while high - low > max(1, int(low * precision)):
     middle = (low + high) // 2
     low, high = (middle, high) if fits(middle) else (low, middle)
   return low
@@ -147,11 +149,13 @@ def main(argv=None) -> None:
   steps, time_steps, rounds = list(config.steps), config.time_steps, config.rounds
   budget = (config.memory_gib * 2**30 if config.memory_gib is not None
             else machine_memory_bytes())
+  search = {}
   if config.quick:
     steps, time_steps, rounds = [100, 400], 50, 1
-    budget = min(budget, 64 * MIB)
+    budget = min(budget, 16 * MIB)
+    search = {"cap": 4096, "precision": 0.1}  # A coarse search that stops early.
   table = {str(t): {mode: compiled_memory(mode, t) for mode in MODES} for t in steps}
-  longest = {mode: longest_trainable(mode, budget) for mode in MODES}
+  longest = {mode: longest_trainable(mode, budget, **search) for mode in MODES}
   timing = time_ratios(time_steps, rounds)
 
   print(f"LSTM {HIDDEN}, batch {BATCH}, input {INPUT}, loss on the final carry; temporary "
