@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 import rnn_jax._scan as _scan
-from rnn_jax.layer import Layer, RunOptions, check_layer, with_resets
+from rnn_jax.layer import Layer, RunOptions, Wrapper, check_layer, with_resets
 
 
 def split_key(key, num: int) -> list:
@@ -273,7 +273,7 @@ def bidirectional(forward: Layer, backward: Layer,
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class Remat(Layer):
+class Remat(Wrapper):
   """A leaf layer whose backward pass recomputes instead of storing; built by :func:`remat`.
 
   A steppable layer run by a sequential scan (cells, linear recurrences with
@@ -299,6 +299,7 @@ class Remat(Layer):
   """
 
   FACTORY: ClassVar[str] = "remat"
+  NAME_PREFIX: ClassVar[str] = "remat"
 
   layer: Layer
   every: int | None = None
@@ -310,35 +311,9 @@ class Remat(Layer):
       raise ValueError(f"every must be a positive int (steps per recomputed chunk) or None, "
                        f"got {self.every!r}")
 
-  @property
-  def name(self) -> str:
-    """``remat_<the wrapped layer's name>``, the named scope of its run."""
-    return f"remat_{self.layer.name}"
-
-  def tuned_like(self) -> Layer:
-    """The wrapped layer's measurements apply (its tuned ``unroll`` and mode are kept)."""
-    return self.layer.tuned_like()
-
   def runs_fused_vjp(self) -> bool:
     """False: the gradient is autodiff of the checkpointed step."""
     return False
-
-  @property
-  def output_size(self) -> int:
-    return self.layer.output_size
-
-  @property
-  def sublayers(self) -> tuple:
-    return (self.layer,)
-
-  def init(self, key, input_size: int):
-    return self.layer.init(key, input_size)
-
-  def initial_carry(self, batch_shape=(), dtype=jnp.float32):
-    return self.layer.initial_carry(batch_shape, dtype)
-
-  def input_size(self, params) -> int:
-    return self.layer.input_size(params)
 
   def project(self, params, x):
     """The identity: the input half is recomputed inside :meth:`recur`."""
@@ -348,12 +323,6 @@ class Remat(Layer):
   def recur(self, params, carry, x):
     """The wrapped layer's whole ``step`` under ``jax.checkpoint``."""
     return jax.checkpoint(self.layer.step)(params, carry, x)
-
-  def step(self, params, carry, x):
-    return self.layer.step(params, carry, x)
-
-  def summarize(self, outputs, lengths, reverse):
-    return self.layer.summarize(outputs, lengths, reverse)
 
   def scan(self, params, xs, carry, lengths, options: RunOptions, resets=None):
     """The ``"scan"`` kernel (:mod:`rnn_jax.kernels`): the wrapped layer's steps, each under

@@ -321,6 +321,52 @@ class Layer:
     return first_or_last(outputs, lengths, reverse)
 
 
+class Wrapper(Layer, abstract=True):
+  """Base of a layer that wraps one other (``remat``, ``zoneout``, ``weight_drop``).
+
+  It has the wrapped layer's parameters, carry, sizes, summary, step and
+  measured tables (``tuned_like``); a subclass (a frozen dataclass with a
+  field ``layer``) changes how it runs, and sets ``NAME_PREFIX``: its named
+  scope is ``<NAME_PREFIX>_<the wrapped layer's name>``.
+  """
+
+  NAME_PREFIX: ClassVar[str] = ""
+  layer: Layer
+
+  @property
+  def name(self) -> str:
+    """``<NAME_PREFIX>_<the wrapped layer's name>``, the named scope of its run."""
+    return f"{self.NAME_PREFIX}_{getattr(self.layer, 'name', type(self.layer).__name__.lower())}"
+
+  @property
+  def sublayers(self) -> tuple:
+    return (self.layer,)
+
+  @property
+  def output_size(self) -> int:
+    return self.layer.output_size
+
+  def tuned_like(self) -> Layer:
+    """The wrapped layer's measurements apply (its tuned ``unroll`` and mode are kept)."""
+    return self.layer.tuned_like()
+
+  def init(self, key: jax.Array, input_size: int) -> Any:
+    return self.layer.init(key, input_size)
+
+  def initial_carry(self, batch_shape=(), dtype=jax.numpy.float32) -> Any:
+    return self.layer.initial_carry(batch_shape, dtype)
+
+  def input_size(self, params: Any) -> int:
+    return self.layer.input_size(params)
+
+  def summarize(self, outputs: jax.Array, lengths: jax.Array | None, reverse: bool) -> jax.Array:
+    return self.layer.summarize(outputs, lengths, reverse)
+
+  def step(self, params: Any, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+    """The wrapped layer's step."""
+    return self.layer.step(params, carry, x)
+
+
 def _is_plain(value: Any) -> bool:
   return isinstance(value, (bool, int, float, str, type(None)))
 

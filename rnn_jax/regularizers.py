@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import rnn_jax._scan as _scan
 from rnn_jax.cells import Cell, LSTMState
 from rnn_jax.fused import FusedVJP
-from rnn_jax.layer import Layer, RunOptions, check_layer, with_resets
+from rnn_jax.layer import Layer, RunOptions, Wrapper, check_layer, with_resets
 
 
 def _check_rate(name: str, rate: Any, allow_one: bool) -> float:
@@ -48,7 +48,7 @@ def _check_rate(name: str, rate: Any, allow_one: bool) -> float:
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class Zoneout(Layer):
+class Zoneout(Wrapper):
   """A steppable layer whose carry units keep their previous values at random; built by
   :func:`zoneout`.
 
@@ -68,6 +68,7 @@ class Zoneout(Layer):
   """
 
   FACTORY: ClassVar[str] = "zoneout"
+  NAME_PREFIX: ClassVar[str] = "zoneout"
   REPR_POSITIONAL: ClassVar[int] = 2
 
   layer: Layer
@@ -90,37 +91,9 @@ class Zoneout(Layer):
     """The largest rate: positive when a dropout key changes the run."""
     return max(self.rates)
 
-  @property
-  def name(self) -> str:
-    """``zoneout_<the wrapped layer's name>``, the named scope of its run."""
-    return f"zoneout_{getattr(self.layer, 'name', type(self.layer).__name__.lower())}"
-
-  @property
-  def sublayers(self) -> tuple:
-    return (self.layer,)
-
-  @property
-  def output_size(self) -> int:
-    return self.layer.output_size
-
-  def tuned_like(self) -> Layer:
-    return self.layer.tuned_like()
-
   def runs_fused_vjp(self) -> bool:
     """False: the zoned steps are differentiated by autodiff (unless the rates are 0)."""
     return self.layer.runs_fused_vjp() if self.dropout == 0.0 else False
-
-  def init(self, key, input_size: int):
-    return self.layer.init(key, input_size)
-
-  def initial_carry(self, batch_shape=(), dtype=jnp.float32):
-    return self.layer.initial_carry(batch_shape, dtype)
-
-  def input_size(self, params) -> int:
-    return self.layer.input_size(params)
-
-  def summarize(self, outputs, lengths, reverse):
-    return self.layer.summarize(outputs, lengths, reverse)
 
   def _leaf_rates(self, carry) -> Any:
     """The rate of each leaf of ``carry``, a pytree of its structure."""
@@ -224,7 +197,7 @@ def zoneout(layer: Layer, rate: float, cell_rate: float | None = None) -> Layer:
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class WeightDrop(Layer):
+class WeightDrop(Wrapper):
   """A cell whose recurrent matrix ``w_hh`` is dropped (DropConnect); built by
   :func:`weight_drop`.
 
@@ -240,6 +213,7 @@ class WeightDrop(Layer):
   """
 
   FACTORY: ClassVar[str] = "weight_drop"
+  NAME_PREFIX: ClassVar[str] = "weight_drop"
   REPR_POSITIONAL: ClassVar[int] = 2
 
   layer: Layer
@@ -257,41 +231,6 @@ class WeightDrop(Layer):
   def dropout(self) -> float:
     """The drop rate, and the wrapped layer's when larger."""
     return max(self.rate, self.layer.dropout)
-
-  @property
-  def name(self) -> str:
-    """``weight_drop_<the wrapped layer's name>``."""
-    return f"weight_drop_{getattr(self.layer, 'name', type(self.layer).__name__.lower())}"
-
-  @property
-  def sublayers(self) -> tuple:
-    return (self.layer,)
-
-  @property
-  def output_size(self) -> int:
-    return self.layer.output_size
-
-  def tuned_like(self) -> Layer:
-    return self.layer.tuned_like()
-
-  def runs_fused_vjp(self) -> bool:
-    return self.layer.runs_fused_vjp()
-
-  def init(self, key, input_size: int):
-    return self.layer.init(key, input_size)
-
-  def initial_carry(self, batch_shape=(), dtype=jnp.float32):
-    return self.layer.initial_carry(batch_shape, dtype)
-
-  def input_size(self, params) -> int:
-    return self.layer.input_size(params)
-
-  def summarize(self, outputs, lengths, reverse):
-    return self.layer.summarize(outputs, lengths, reverse)
-
-  def step(self, params, carry, x):
-    """The wrapped layer's step (no key: nothing is dropped)."""
-    return self.layer.step(params, carry, x)
 
   def dropped(self, params, key) -> dict:
     """``params`` with ``w_hh`` masked by one draw from ``key``, scaled by ``1 / (1 - rate)``
