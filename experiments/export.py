@@ -69,8 +69,7 @@ def export_run(workdir: str, out: str, opset: int | None = None):
     else:
       trained, write = classification.load(workdir), export.classifier_to_onnx
   except runs.DataError as error:  # The loaders name the workdir; here it is a flag.
-    raise runs.DataError(str(error).replace(f"workdir {workdir}:", f"--workdir={workdir}:", 1)
-                         ) from error
+    raise runs.naming_the_flag(error, workdir) from error
   try:
     model = write(trained, out, opset=opset)
   except OSError as error:

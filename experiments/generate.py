@@ -29,7 +29,7 @@ if __name__ == "__main__":
 try:
   from absl import app, flags, logging
 
-  from rnn_jax.training import language_model, script, text
+  from rnn_jax.training import language_model, runs, script, text
 except ImportError as missing:  # The `train` extra is not installed.
   runtime.exit_for_missing_extra(missing, __name__, "generation")
 
@@ -68,8 +68,7 @@ def sample(workdir: str, prompt: str, length: int, temperature: float = 1.0, top
   except ValueError as error:  # The Python API names the argument; here it is a flag.
     raise UsageError(f"--{error}") from error
   except text.DataError as error:  # Likewise the workdir.
-    raise text.DataError(str(error).replace(f"workdir {workdir}:", f"--workdir={workdir}:", 1)
-                         ) from error
+    raise runs.naming_the_flag(error, workdir) from error
 
 
 def main(argv):

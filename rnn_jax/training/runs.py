@@ -18,6 +18,13 @@ from typing import Any
 from rnn_jax.training.idx import DataError
 
 
+def naming_the_flag(error: DataError, workdir: str | os.PathLike) -> DataError:
+  """``error`` (raised by this module or a loader, which say ``workdir W: ...``) as a script
+  says it: ``--workdir=W: ...``, the flag the user typed."""
+  workdir = os.fspath(workdir)
+  return DataError(str(error).replace(f"workdir {workdir}:", f"--workdir={workdir}:", 1))
+
+
 def read_config(workdir: str | os.PathLike, script: str) -> dict[str, Any]:
   """The ``config.json`` of a run of ``script`` (named in the errors, e.g. ``"train_mnist"``).
 
