@@ -4,7 +4,9 @@ Each call of :meth:`MetricsLog.write` appends one JSON object to
 ``<workdir>/metrics.jsonl`` (a resumed run appends to the same file) and, if
 the ``tensorboard`` package is importable, the numeric fields as scalars to an
 event file under ``<workdir>/tensorboard`` (written with tensorboard's own
-event writer, so TensorFlow is not needed).
+event writer, so TensorFlow is not needed). A resumed run first drops the
+records past its checkpoint (:meth:`MetricsLog.drop_after`), so each step's
+records appear once however often the run was interrupted.
 """
 
 from __future__ import annotations
@@ -54,6 +56,25 @@ class MetricsLog:
       self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(record["step"]),
                                              summary=summary_pb2.Summary(value=values)))
       self._events.flush()
+
+  def drop_after(self, step: int) -> int:
+    """Removes the records whose ``step`` is above ``step``; returns how many.
+
+    A run that resumes from its checkpoint at step ``S`` is about to write the
+    records of steps ``S+1, ...`` again (the interrupted process wrote some of
+    them after its last checkpoint): :func:`rnn_jax.training.script.open_run`
+    calls this with ``S``, or with ``-1`` for a run that starts afresh. The file
+    is replaced atomically (written beside it, then renamed). TensorBoard keeps
+    its events (it shows the newest value of a step).
+    """
+    records = self.read()
+    kept = [record for record in records if record.get("step", 0) <= step]
+    if len(kept) < len(records):
+      partial = self.path + ".partial"
+      with open(partial, "w") as stream:
+        stream.writelines(json.dumps(record) + "\n" for record in kept)
+      os.replace(partial, self.path)
+    return len(records) - len(kept)
 
   def read(self) -> list[dict[str, Any]]:
     """All records written so far (by this run and the ones it resumed)."""

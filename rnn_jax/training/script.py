@@ -261,7 +261,8 @@ def open_run(workdir: str, state, *, keep_checkpoints: int, primary: bool,
   :func:`~rnn_jax.training.task.train_and_evaluate` calls before it writes anything there);
   this makes sure of it. Also says, on the CPU, when tcmalloc is not preloaded. ``state``
   is the fresh state (its shardings are the restore's target); non-primary processes get
-  no metrics log and a ``write_metrics`` that does nothing.
+  no metrics log and a ``write_metrics`` that does nothing. The metrics written past the
+  restored checkpoint by an interrupted process are dropped (they are written again).
 
   Raises:
     UsageError: another process is writing ``workdir``; the line names it.
@@ -281,6 +282,8 @@ def open_run(workdir: str, state, *, keep_checkpoints: int, primary: bool,
     resumed_from, state = restored
     say(f"resumed from the checkpoint at step {resumed_from}")
   log = metrics.MetricsLog(workdir) if primary else None
+  if log is not None:
+    log.drop_after(-1 if resumed_from is None else resumed_from)
   write_metrics = log.write if primary else lambda kind, record: None
   return RunFiles(store, state, resumed_from, log, write_metrics)
 

@@ -33,3 +33,16 @@ def test_tensorboard_scalars_when_installed(tmp_path):
   events.Reload()
   assert [(e.step, round(e.value, 4)) for e in events.Scalars("train/loss")] == [
       (1, 1.0), (2, 0.5), (3, 0.3333)]
+
+
+def test_drop_after_keeps_the_records_up_to_the_checkpoint(tmp_path):
+  log = MetricsLog(str(tmp_path), tensorboard=False)
+  for step in (1, 2, 3, 4):
+    log.write("train", {"step": step, "loss": float(step)})
+  log.write("eval", {"step": 2, "val_loss": 0.5})
+  assert log.drop_after(2) == 2  # The steps 3 and 4 of an interrupted process.
+  assert [(r["kind"], r["step"]) for r in log.read()] == [
+      ("train", 1), ("train", 2), ("eval", 2)]
+  assert log.drop_after(2) == 0
+  assert log.drop_after(-1) == 3  # A run that starts afresh keeps nothing.
+  assert log.read() == [] and not (tmp_path / "metrics.jsonl.partial").exists()

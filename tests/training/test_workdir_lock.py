@@ -112,3 +112,7 @@ def test_a_second_run_is_refused_and_a_killed_run_resumes(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   summary = json.loads(resumed.stdout.strip().splitlines()[-1])
   assert summary["resumed_from"] >= 8 and summary["steps"] == 40
+  # The killed process's records past its checkpoint were dropped: each step's records once.
+  records = [json.loads(line) for line in open(tmp_path / "killed" / "metrics.jsonl")]
+  assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 41))
+  assert len({(r["kind"], r["step"]) for r in records}) == len(records)
