@@ -130,6 +130,7 @@ def test_a_loaded_run_predicts_the_reported_test_accuracy(tiny_mnist, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text("{}")
     classification.load(tmp_path / "empty")
+  assert os.listdir(tmp_path / "empty") == ["config.json"]  # A reader writes nothing.
 
 
 @pytest.mark.parametrize("args, message", [

@@ -57,12 +57,14 @@ def restore_newest(workdir: str | os.PathLike, template: Any, log=None) -> tuple
     DataError: the run has no readable checkpoint.
   """
   from rnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel  # Orbax.
-  store = checkpoint.CheckpointStore(os.path.join(os.fspath(workdir), "checkpoints"),
-                                     log=log or (lambda line: None))
-  try:
-    restored = store.restore_latest(template)
-  finally:
-    store.close()
+  directory = os.path.join(os.fspath(workdir), "checkpoints")
+  restored = None
+  if os.path.isdir(directory):  # Reading creates nothing (Orbax's manager would create it).
+    store = checkpoint.CheckpointStore(directory, log=log or (lambda line: None))
+    try:
+      restored = store.restore_latest(template)
+    finally:
+      store.close()
   if restored is None:
     raise DataError(f"workdir {os.fspath(workdir)}: no checkpoint to load")
   return restored
