@@ -90,6 +90,15 @@ def reset_flags(resets: jax.Array | None, lengths: jax.Array | None,
   return resets[..., None]
 
 
+def check_resets(resets, expected_shape: tuple, layout: str, name: str = "resets") -> jax.Array:
+  """``resets`` as a bool array of ``expected_shape``; ``ValueError`` naming ``name`` otherwise."""
+  resets = jnp.asarray(resets)
+  if resets.dtype != jnp.bool_ or resets.shape != tuple(expected_shape):
+    raise ValueError(f"{name}: expected a bool array of shape {tuple(expected_shape)} ({layout}), "
+                     f"got {resets.dtype} of shape {resets.shape}")
+  return resets
+
+
 def zero_where(reset: jax.Array | None, carry: Any) -> Any:
   """The pytree ``carry`` with zeros where ``reset`` (``[..., 1]`` bool), i.e. the initial
   carry of every layer; unchanged (the same values, bitwise) where not, or for ``None``."""

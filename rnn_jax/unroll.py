@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+import rnn_jax._scan as _scan
 from rnn_jax.layer import Layer, RunOptions, check_layer, with_resets
 
 __all__ = ["reset_carry", "rnn"]
@@ -70,15 +71,6 @@ def _check_carry(layer, carry, batch_shape, name: str = "initial_carry"):
     if tuple(got.shape) != tuple(want.shape):
       raise ValueError(f"{name}: expected leaves of shape {tuple(want.shape)} "
                        f"(batch shape {tuple(batch_shape)} + hidden), got {tuple(got.shape)}")
-
-
-def _check_resets(resets, expected_shape: tuple, layout: str, name: str = "resets") -> jax.Array:
-  """``resets`` as a bool array of ``expected_shape``; ``ValueError`` naming ``name`` otherwise."""
-  resets = jnp.asarray(resets)
-  if resets.dtype != jnp.bool_ or resets.shape != tuple(expected_shape):
-    raise ValueError(f"{name}: expected a bool array of shape {tuple(expected_shape)} ({layout}), "
-                     f"got {resets.dtype} of shape {resets.shape}")
-  return resets
 
 
 def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengths=None,
@@ -188,9 +180,9 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
                      f"got shape {xs.shape}")
   _check_param_shapes(layer, params, expected_params)
   if resets is not None:
-    resets = _check_resets(resets, xs.shape[:-1], "[T, ...] with time_major=True, xs without "
-                           "its feature axis" if time_major else "[..., T], xs without its "
-                           "feature axis")
+    resets = _scan.check_resets(resets, xs.shape[:-1], "[T, ...] with time_major=True, xs "
+                                "without its feature axis" if time_major else "[..., T], xs "
+                                "without its feature axis")
   if not time_major:
     xs = jnp.moveaxis(xs, -2, 0)
     resets = None if resets is None else jnp.moveaxis(resets, -1, 0)
@@ -250,8 +242,8 @@ def reset_carry(layer: Layer, carry: Any, reset) -> Any:
   """
   check_layer("layer (the first argument)", layer)
   batch_shape = tuple(jax.tree.leaves(carry)[0].shape[:-1])
-  reset = _check_resets(reset, batch_shape, "the carry's batch shape, one flag per sequence",
-                        "reset")
+  reset = _scan.check_resets(reset, batch_shape, "the carry's batch shape, one flag per sequence",
+                             "reset")
   _check_carry(layer, carry, batch_shape, "carry")
   dtype = jax.tree.leaves(carry)[0].dtype
   initial = layer.initial_carry(batch_shape, dtype if jnp.issubdtype(dtype, jnp.floating)

@@ -54,7 +54,7 @@ def test_matches_finite_differences(name, x64):
 
   def loss_at(offsets):
     outputs, _ = _run_with_offsets(layer, params, time_major, offsets, carry,
-                                   lengths.astype(jnp.int32), False)
+                                   lengths.astype(jnp.int32), None, False)
     return loss(jnp.moveaxis(outputs, 0, 1))
 
   zeros = jax.tree.map(lambda leaf: jnp.zeros((T, *leaf.shape), leaf.dtype), carry)
@@ -73,3 +73,24 @@ def test_matches_finite_differences(name, x64):
   np.testing.assert_allclose(norms, jnp.sqrt(squares), rtol=1e-6, atol=1e-9)
   # Sequence 1 has length 4: carries entering steps past it do not matter.
   np.testing.assert_allclose(norms[4:, 1], 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["lstm", "bi_stack"])
+def test_resets_cut_the_flow_at_segment_boundaries(name):
+  """With a reset at step 3 and a loss summed over steps, each segment's norms are those of the
+  segment run on its own; a run whose flags are all off equals a run without resets."""
+  layer = LAYERS[name]
+  params = layer.init(jax.random.key(0), 2)
+  xs = jax.random.normal(jax.random.key(1), (1, T, 2))
+  loss = lambda outputs: jnp.sum(jnp.sin(outputs.real))
+  resets = jnp.zeros((1, T), bool).at[0, 3].set(True)
+  norms = carry_gradient_norms(layer, params, xs, loss, resets=resets)
+  np.testing.assert_allclose(norms[:3], carry_gradient_norms(layer, params, xs[:, :3], loss),
+                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(norms[3:], carry_gradient_norms(layer, params, xs[:, 3:], loss),
+                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(
+      carry_gradient_norms(layer, params, xs, loss, resets=jnp.zeros((1, T), bool)),
+      carry_gradient_norms(layer, params, xs, loss))
+  with pytest.raises(ValueError, match=r"resets: expected a bool array of shape \(1, 6\)"):
+    carry_gradient_norms(layer, params, xs, loss, resets=jnp.zeros((1, T)))
