@@ -4,8 +4,9 @@ primitive (``kernel="onednn_inference"``), the default (``kernel=None``) and PyT
 ``python -m experiments.bench_inference`` prints, per cell and benchmark shape
 ``(B, T, I, H)``, the median ms of each over interleaved rounds in one process
 (:func:`experiments.benchmarking.time_interleaved`, after warm-up,
-``block_until_ready``), batch-major inputs ``[B, T, I]`` as a user's script
-passes them, and each one's speed relative to the scan. PyTorch runs
+``block_until_ready``) and the fastest call, batch-major inputs ``[B, T, I]``
+as a user's script passes them, and each one's speed relative to the scan
+(``scan time / its time``; the minimum is steadier on a loaded machine). PyTorch runs
 ``nn.LSTM`` / ``nn.GRU`` with ``batch_first=True`` under ``torch.no_grad()`` on
 ``--torch_threads`` threads. The measurement behind the cells' ``TUNED_KERNEL``
 and :func:`rnn_jax.onednn.inference_wins` (the Performance guide has the figures).
@@ -71,8 +72,9 @@ def main(argv=None) -> None:
     for shape in shapes:
       cases = build_cases(cell_name, shape, args.torch_threads, torch=not args.no_torch)
       times = benchmarking.time_interleaved(cases, rounds=args.rounds)
-      scan = times["scan"]["median_s"]
-      row = "  ".join(f"{name} {t['median_s'] * 1e3:7.2f} ms ({scan / t['median_s']:4.2f}x)"
+      scan, scan_min = times["scan"]["median_s"], times["scan"]["min_s"]
+      row = "  ".join(f"{name} {t['median_s'] * 1e3:.2f} ms ({scan / t['median_s']:.2f}x; min "
+                      f"{t['min_s'] * 1e3:.2f}, {scan_min / t['min_s']:.2f}x)"
                       for name, t in times.items())
       print(f"{cell_name} {shape}: {row}", flush=True)
   print(f"# load average after: {os.getloadavg()}")
