@@ -304,6 +304,9 @@ class LSTM(Cell, fused.FusedVJP):
   # with glibc's malloc, whose page faults the fused backward's extra buffers
   # pay for (experiments/bench_rnn.py, both allocators).
   TUNED_VJP: ClassVar[Mapping[str, str]] = {"cpu": "autodiff", "gpu": "fused"}
+  # CPU: oneDNN's inference forward where a call is not differentiated, in the shape class
+  # where it measured faster (rnn_jax.onednn.inference_tuned_for; needs rnn_jax_onednn).
+  TUNED_KERNEL: ClassVar[Mapping[str, str]] = {"cpu": "onednn_inference"}
   TORCH_MODULE: ClassVar[str] = "LSTM"
 
   hidden_size: int

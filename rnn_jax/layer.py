@@ -142,7 +142,8 @@ class RunOptions:
     ``TUNED_PARALLEL``, per backend, or 1, ``"autodiff"``, ``False`` and
     ``False`` where a table has no entry; a layer's own ``parallel``
     hyperparameter, when set, wins over these options. The kernel is the one
-    ``TUNED_KERNEL`` names where that kernel can run these inputs, else
+    ``TUNED_KERNEL`` names where that kernel can run these inputs and its
+    ``tuned_for`` accepts their shape (:class:`rnn_jax.kernels.Kernel`), else
     ``"scan"``; an explicitly named kernel that cannot run them is an error.
 
     Args:
@@ -175,6 +176,7 @@ class RunOptions:
       kernel = tuned.TUNED_KERNEL.get(backend, kernels.SCAN.name)
       if kernel != kernels.SCAN.name and (
           xs is None or kernel not in kernels.names()
+          or not kernels.is_tuned_for(kernels.get(kernel), layer, xs)
           or kernels.why_unsupported(kernels.get(kernel), layer, params, xs, carry, lengths,
                                      backend, resets)):
         kernel = kernels.SCAN.name

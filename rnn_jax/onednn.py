@@ -8,16 +8,29 @@ builds the extension, which registers XLA FFI targets for oneDNN's
 (``rnn_jax.gru(reset_after=True)``) and ``vanilla_gru``
 (``reset_after=False``), forward and backward, float32.
 
-This module registers the kernel :data:`ONEDNN` (named ``"onednn"``) in
-:mod:`rnn_jax.kernels`; which kernel runs is :class:`rnn_jax.RunOptions`'
-``kernel`` (``rnn(..., kernel=...)``), decided per leaf layer by
-:meth:`rnn_jax.RunOptions.resolve`: ``"onednn"`` runs oneDNN or raises
-``ValueError`` saying why it cannot (:func:`unsupported_reason`, or the
-extension missing); ``None`` (the default) runs it only where the layer's
-``TUNED_KERNEL`` names it for the backend and it can run. No cell names it
-today: the scan measured faster for training on our CPU (the Performance
-guide has the figures), so oneDNN is opt-in: ``rnn(..., kernel="onednn")``.
-With oneDNN the ``unroll``, ``hoist`` and ``vjp`` options have no effect.
+This module registers two kernels in :mod:`rnn_jax.kernels`:
+
+* :data:`ONEDNN` (``"onednn"``): oneDNN forward and backward (below);
+* :data:`ONEDNN_INFERENCE` (``"onednn_inference"``): oneDNN's
+  forward-inference primitive where the call is not differentiated, the
+  layer's own scan where it is (a ``jax.custom_jvp`` whose rule is the
+  scan's ``jvp``: ``grad``, ``vjp`` and ``jvp`` run exactly the ``"scan"``
+  kernel's program, with its ``unroll``, ``hoist`` and ``vjp``).
+
+Which kernel runs is :class:`rnn_jax.RunOptions`' ``kernel``
+(``rnn(..., kernel=...)``), decided per leaf layer by
+:meth:`rnn_jax.RunOptions.resolve`: a named oneDNN kernel runs or raises
+``ValueError`` saying why it cannot (:func:`unsupported_reason`, resets, or
+the extension missing); ``None`` (the default) runs one only where the
+layer's ``TUNED_KERNEL`` names it for the backend, the kernel's
+``tuned_for`` accepts the input shape and it can run. The LSTM's names
+``"onednn_inference"`` on CPU, for batches of at least
+:data:`INFERENCE_MIN_BATCH` sequences (:func:`inference_tuned_for`), where
+its forward measured faster than the scan; training runs the scan either
+way. ``"onednn"`` (oneDNN's training primitives too) is opt-in: the scan
+measured faster for training on our CPU (the Performance guide has the
+figures). With oneDNN the ``unroll``, ``hoist`` and ``vjp`` options have no
+effect on the oneDNN calls.
 
 :func:`run` converts the parameters to oneDNN's gate order and layout inside
 the traced function (so gradients flow back through the conversion) and
@@ -48,7 +61,8 @@ import numpy as np
 import rnn_jax.kernels as kernels
 from rnn_jax.cells import GRU, LSTM
 
-__all__ = ["ONEDNN", "available", "run", "set_num_threads", "unsupported_reason"]
+__all__ = ["INFERENCE_MIN_BATCH", "ONEDNN", "ONEDNN_INFERENCE", "available", "inference_tuned_for",
+           "run", "set_num_threads", "unsupported_reason"]
 
 INSTALL_HINT = "rnn_jax_onednn is not installed: pip install ./rnn_jax_onednn"
 
@@ -243,3 +257,55 @@ def _kernel_run(layer, params, xs, carry, lengths, options, resets=None):
 
 ONEDNN = kernels.register(kernels.Kernel("onednn", _unsupported, _kernel_run))
 """oneDNN's RNN primitives as the kernel ``"onednn"`` (:mod:`rnn_jax.kernels`)."""
+
+
+# ---------------------------------------------------------------------------
+# oneDNN's inference forward where nothing differentiates the call, the scan where
+# something does.
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _inference_or_scan(layer, options, params, xs, carry):
+  """``layer``'s run over ``xs [T, ..., I]`` by oneDNN's forward-inference primitive;
+  differentiated (``jvp``, and so ``grad``, ``vjp``, ``jacfwd``) as the scan is."""
+  return run(layer, params, xs, carry, options.reverse)
+
+
+@_inference_or_scan.defjvp
+def _inference_or_scan_jvp(layer, options, primals, tangents):
+  # Outputs and tangents both from the scan: a differentiated call runs exactly the scan
+  # kernel's program (the same options: unroll, hoist, vjp), bit for bit.
+  scan = lambda params, xs, carry: layer.scan(params, xs, carry, None, options)
+  return jax.jvp(scan, primals, tangents)
+
+
+INFERENCE_MIN_BATCH = 128
+"""The fewest sequences in a batch for which the default runs an LSTM with
+``"onednn_inference"`` (:func:`inference_tuned_for`)."""
+
+
+def inference_tuned_for(layer, xs) -> bool:
+  """Whether the default (``kernel=None``) runs ``layer`` over ``xs [T, ..., I]`` with
+  ``"onednn_inference"``: the shape class where it measured faster than the scan.
+
+  An LSTM over a batch of at least :data:`INFERENCE_MIN_BATCH` sequences
+  (the MNIST shape, ``B = 128``); not smaller batches, long sequences of
+  few sequences or the GRU, where the scan's forward was as fast or faster
+  (``python -m experiments.bench_inference``; the Performance guide has the
+  figures).
+  """
+  return _kind(layer) == 0 and math.prod(xs.shape[1:-1]) >= INFERENCE_MIN_BATCH
+
+
+def _inference_run(layer, params, xs, carry, lengths, options, resets=None):
+  del lengths, resets  # None: _unsupported refuses lengths and resets.
+  with jax.named_scope("onednn_inference"):
+    return _inference_or_scan(layer, options, params, xs, carry)
+
+
+ONEDNN_INFERENCE = kernels.register(
+    kernels.Kernel("onednn_inference", _unsupported, _inference_run, inference_tuned_for))
+"""The kernel ``"onednn_inference"``: oneDNN's forward-inference primitive when the call is
+not differentiated (evaluation, generation over a prompt), the layer's own scan when it is
+(``jax.custom_jvp``: forward and reverse mode differentiate the scan exactly as the
+``"scan"`` kernel does, so training is unchanged). Same limits as :data:`ONEDNN`."""

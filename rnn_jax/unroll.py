@@ -121,11 +121,13 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
       :mod:`rnn_jax.kernels`: ``"scan"`` (the scan above),
       ``"onednn"`` (oneDNN's RNN primitives over the whole sequence, from the
       optional extension ``pip install ./rnn_jax_onednn``; float32, no
-      ``lengths``, CPU; ``unroll``, ``hoist`` and ``vjp`` then do nothing) or
-      ``None`` (the default): the scan, unless the cell's ``TUNED_KERNEL``
-      names oneDNN for the backend (none does: the scan measured faster for
-      training on our CPU). See :mod:`rnn_jax.onednn`. Composites pass it to
-      every layer.
+      ``lengths``, CPU; ``unroll``, ``hoist`` and ``vjp`` then do nothing),
+      ``"onednn_inference"`` (oneDNN's inference forward where the call is
+      not differentiated, the scan where it is) or ``None`` (the default):
+      the scan, unless the cell's ``TUNED_KERNEL`` names a kernel for the
+      backend and these inputs' shape (the LSTM on CPU: ``"onednn_inference"``
+      for large batches, when the extension is installed). See
+      :mod:`rnn_jax.onednn`. Composites pass it to every layer.
     backward: the old name of ``vjp``; deprecated.
     resets: optional bool ``[..., T]`` (``[T, ...]`` with ``time_major``):
       ``resets[..., t]`` starts a new segment at step ``t``, so the carry

@@ -4,6 +4,8 @@ Tests marked ``needs_extension`` are skipped when ``rnn_jax_onednn`` is not
 installed (``pip install ./rnn_jax_onednn``); the fallback tests always run.
 Each compared case is one jitted ``(outputs, final carry, gradients)``
 function per kernel, shared by the tests so equal cases compile once.
+``"onednn_inference"`` (oneDNN's inference forward, the scan's derivatives) is
+checked against the scan: forward to 1e-5, gradients and ``jvp`` bit for bit.
 """
 
 import functools
@@ -94,6 +96,60 @@ def test_outputs_carry_and_all_gradients_match_the_scan(name):
     assert np.abs(np.asarray(leaf)).max() > 0  # Every gradient reaches something.
 
 
+def forward_fn(layer, reverse, kernel):
+  return jax.jit(lambda p, x, c: rnn_jax.rnn(layer, p, x, initial_carry=c, reverse=reverse,
+                                             kernel=kernel))
+
+
+@needs_extension
+@pytest.mark.parametrize("name", ["lstm_reverse_2d_batch", "gru_reset_before", "bidirectional"])
+def test_inference_kernel_runs_onednn_forward_and_differentiates_the_scan(name):
+  layer, batch_shape, steps, inputs, reverse = CASES[name]
+  params = random_params(layer, inputs, seed=1)
+  xs = testing.normal(2, (*batch_shape, steps, inputs))
+  carry = testing.random_carry(layer, batch_shape, seed=3)
+  # Not differentiated: oneDNN's inference primitive, equal to the scan to 1e-5.
+  forward = forward_fn(layer, reverse, "onednn_inference")
+  assert uses_onednn(forward, params, xs, carry)
+  assert_trees_close(forward(params, xs, carry), forward_fn(layer, reverse, "scan")(
+      params, xs, carry), **TOL)
+  # Differentiated: the scan's program, so outputs and every gradient equal it bit for bit,
+  # and no oneDNN call is left in it.
+  got = run_and_grad(layer, params, xs, carry, reverse=reverse, kernel="onednn_inference")
+  want = run_and_grad(layer, params, xs, carry, reverse=reverse, kernel="scan")
+  assert_trees_close(got, want, rtol=0, atol=0)
+  grad = lambda *args: run_and_grad(layer, *args, reverse=reverse, kernel="onednn_inference")
+  assert not uses_onednn(grad, params, xs, carry)
+  # Forward mode too (a custom_vjp would refuse jvp).
+  tangents = jax.tree.map(lambda a: jnp.cos(jnp.asarray(a)), (params, xs, carry))
+  jvp = lambda kernel: jax.jvp(forward_fn(layer, reverse, kernel), (params, xs, carry), tangents)
+  assert_trees_close(jvp("onednn_inference"), jvp("scan"), rtol=0, atol=0)
+
+
+@needs_extension
+def test_default_runs_onednn_inference_for_large_lstm_batches_only():
+  batch = onednn.INFERENCE_MIN_BATCH
+  lstm, gru = rnn_jax.lstm(3), rnn_jax.gru(3)
+  xs = testing.normal(0, (batch, 4, 2))
+  carry = testing.random_carry(lstm, (batch,), seed=1)
+  params = random_params(lstm, 2, seed=2)
+  default = lambda layer, **kw: (lambda p, x: rnn_jax.rnn(layer, p, x, **kw))
+  assert uses_onednn(default(lstm), params, xs)
+  assert uses_onednn(default(rnn_jax.stack([lstm, lstm])), [params, random_params(lstm, 3, 3)],
+                     xs)
+  assert not uses_onednn(default(lstm), params, xs[:batch - 1])  # A smaller batch: the scan.
+  assert not uses_onednn(default(lstm, lengths=jnp.full((batch,), 3)), params, xs)
+  assert not uses_onednn(default(gru), random_params(gru, 2, seed=4), xs)
+  assert not uses_onednn(default(lstm, kernel="scan"), params, xs)
+  assert not uses_onednn(jax.grad(lambda p, x: jnp.sum(default(lstm)(p, x)[0])), params, xs)
+  # The default's forward equals the scan to 1e-5 and its gradients the scan's exactly.
+  assert_trees_close(forward_fn(lstm, False, None)(params, xs, carry),
+                     forward_fn(lstm, False, "scan")(params, xs, carry), **TOL)
+  assert_trees_close(run_and_grad(lstm, params, xs, carry, reverse=False, kernel=None),
+                     run_and_grad(lstm, params, xs, carry, reverse=False, kernel="scan"),
+                     rtol=0, atol=0)
+
+
 @needs_extension
 def test_default_kernel_is_the_cells_tuned_one(monkeypatch):
   xs = testing.normal(0, (2, 3, 2))
@@ -101,7 +157,8 @@ def test_default_kernel_is_the_cells_tuned_one(monkeypatch):
             rnn_jax.stack([rnn_jax.simple_rnn(2), rnn_jax.gru(2)]))
   params = [random_params(layer, 2, seed=0) for layer in layers]
   default = lambda layer: (lambda p, x: rnn_jax.rnn(layer, p, x))
-  # As measured (the scan faster for training on CPU): no cell picks oneDNN by itself.
+  # As measured: at a batch of 2, no cell picks oneDNN by itself (the LSTM's tuned
+  # "onednn_inference" only from INFERENCE_MIN_BATCH sequences).
   for layer, p in zip(layers, params):
     assert not uses_onednn(default(layer), p, xs), layer
   # A backend entry in TUNED_KERNEL makes the default run oneDNN where it can.
@@ -116,7 +173,8 @@ def test_default_kernel_is_the_cells_tuned_one(monkeypatch):
 
 
 @needs_extension
-def test_vmap_of_forward_and_of_per_example_gradients():
+@pytest.mark.parametrize("kernel", ["onednn", "onednn_inference"])
+def test_vmap_of_forward_and_of_per_example_gradients(kernel):
   layer = rnn_jax.gru(3)
   params = random_params(layer, 2, seed=4)
   xs = testing.normal(5, (3, 2, 4, 2))  # vmapped axis, batch, T, I
@@ -126,10 +184,10 @@ def test_vmap_of_forward_and_of_per_example_gradients():
 
   # Shared parameters and mapped inputs; then per-example gradients, parameters mapped too.
   forward = lambda k: jax.jit(jax.vmap(lambda x: rnn_jax.rnn(layer, params, x, kernel=k)))
-  assert_trees_close(forward("onednn")(xs), forward("scan")(xs), **TOL)
+  assert_trees_close(forward(kernel)(xs), forward("scan")(xs), **TOL)
   batched_params = jax.tree.map(lambda p: jnp.stack([p, 0.5 * p, -p]), params)
   per_example = lambda k: jax.jit(jax.vmap(jax.grad(functools.partial(loss, k), argnums=(0, 1))))
-  assert_trees_close(per_example("onednn")(batched_params, xs),
+  assert_trees_close(per_example(kernel)(batched_params, xs),
                      per_example("scan")(batched_params, xs), **TOL)
 
 
@@ -147,26 +205,42 @@ def test_bidirectional_runs_its_backward_half_right_to_left():
   assert np.abs(np.asarray(outputs[..., 3:] - forward)).max() > 1e-3
 
 
+@pytest.mark.parametrize("kernel", ["onednn", "onednn_inference"])
 @pytest.mark.parametrize("layer, kwargs, dtype, reason", [
     (rnn_jax.lstm(2), {"lengths": np.array([3, 1])}, np.float32, "lengths"),
+    (rnn_jax.lstm(2), {"resets": np.array([[False, True, False]] * 2)}, np.float32,
+     "resets: oneDNN"),
     (rnn_jax.gru(2), {}, jnp.bfloat16, "float32 inputs"),
     (rnn_jax.simple_rnn(2), {}, np.float32, "LSTM and GRU cells only"),
     (rnn_jax.stack([rnn_jax.simple_rnn(2), rnn_jax.lstm(2)]), {}, np.float32,
      "LSTM and GRU cells only"),
 ])
-def test_onednn_kernel_raises_when_it_cannot_run(layer, kwargs, dtype, reason):
+def test_onednn_kernels_raise_when_they_cannot_run(kernel, layer, kwargs, dtype, reason):
   params = random_params(layer, 2, seed=0)
   xs = jnp.asarray(testing.normal(0, (2, 3, 2)), dtype)
-  with pytest.raises(ValueError, match=reason):  # The reason, installed or not.
-    rnn_jax.rnn(layer, params, xs, kernel="onednn", **kwargs)
+  with pytest.raises(ValueError, match=f"kernel='{kernel}': .*{reason}"):  # Installed or not.
+    rnn_jax.rnn(layer, params, xs, kernel=kernel, **kwargs)
 
 
-def test_onednn_kernel_raises_for_float64(x64):
+@pytest.mark.parametrize("kernel", ["onednn", "onednn_inference"])
+def test_onednn_kernels_raise_for_float64(x64, kernel):
   layer = rnn_jax.lstm(2)
   params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), random_params(layer, 2, seed=0))
   xs = jnp.asarray(testing.normal(0, (2, 3, 2)), jnp.float64)
   with pytest.raises(ValueError, match="float32"):
-    rnn_jax.rnn(layer, params, xs, kernel="onednn")
+    rnn_jax.rnn(layer, params, xs, kernel=kernel)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"lengths": np.full(onednn.INFERENCE_MIN_BATCH, 3)},
+                                    {"resets": np.eye(onednn.INFERENCE_MIN_BATCH, 3, dtype=bool)}],
+                         ids=["whole", "lengths", "resets"])
+def test_default_for_a_large_lstm_batch_falls_back_to_the_scan_where_onednn_cannot_run(kwargs):
+  layer = rnn_jax.lstm(2)
+  params = random_params(layer, 2, seed=0)
+  xs = testing.normal(1, (onednn.INFERENCE_MIN_BATCH, 3, 2))
+  jaxpr = str(jax.make_jaxpr(lambda p, x: rnn_jax.rnn(layer, p, x, **kwargs))(params, xs))
+  assert ("rnn_jax_onednn_forward" in jaxpr) == (not kwargs and onednn.available())
+  assert "scan[" in jaxpr or "rnn_jax_onednn_forward" in jaxpr
 
 
 def test_unknown_kernel_is_rejected():
@@ -175,6 +249,17 @@ def test_unknown_kernel_is_rejected():
   layer = rnn_jax.lstm(2)
   with pytest.raises(ValueError, match="kernel must be one of"):
     rnn_jax.rnn(layer, random_params(layer, 2, 0), np.ones((1, 2, 2), np.float32), kernel="dnn")
+
+
+def test_inference_tuned_for():
+  xs = lambda *batch: jax.ShapeDtypeStruct((5, *batch, 3), jnp.float32)
+  batch = onednn.INFERENCE_MIN_BATCH
+  assert onednn.inference_tuned_for(rnn_jax.lstm(4), xs(batch))
+  assert onednn.inference_tuned_for(rnn_jax.lstm(4), xs(2, batch // 2))  # Batch axes multiply.
+  assert not onednn.inference_tuned_for(rnn_jax.lstm(4), xs(batch - 1))
+  assert not onednn.inference_tuned_for(rnn_jax.lstm(4, proj_size=2), xs(batch))
+  assert not onednn.inference_tuned_for(rnn_jax.gru(4), xs(batch))
+  assert rnn_jax.kernels.get("onednn_inference").tuned_for is onednn.inference_tuned_for
 
 
 def test_unsupported_reason():
@@ -204,6 +289,16 @@ def test_without_the_extension_the_default_is_exactly_the_scan(monkeypatch):
   assert not uses_onednn(lambda p, x: rnn_jax.rnn(layer, p, x), params, xs)
   with pytest.raises(ValueError, match="not installed: pip install ./rnn_jax_onednn"):
     rnn_jax.rnn(layer, params, xs, kernel="onednn")
+  # The LSTM's own TUNED_KERNEL ("onednn_inference") at a batch it is tuned for: the scan too.
+  monkeypatch.undo()
+  monkeypatch.setattr(onednn, "available", lambda: False)
+  lstm, big = rnn_jax.lstm(2), testing.normal(11, (onednn.INFERENCE_MIN_BATCH, 3, 2))
+  lstm_params = random_params(lstm, 2, seed=12)
+  forward = lambda kernel: jax.jit(lambda p, x: rnn_jax.rnn(lstm, p, x, kernel=kernel))
+  assert_trees_close(forward(None)(lstm_params, big), forward("scan")(lstm_params, big),
+                     rtol=0, atol=0)
+  with pytest.raises(ValueError, match="not installed: pip install ./rnn_jax_onednn"):
+    rnn_jax.rnn(lstm, lstm_params, big, kernel="onednn_inference")
 
 
 NO_EXTENSION = """
@@ -223,6 +318,11 @@ for reverse in (False, True):
   for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(scan)):
     np.testing.assert_array_equal(a, b)
 assert "rnn_jax_onednn" not in str(jax.make_jaxpr(lambda x: rnn_jax.rnn(layer, params, x))(xs))
+rnn_jax.LSTM.TUNED_KERNEL = {"cpu": "onednn_inference"}  # A batch it is tuned for: the scan.
+big = np.random.default_rng(1).standard_normal((onednn.INFERENCE_MIN_BATCH, 3, 2)).astype("f")
+for a, b in zip(jax.tree.leaves(rnn_jax.rnn(layer, params, big)),
+                jax.tree.leaves(rnn_jax.rnn(layer, params, big, kernel="scan"))):
+  np.testing.assert_array_equal(a, b)
 try:
   rnn_jax.rnn(layer, params, xs, kernel="onednn")
 except ValueError as error:

@@ -11,8 +11,10 @@ Importing this package loads ``_rnn_jax_onednn.so`` (built from
 The operand layouts are documented at the top of the C++ source; rnn_jax's
 adapter (``rnn_jax/onednn.py``) converts its parameters to them inside the
 traced function. This package has no Python API beyond the ctypes helpers
-below; use it through ``rnn_jax.rnn(..., kernel="onednn")`` (the default,
-``kernel=None``, runs the scan: see ``rnn_jax.onednn`` for why).
+below; use it through ``rnn_jax.rnn(..., kernel="onednn")`` or
+``kernel="onednn_inference"`` (the inference forward only, the scan when
+differentiated), which the default, ``kernel=None``, picks for an LSTM's
+batches of 128 or more on CPU: see ``rnn_jax.onednn``.
 
 Threads: oneDNN runs its own OpenMP threads inside each call (beside XLA's
 thread pool; the count is set per calling thread, so nothing else's OpenMP
