@@ -200,7 +200,13 @@ class PPOTask:
   def make_train_step(self):
     """``train_step(state, None) -> (state, metrics)``: one PPO update with the key
     ``fold_in(key(seed), step)``; a non-finite loss or parameters leave the state as it was and
-    record the step in ``bad_step`` (as :func:`rnn_jax.training.loop.make_train_step` does)."""
+    record the step in ``bad_step`` (as :func:`rnn_jax.training.loop.make_train_step` does).
+    Compiled once per config in a process (a resumed or repeated run reuses it)."""
+    if ("train", self.config) not in _COMPILED:
+      _COMPILED["train", self.config] = self._train_step()
+    return _COMPILED["train", self.config]
+
+  def _train_step(self):
     update = ppo.make_update(self.env, self.env_params, self.net, self._optimizer(),
                              self.config.hyperparameters())
     step_key = jax.random.key(self.config.seed)
@@ -240,8 +246,12 @@ class PPOTask:
     """Greedy episodes of fresh environments, the same ones at every evaluation."""
     del split, mesh
     key = jax.random.fold_in(jax.random.key(self.config.seed), ppo.EVAL_STREAM)
-    result = _evaluator(self.env, self.env_params, self.net, self.eval_episodes)(state.params,
-                                                                                 key)
+    signature = ("eval", self.config, self.eval_episodes)
+    if signature not in _COMPILED:
+      env, env_params, net, episodes = self.env, self.env_params, self.net, self.eval_episodes
+      _COMPILED[signature] = jax.jit(
+          lambda params, key: ppo.evaluate(env, env_params, net, params, key, episodes))
+    result = _COMPILED[signature](state.params, key)
     return {name: float(value) if name != "episodes" else int(value)
             for name, value in jax.device_get(result).items()}
 
@@ -272,16 +282,8 @@ class PPOTask:
             "updates_per_second": round(steps_per_second, 3)}
 
 
-_EVALUATORS: dict = {}
-
-
-def _evaluator(env, env_params, net, episodes: int):
-  """The jitted :func:`experiments.ppo.evaluate` (one per task, compiled once)."""
-  signature = (env.name, env_params, net, episodes)
-  if signature not in _EVALUATORS:
-    _EVALUATORS[signature] = jax.jit(
-        lambda params, key: ppo.evaluate(env, env_params, net, params, key, episodes))
-  return _EVALUATORS[signature]
+_COMPILED: dict = {}
+"""The jitted train step and evaluation of each config run in this process."""
 
 
 def plot_returns(records: list, path: str, env_steps_per_update: int, title: str = "") -> None:
