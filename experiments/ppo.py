@@ -265,8 +265,8 @@ def ppo_loss(net: ActorCritic, params: dict, carry: Any, batch: Rollout, advanta
   value_loss = 0.5 * jnp.maximum((values - returns) ** 2, (values_clipped - returns) ** 2).mean()
   entropy = -(jnp.exp(log_probs) * log_probs).sum(-1).mean()
   loss = policy_loss + hp.value_coef * value_loss - hp.entropy_coef * entropy
-  return loss, {"loss": loss, "policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
-                "approx_kl": ((ratio - 1.0) - jnp.log(ratio)).mean()}
+  return loss, {"loss": loss, "policy_loss": policy_loss, "value_loss": value_loss,
+                "entropy": entropy, "approx_kl": ((ratio - 1.0) - jnp.log(ratio)).mean()}
 
 
 def make_update(env, env_params, net: ActorCritic, optimizer: optax.GradientTransformation,

@@ -28,8 +28,8 @@ The run goes through :func:`rnn_jax.training.task.train_and_evaluate` like the
 other scripts: ``--workdir`` (default ``runs/ppo-<config hash>``) holds
 ``config.json``, Orbax checkpoints (the environments' states, the carry and
 the running returns included: rerunning a killed command resumes exactly),
-``metrics.jsonl`` (``train`` records: the means over ``--log_every`` updates;
-``eval`` records), TensorBoard events when tensorboard is installed and
+``metrics.jsonl`` (a ``train`` record per update, or the means over
+``--log_every`` updates; ``eval`` records), TensorBoard events when tensorboard is installed and
 ``returns.png``. The last line is one JSON object (``env``, ``cell``,
 ``memory_length``, ``mean_return``, ``success_rate``, ``env_steps``,
 ``env_steps_per_second``, ``wall_seconds``, ...). From Python::
@@ -112,8 +112,8 @@ class Options(task_lib.RunSettings):
   """How a run is carried out and reported (not its identity): where it computes, how often
   it logs, saves and evaluates (:class:`~rnn_jax.training.task.RunSettings`), and these."""
 
-  log_every: int = setting(5, "Updates between progress lines (and train metrics records, "
-                           "means over the interval).", lower=1)
+  log_every: int = setting(1, "Updates between progress lines and train metrics records "
+                           "(means over the interval).", lower=1)
   checkpoint_every: int = setting(25, "Updates between checkpoints.", lower=1)
   eval_every: int = setting(0, "Updates between evaluations during training (0: ten in a "
                             "run).", lower=0)
@@ -252,7 +252,7 @@ class PPOTask:
       _COMPILED[signature] = jax.jit(
           lambda params, key: ppo.evaluate(env, env_params, net, params, key, episodes))
     result = _COMPILED[signature](state.params, key)
-    return {name: float(value) if name != "episodes" else int(value)
+    return {name: round(float(value), 6) if name != "episodes" else int(value)
             for name, value in jax.device_get(result).items()}
 
   def report(self, split: str, step: int, result: dict) -> tuple[dict, str]:
