@@ -1,8 +1,9 @@
 """Tests of ``python -m experiments.train_ppo``: it learns, resumes exactly, refuses bad flags.
 
-The training runs call :func:`experiments.train_ppo.run` in-process with a tiny agent (the
-compiled update is shared by the runs of one config); the interruption is the SIGTERM a kill
-sends, caught by the training loop, which saves and stops. The refusals run the script.
+The training runs (marked slow: each compiles a PPO update) call
+:func:`experiments.train_ppo.run` in-process with a tiny agent (the compiled update is shared
+by the runs of one config); the interruption is the SIGTERM a kill sends, caught by the
+training loop, which saves and stops. The refusals run the script.
 """
 
 import json
@@ -37,6 +38,7 @@ def straight(tmp_path_factory):
   return workdir, train_ppo.run(TINY, str(workdir), OPTIONS, say=lambda line: None)
 
 
+@pytest.mark.slow  # A training run: compiling the update takes seconds.
 def test_a_short_run_learns_the_shortest_memory(straight):
   workdir, summary = straight
   assert summary["env"] == "MemoryChain-bsuite" and summary["cell"] == "lstm"
@@ -50,6 +52,7 @@ def test_a_short_run_learns_the_shortest_memory(straight):
   assert sorted(os.listdir(workdir / "checkpoints")) == ["12", "4", "8"]
 
 
+@pytest.mark.slow  # A training run: compiling the update takes seconds.
 def test_interrupted_and_rerun_ends_as_the_uninterrupted_run(straight, tmp_path):
   """SIGTERM after update 5 saves a checkpoint and stops; the same call again resumes from it
   and ends with the uninterrupted run's parameters, environments and metrics, bitwise."""
@@ -79,6 +82,7 @@ def test_interrupted_and_rerun_ends_as_the_uninterrupted_run(straight, tmp_path)
         name: value for name, value in second[key].items() if name not in timing}, key
 
 
+@pytest.mark.slow  # A training run: compiling the update takes seconds.
 def test_the_feed_forward_control_stays_at_chance(tmp_path):
   summary = train_ppo.run({**TINY, "cell": "none"}, str(tmp_path), OPTIONS,
                           say=lambda line: None)
