@@ -52,6 +52,7 @@ if __name__ == "__main__":
 try:
   import gymnax  # noqa: F401  # pylint: disable=unused-import  # Refused here when missing.
   import jax
+  import jax.numpy as jnp
   from absl import app
 
   from experiments import ppo
@@ -195,7 +196,7 @@ class PPOTask:
     params = net.init(params_key, ppo.observation_size(self.env, self.env_params))
     runner = ppo.reset(self.env, self.env_params, env_key, config.num_envs, net)
     # Copies: equal constants may share one buffer, and the train step donates each leaf once.
-    return loop.init_state(params, self._optimizer(), aux=jax.tree.map(jax.numpy.copy, runner))
+    return loop.init_state(params, self._optimizer(), aux=jax.tree.map(jnp.copy, runner))
 
   def make_train_step(self):
     """``train_step(state, None) -> (state, metrics)``: one PPO update with the key
@@ -215,14 +216,14 @@ class PPOTask:
       del batch
       params, opt_state, runner, metrics = update(
           state.params, state.opt_state, state.aux, jax.random.fold_in(step_key, state.step))
-      finite = [jax.numpy.isfinite(leaf).all() for leaf in jax.tree.leaves(params)]
-      ok = jax.numpy.isfinite(metrics["loss"]) & jax.numpy.stack(finite).all() & (
+      finite = [jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(params)]
+      ok = jnp.isfinite(metrics["loss"]) & jnp.stack(finite).all() & (
           state.bad_step < 0)
-      keep = lambda new, old: jax.numpy.where(ok, new, old)
+      keep = lambda new, old: jnp.where(ok, new, old)
       new_state = loop.TrainState(
           step=keep(state.step + 1, state.step), params=jax.tree.map(keep, params, state.params),
           opt_state=jax.tree.map(keep, opt_state, state.opt_state),
-          bad_step=jax.numpy.where(ok | (state.bad_step >= 0), state.bad_step, state.step),
+          bad_step=jnp.where(ok | (state.bad_step >= 0), state.bad_step, state.step),
           ema_params=jax.tree.map(keep, params, state.params),
           aux=jax.tree.map(keep, runner, state.aux))
       return new_state, metrics
