@@ -37,10 +37,19 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny shapes and few rounds")
   parser.add_argument("--rounds", type=int, default=10, help="timed calls per case")
+  parser.add_argument("--shape", action="append", default=None, metavar="B,T,I,H",
+                      help="a shape to time instead of the benchmark's (repeatable)")
   args = parser.parse_args(argv)
   if args.rounds < 1:
     parser.error(f"--rounds must be a positive int, got {args.rounds}")
   args.shapes = benchmarking.QUICK_SHAPES if args.quick else benchmarking.DEFAULT_SHAPES
+  if args.shape:
+    try:
+      args.shapes = [tuple(int(size) for size in shape.split(",")) for shape in args.shape]
+    except ValueError:
+      parser.error(f"--shape must be four ints B,T,I,H, got {args.shape}")
+    if any(len(shape) != 4 or min(shape) < 1 for shape in args.shapes):
+      parser.error(f"--shape must be four positive ints B,T,I,H, got {args.shape}")
   if args.quick:
     args.rounds = min(args.rounds, 3)
   return args

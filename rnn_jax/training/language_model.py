@@ -435,12 +435,11 @@ class CharLMTask:
 
   def model(self, vocab_size: int) -> CharLM:
     """The model for ``vocab_size`` ids (training, and sampling from a trained run)."""
-    from rnn_jax.training.cores import build_core  # pylint: disable=import-outside-toplevel
-    core = build_core(self.cell, self.hidden_size, self.num_layers, dropout=self.dropout,
-                      variational=self.variational_dropout, sequence_length=self.window,
-                      remat_every=self.remat_every, proj_size=self.proj_size,
-                      layer_norm=self.layer_norm, zoneout=self.zoneout,
-                      weight_drop=self.weight_drop)
+    core = cores.build_core(self.cell, self.hidden_size, self.num_layers, dropout=self.dropout,
+                            variational=self.variational_dropout, sequence_length=self.window,
+                            remat_every=self.remat_every, proj_size=self.proj_size,
+                            layer_norm=self.layer_norm, zoneout=self.zoneout,
+                            weight_drop=self.weight_drop)
     return CharLM(core, vocab_size, self.embed_size, self.dropout, self.options,
                   self.variational_dropout)
 
