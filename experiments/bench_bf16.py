@@ -14,8 +14,10 @@ calls after warm-up, ``jax.block_until_ready``). Next to the times it reads
 the optimized HLO of the bf16 gradient (:func:`dot_census`): how many of its
 dots keep bf16 operands and how many XLA upcast to float32, and whether each
 runs in a library fusion (YNNPACK, XNNPACK, oneDNN) or XLA's own dot
-emitter, which says whether XLA:CPU turned them into bf16 kernels. It prints
-one markdown table and, last, one JSON line.
+emitter, which says whether XLA:CPU turned them into bf16 kernels. First, the
+same for one matmul in each of the three layouts a layer's products take
+(forward, input gradient, weight gradient; :func:`measure_dots`, minima of
+``10 * --rounds`` calls). It prints two markdown tables and, last, one JSON line.
 """
 
 from __future__ import annotations
@@ -96,7 +98,40 @@ def measure(args: argparse.Namespace) -> list[dict]:
       times = benchmarking.time_interleaved(cases, rounds=args.rounds)
       float32, bfloat16 = times["float32"]["median_s"], times["bfloat16"]["median_s"]
       rows.append({"cell": cell, "shape": list(shape), "float32_ms": 1e3 * float32,
-                   "bfloat16_ms": 1e3 * bfloat16, "ratio": bfloat16 / float32, **census})
+                   "bfloat16_ms": 1e3 * bfloat16, "ratio": bfloat16 / float32,
+                   "ratio_of_minima": times["bfloat16"]["min_s"] / times["float32"]["min_s"],
+                   **census})
+  return rows
+
+
+LAYOUTS = {"x @ w (forward)": ("mk,kn->mn", lambda m, k, n: ((m, k), (k, n))),
+           "g @ w^T (input gradient)": ("mn,kn->mk", lambda m, k, n: ((m, n), (k, n))),
+           "x^T g (weight gradient)": ("mk,mn->kn", lambda m, k, n: ((m, k), (m, n)))}
+"""The three products of a layer's matmul and its backward pass, as einsum specs and shapes."""
+
+
+def measure_dots(args: argparse.Namespace) -> list[dict]:
+  """One matmul ``[M, K] x [K, N]`` (M = B, K = H, N = 4H: an LSTM step's recurrent product)
+  in each layout, float32 against bf16 operands with float32 accumulation, side by side."""
+  rows = []
+  for shape in args.shapes:
+    m, k, n = shape[0], shape[3], 4 * shape[3]
+    for layout, (spec, shapes) in LAYOUTS.items():
+      a_shape, b_shape = shapes(m, k, n)
+      a = jax.random.normal(jax.random.key(0), a_shape)
+      b = jax.random.normal(jax.random.key(1), b_shape)
+      product = lambda dtype: jax.jit(lambda a, b: jnp.einsum(
+          spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32))
+      cases = {"float32": (product(jnp.float32), (a, b)),
+               "bfloat16": (product(jnp.bfloat16), (a.astype(jnp.bfloat16),
+                                                    b.astype(jnp.bfloat16)))}
+      census = dot_census(cases["bfloat16"][0].lower(*cases["bfloat16"][1]).compile().as_text())
+      times = benchmarking.time_interleaved(cases, rounds=10 * args.rounds)
+      rows.append({"layout": layout, "mkn": [m, k, n],
+                   "float32_us": 1e6 * times["float32"]["min_s"],
+                   "bfloat16_us": 1e6 * times["bfloat16"]["min_s"],
+                   "ratio_of_minima": times["bfloat16"]["min_s"] / times["float32"]["min_s"],
+                   **census})
   return rows
 
 
@@ -106,20 +141,34 @@ def table(rows: list[dict]) -> str:
            "|---|---|---|---|---|---|"]
   for row in rows:
     lines.append(f"| {row['cell']} | {tuple(row['shape'])} | {row['float32_ms']:.2f} | "
-                 f"{row['bfloat16_ms']:.2f} | {row['ratio']:.2f}x | {row['bf16_library']} + "
+                 f"{row['bfloat16_ms']:.2f} | {row['ratio']:.2f}x (minima "
+                 f"{row['ratio_of_minima']:.2f}x) | {row['bf16_library']} + "
                  f"{row['bf16_xla']} / {row['f32_library']} + {row['f32_xla']} |")
+  return "\n".join(lines)
+
+
+def dots_table(rows: list[dict]) -> str:
+  lines = ["| one matmul | (M, K, N) | float32 (us, min) | bf16 (us, min) | bf16 / f32 | "
+           "dot: bf16 (library + XLA) / f32 (library + XLA) |", "|---|---|---|---|---|---|"]
+  for row in rows:
+    lines.append(f"| {row['layout']} | {tuple(row['mkn'])} | {row['float32_us']:.1f} | "
+                 f"{row['bfloat16_us']:.1f} | {row['ratio_of_minima']:.2f}x | "
+                 f"{row['bf16_library']} + {row['bf16_xla']} / {row['f32_library']} + "
+                 f"{row['f32_xla']} |")
   return "\n".join(lines)
 
 
 def main(argv=None) -> None:
   args = parse_args(argv)
   machine = benchmarking.describe_machine("bench_bf16")
+  dots = measure_dots(args)
   rows = measure(args)
+  print(dots_table(dots))
   print(f"forward+backward, median of {args.rounds} rounds, backend {jax.default_backend()}, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load {machine['load_average_start']}")
   print(table(rows))
   print(json.dumps({"xla_flags": os.environ.get("XLA_FLAGS", ""), "rounds": args.rounds,
-                    "machine": machine, "rows": rows}))
+                    "machine": machine, "dots": dots, "rows": rows}))
 
 
 if __name__ == "__main__":
