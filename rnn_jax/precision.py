@@ -20,6 +20,12 @@ would run them in float32) and return gradients in ``x``'s and ``w``'s dtypes.
 Forward-mode differentiation (``jax.jvp``) of a layer with a ``compute_dtype``
 is therefore not defined; use ``compute_dtype=None`` for that.
 
+Weights are cast where they are used, inside the time loop: the cast only
+depends on the parameters, so XLA hoists it out of the loop (the optimized
+HLO of an LSTM's bf16 gradient carries the bf16 weights through its loops and
+converts them once), and the weight gradient summed over the steps stays
+float32, as it would not if the weights were cast to bf16 before the scan.
+
 This module imports nothing from the rest of the package.
 """
 
@@ -75,14 +81,9 @@ def _accumulation_dtype(x: jax.Array, w: jax.Array) -> jnp.dtype:
   return jnp.result_type(jnp.float32, x.dtype, w.dtype)
 
 
-def _product(x, w, compute_dtype, accumulate):
-  return jnp.matmul(x.astype(compute_dtype), w.astype(compute_dtype),
-                    preferred_element_type=accumulate)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _cast_matmul(x, w, compute_dtype):
-  return _product(x, w, compute_dtype, _accumulation_dtype(x, w))
+  return _cast_matmul_forward(x, w, compute_dtype)[0]
 
 
 def _cast_matmul_forward(x, w, compute_dtype):
