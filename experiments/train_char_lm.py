@@ -90,6 +90,10 @@ class CharLMConfig(Config):
   remat_every: int = setting(0, "Keep the carry only every K steps of a window in the backward "
                              "pass and recompute each chunk (for long --window); 0: off.",
                              lower=0, added=True)
+  compute_dtype: str = setting("float32", "Operands of the core's matrix products: float32, or "
+                               "bfloat16 with float32 accumulation, carries, gates and "
+                               "parameters (rnn_jax.rnn's compute_dtype).",
+                               choices=tuple(cores.COMPUTE_DTYPES), added=True)
   proj_size: int = setting(0, "LSTM only: project each layer's output and recurrent input to "
                            "this many units (rnn_jax.lstm(proj_size=...)); 0: none.", lower=0,
                            added=True)

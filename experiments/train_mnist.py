@@ -106,6 +106,10 @@ class MnistConfig(Config):
   remat_every: int = setting(0, "Keep the carry only every K steps in the backward pass and "
                              "recompute each chunk (memory grows as sqrt(T) for K near "
                              "sqrt(T)); 0: off.", lower=0, added=True)
+  compute_dtype: str = setting("float32", "Operands of the core's matrix products: float32, or "
+                               "bfloat16 with float32 accumulation, carries, gates and "
+                               "parameters (rnn_jax.rnn's compute_dtype).",
+                               choices=tuple(cores.COMPUTE_DTYPES), added=True)
   ema_decay: float = setting(0.0, "Evaluate a moving average of the parameters with this decay "
                              "(0: the final parameters).", lower=0.0, upper=0.99999)
   max_train_examples: int = setting(0, "Use only the first N training examples (0: all; for "

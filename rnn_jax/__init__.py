@@ -19,7 +19,7 @@ import rnn_jax.onednn  # Registers the "onednn" kernel (the extension itself loa
 from rnn_jax.cells import GRU, LSTM, Cell, LSTMState, SimpleRNN, gru, lstm, simple_rnn
 from rnn_jax.compose import Bidirectional, Remat, Stack, bidirectional, remat, stack
 from rnn_jax.gradient_flow import carry_gradient_norms
-from rnn_jax.layer import Layer, RunOptions, uses_dropout
+from rnn_jax.layer import Layer, RunOptions, uses_dropout, with_compute_dtype
 from rnn_jax.linear_rnn import LRU, LinearRNN, MinGRU, MinLSTM, lru, mingru, minlstm
 from rnn_jax.regularizers import WeightDrop, Zoneout, weight_drop, zoneout
 from rnn_jax._scan import reverse_padded
@@ -31,7 +31,8 @@ __all__ = [
     "MinLSTM", "Remat", "RunOptions", "SimpleRNN", "Stack", "WeightDrop", "Zoneout",
     "bidirectional", "carry_gradient_norms", "gru",
     "last_output", "lru", "lstm", "mingru", "minlstm", "remat", "reset_carry", "reverse_padded",
-    "rnn", "simple_rnn", "stack", "summary", "uses_dropout", "weight_drop", "zoneout",
+    "rnn", "simple_rnn", "stack", "summary", "uses_dropout", "weight_drop", "with_compute_dtype",
+    "zoneout",
 ]
 __version__ = "0.1.0"
 

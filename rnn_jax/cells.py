@@ -21,6 +21,14 @@ Shapes: ``I`` input size, ``H`` hidden size, ``G`` fused gate width, ``...``
 any batch shape (including none). With float32 or bfloat16 inputs and
 parameters the carry math and the outputs are float32 (bfloat16 inputs are
 promoted); with float64 ones (under x64) they are float64.
+
+Every cell takes ``compute_dtype`` (default ``None``): with ``jnp.bfloat16`` each
+of its matrix products, forward and backward (the fused one included), reads
+bfloat16 operands and accumulates in float32 (:func:`rnn_jax.precision.matmul`);
+the gate nonlinearities, the carry (an LSTM's cell state above all: it sums
+over the whole sequence, and bfloat16's 8-bit mantissa would lose the small
+increments) and the parameters stay float32. ``rnn(..., compute_dtype=...)``
+sets it on every cell of a composite and returns the outputs in it.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import jax.numpy as jnp
 import rnn_jax._scan as _scan
 import rnn_jax.fused as fused
 from rnn_jax.layer import Layer, RunOptions, required_method, check_step_input, compiled_init
+from rnn_jax.precision import matmul
 
 Params = dict
 Initializer = Callable[..., jax.Array]
@@ -90,9 +99,10 @@ def identity(key, shape, dtype=jnp.float32):
   return jnp.eye(rows, cols, dtype=dtype)
 
 
-def affine_input(params: Params, x: jax.Array, bias: str, blocks: int = 1) -> jax.Array:
+def affine_input(params: Params, x: jax.Array, bias: str, blocks: int = 1,
+                 compute_dtype: Any = None) -> jax.Array:
   """``x @ w_ih + params[bias]``, ``[..., I] -> [..., blocks*H]``; promotes bfloat16 inputs
-  to the parameter dtype.
+  to the parameter dtype; the product in ``compute_dtype`` (:func:`rnn_jax.precision.matmul`).
 
   With a single input feature (``I = 1``, pixel MNIST) and several gate blocks,
   each block's product is taken separately and concatenated: the same numbers
@@ -105,10 +115,10 @@ def affine_input(params: Params, x: jax.Array, bias: str, blocks: int = 1) -> ja
   x = x.astype(jnp.promote_types(x.dtype, weights.dtype))
   if x.shape[-1] == 1 and blocks > 1:
     width = weights.shape[-1] // blocks
-    product = jnp.concatenate([x @ weights[:, k * width:(k + 1) * width]
+    product = jnp.concatenate([matmul(x, weights[:, k * width:(k + 1) * width], compute_dtype)
                                for k in range(blocks)], axis=-1)
   else:
-    product = x @ weights
+    product = matmul(x, weights, compute_dtype)
   return product + params[bias]
 
 
@@ -222,9 +232,11 @@ class SimpleRNN(Cell, fused.FusedVJP):
   recurrent_init: Initializer | str = dataclasses.field(default=orthogonal, repr=False)
   bias_init: Initializer = dataclasses.field(default=zeros, repr=False)
   param_dtype: Any = jnp.float32
+  compute_dtype: Any = None
 
   def __post_init__(self):
     check_size("hidden_size", self.hidden_size)
+    self._check_compute_dtype()
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
                        f"got {self.activation!r}")
@@ -241,10 +253,10 @@ class SimpleRNN(Cell, fused.FusedVJP):
     return params
 
   def project(self, params, x):
-    return affine_input(params, x, "b", self.GATES)
+    return affine_input(params, x, "b", self.GATES, self.compute_dtype)
 
   def recur(self, params, h, px):
-    h = ACTIVATIONS[self.activation](px + h @ params["w_hh"])
+    h = ACTIVATIONS[self.activation](px + self._matmul(h, params["w_hh"]))
     return h, h
 
   def recur_with_residuals(self, params, h, px):
@@ -255,10 +267,10 @@ class SimpleRNN(Cell, fused.FusedVJP):
     del residuals, h_prev
     slope = 1.0 - y * y if self.activation == "tanh" else (y > 0).astype(y.dtype)
     dz = (dh + dy) * slope
-    return dz @ params["w_hh"].T, dz, None
+    return self._matmul(dz, params["w_hh"].T), dz, None
 
   def recurrent_grads(self, params, residuals, h_prevs, dz_rec):
-    return {"w_hh": fused.time_batch_matmul(h_prevs, dz_rec)}
+    return {"w_hh": fused.time_batch_matmul(h_prevs, dz_rec, self.compute_dtype)}
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -293,6 +305,11 @@ class LSTM(Cell, fused.FusedVJP):
   ``ln_c_bias [H]`` (zeros). Both options may be combined (the projection
   follows ``o * tanh(LN(c_t))``); either one turns the fused backward off
   (:meth:`runs_fused_vjp`; ``vjp="fused"`` then differentiates by autodiff).
+
+  With ``compute_dtype=jnp.bfloat16`` only the matrix products read bfloat16
+  operands; the cell state ``c_t`` must stay float32 (its dtype is the
+  carry's): it accumulates ``i * g`` over the whole sequence, and in bfloat16
+  (8 significant bits) an increment below 1/256 of ``c`` would vanish.
   """
 
   FACTORY: ClassVar[str] = "lstm"
@@ -317,9 +334,11 @@ class LSTM(Cell, fused.FusedVJP):
   param_dtype: Any = jnp.float32
   proj_size: int = 0
   layer_norm: bool = False
+  compute_dtype: Any = None
 
   def __post_init__(self):
     check_size("hidden_size", self.hidden_size)
+    self._check_compute_dtype()
     if not isinstance(self.forget_bias, numbers.Real) or isinstance(self.forget_bias, bool):
       raise ValueError(f"forget_bias must be a number, got {self.forget_bias!r}")
     if self.proj_size != 0:
@@ -366,10 +385,10 @@ class LSTM(Cell, fused.FusedVJP):
     """``x @ w_ih + b``; with ``layer_norm``, ``LN(x @ w_ih; ln_ih_gain) + b`` (per step, so
     it still hoists out of the time loop)."""
     if not self.layer_norm:
-      return affine_input(params, x, "b", self.GATES)
+      return affine_input(params, x, "b", self.GATES, self.compute_dtype)
     weights = params["w_ih"]
     x = x.astype(jnp.promote_types(x.dtype, weights.dtype))
-    return normalized(x @ weights, params["ln_ih_gain"]) + params["b"]
+    return normalized(self._matmul(x, weights), params["ln_ih_gain"]) + params["b"]
 
   def recur(self, params, state, px):
     if self.proj_size or self.layer_norm:
@@ -379,7 +398,7 @@ class LSTM(Cell, fused.FusedVJP):
 
   def _recur_extended(self, params, state, px):
     """``recur`` with the projection and/or layer normalisation (see the class doc)."""
-    recurrent = state.h @ params["w_hh"]
+    recurrent = self._matmul(state.h, params["w_hh"])
     if self.layer_norm:
       recurrent = normalized(recurrent, params["ln_hh_gain"])
     i, f, g, o = jnp.split(px + recurrent, 4, axis=-1)
@@ -389,12 +408,12 @@ class LSTM(Cell, fused.FusedVJP):
     shown = normalized(c, params["ln_c_gain"], params["ln_c_bias"]) if self.layer_norm else c
     h = o * jnp.tanh(shown)
     if self.proj_size:
-      h = h @ params["w_hr"]
+      h = self._matmul(h, params["w_hr"])
     return LSTMState(h, c), h
 
   def recur_with_residuals(self, params, state, px):
     """Also returns ``(gates [..., 4H] activated (i, f, g, o), c_{t-1}, tanh(c_t))``."""
-    z = px + state.h @ params["w_hh"]
+    z = px + self._matmul(state.h, params["w_hh"])
     i, f, g, o = jnp.split(z, 4, axis=-1)
     i, f = jax.nn.sigmoid(i), jax.nn.sigmoid(f + self.forget_bias)
     g, o = jnp.tanh(g), jax.nn.sigmoid(o)
@@ -416,10 +435,10 @@ class LSTM(Cell, fused.FusedVJP):
         dc * i * (1.0 - g * g),
         do * o * (1.0 - o),
     ], axis=-1)
-    return LSTMState(dz @ params["w_hh"].T, dc * f), dz, None
+    return LSTMState(self._matmul(dz, params["w_hh"].T), dc * f), dz, None
 
   def recurrent_grads(self, params, residuals, h_prevs, dz_rec):
-    return {"w_hh": fused.time_batch_matmul(h_prevs, dz_rec)}
+    return {"w_hh": fused.time_batch_matmul(h_prevs, dz_rec, self.compute_dtype)}
 
   def hidden(self, state):
     return state.h
@@ -457,9 +476,11 @@ class GRU(Cell, fused.FusedVJP):
   recurrent_init: Initializer = dataclasses.field(default=orthogonal, repr=False)
   bias_init: Initializer = dataclasses.field(default=zeros, repr=False)
   param_dtype: Any = jnp.float32
+  compute_dtype: Any = None
 
   def __post_init__(self):
     check_size("hidden_size", self.hidden_size)
+    self._check_compute_dtype()
     if not isinstance(self.reset_after, bool):
       raise ValueError(f"reset_after must be a bool, got {self.reset_after!r}")
 
@@ -479,7 +500,7 @@ class GRU(Cell, fused.FusedVJP):
     return "b_ih" if self.reset_after else "b"
 
   def project(self, params, x):
-    return affine_input(params, x, self.input_bias_name(params), self.GATES)
+    return affine_input(params, x, self.input_bias_name(params), self.GATES, self.compute_dtype)
 
   def recur(self, params, h, px):
     h, _, _ = self.recur_with_residuals(params, h, px)
@@ -492,16 +513,16 @@ class GRU(Cell, fused.FusedVJP):
     a_r, a_z, a_n = jnp.split(px, 3, axis=-1)
     w_hh = params["w_hh"]
     if self.reset_after:
-      u_r, u_z, u_n = jnp.split(h @ w_hh + params["b_hh"], 3, axis=-1)
+      u_r, u_z, u_n = jnp.split(self._matmul(h, w_hh) + params["b_hh"], 3, axis=-1)
       r = jax.nn.sigmoid(a_r + u_r)
       z = jax.nn.sigmoid(a_z + u_z)
       n = jnp.tanh(a_n + r * u_n)
       residuals = jnp.concatenate([r, z, n, u_n], axis=-1)
     else:
-      u_r, u_z = jnp.split(h @ w_hh[:, :2 * hidden], 2, axis=-1)
+      u_r, u_z = jnp.split(self._matmul(h, w_hh[:, :2 * hidden]), 2, axis=-1)
       r = jax.nn.sigmoid(a_r + u_r)
       z = jax.nn.sigmoid(a_z + u_z)
-      n = jnp.tanh(a_n + (r * h) @ w_hh[:, 2 * hidden:])
+      n = jnp.tanh(a_n + self._matmul(r * h, w_hh[:, 2 * hidden:]))
       residuals = jnp.concatenate([r, z, n], axis=-1)
     h = (1.0 - z) * n + z * h
     return h, h, residuals
@@ -519,27 +540,30 @@ class GRU(Cell, fused.FusedVJP):
       dr = dn * u_n * r * (1.0 - r)
       dz_in = jnp.concatenate([dr, dz, dn], axis=-1)
       dz_rec = jnp.concatenate([dr, dz, dn * r], axis=-1)
-      return dh * z + dz_rec @ w_hh.T, dz_in, dz_rec
-    d_reset_h = dn @ w_hh[:, 2 * hidden:].T
+      return dh * z + self._matmul(dz_rec, w_hh.T), dz_in, dz_rec
+    d_reset_h = self._matmul(dn, w_hh[:, 2 * hidden:].T)
     dr = d_reset_h * h_prev * r * (1.0 - r)
     dz_in = jnp.concatenate([dr, dz, dn], axis=-1)
-    dh_prev = dh * z + d_reset_h * r + dz_in[..., :2 * hidden] @ w_hh[:, :2 * hidden].T
+    dh_prev = dh * z + d_reset_h * r + self._matmul(dz_in[..., :2 * hidden],
+                                                    w_hh[:, :2 * hidden].T)
     return dh_prev, dz_in, None
 
   def recurrent_grads(self, params, residuals, h_prevs, dz_rec):
     hidden = self.hidden_size
+    compute_dtype = self.compute_dtype
     if self.reset_after:
-      return {"w_hh": fused.time_batch_matmul(h_prevs, dz_rec), "b_hh": dz_rec.sum((0, 1))}
+      return {"w_hh": fused.time_batch_matmul(h_prevs, dz_rec, compute_dtype),
+              "b_hh": dz_rec.sum((0, 1))}
     reset_h = residuals[..., :hidden] * h_prevs  # dz_rec is dz_in here.
     return {"w_hh": jnp.concatenate([
-        fused.time_batch_matmul(h_prevs, dz_rec[..., :2 * hidden]),
-        fused.time_batch_matmul(reset_h, dz_rec[..., 2 * hidden:])], axis=1)}
+        fused.time_batch_matmul(h_prevs, dz_rec[..., :2 * hidden], compute_dtype),
+        fused.time_batch_matmul(reset_h, dz_rec[..., 2 * hidden:], compute_dtype)], axis=1)}
 
 
 def simple_rnn(hidden_size: int, activation: str = "tanh", *,
                kernel_init: Initializer = glorot_uniform,
                recurrent_init: Initializer | str = orthogonal, bias_init: Initializer = zeros,
-               param_dtype=jnp.float32) -> SimpleRNN:
+               param_dtype=jnp.float32, compute_dtype=None) -> SimpleRNN:
   """The Elman network: ``h_t = act(x_t @ w_ih + h_{t-1} @ w_hh + b)``; ``y_t = h_t``.
 
   Args:
@@ -551,16 +575,19 @@ def simple_rnn(hidden_size: int, activation: str = "tanh", *,
       draws ``w_ih`` from N(0, 0.001^2), pass ``kernel_init`` for that).
     bias_init: initialiser of ``b``.
     param_dtype: dtype of the parameters.
+    compute_dtype: ``None`` or a dtype (``jnp.bfloat16``) for the operands of the matrix
+      products, accumulated in float32 (see the module doc).
 
   Params: ``w_ih [I, H]``, ``w_hh [H, H]``, ``b [H]``. Carry: ``h [..., H]``.
   """
-  return SimpleRNN(hidden_size, activation, kernel_init, recurrent_init, bias_init, param_dtype)
+  return SimpleRNN(hidden_size, activation, kernel_init, recurrent_init, bias_init, param_dtype,
+                   compute_dtype)
 
 
 def lstm(hidden_size: int, forget_bias: float = 1.0, *,
          kernel_init: Initializer = glorot_uniform, recurrent_init: Initializer = orthogonal,
          bias_init: Initializer = zeros, param_dtype=jnp.float32, proj_size: int = 0,
-         layer_norm: bool = False) -> LSTM:
+         layer_norm: bool = False, compute_dtype=None) -> LSTM:
   """Long short-term memory, gates fused in the order (i, f, g, o) of PyTorch/cuDNN.
 
   See :class:`LSTM` for the equations. ``forget_bias`` is a constant added to
@@ -573,6 +600,9 @@ def lstm(hidden_size: int, forget_bias: float = 1.0, *,
       ``kernel_init``), output and recurrent input of size ``P``. 0: none.
     layer_norm: the layer-normalised LSTM of Ba et al. (2016); equations and
       extra params in :class:`LSTM`.
+    compute_dtype: ``None`` or a dtype (``jnp.bfloat16``) for the operands of the matrix
+      products, accumulated in float32; the cell state ``c`` and the gates stay float32
+      (see the module doc).
 
   Params: ``w_ih [I, 4H]``, ``w_hh [H, 4H]`` (``[P, 4H]`` with a projection;
   each gate block initialised separately), ``b [4H]``, plus ``w_hr`` and the
@@ -580,12 +610,12 @@ def lstm(hidden_size: int, forget_bias: float = 1.0, *,
   (``h [..., P]`` with a projection).
   """
   return LSTM(hidden_size, forget_bias, kernel_init, recurrent_init, bias_init, param_dtype,
-              proj_size, layer_norm)
+              proj_size, layer_norm, compute_dtype)
 
 
 def gru(hidden_size: int, reset_after: bool = True, *,
         kernel_init: Initializer = glorot_uniform, recurrent_init: Initializer = orthogonal,
-        bias_init: Initializer = zeros, param_dtype=jnp.float32) -> GRU:
+        bias_init: Initializer = zeros, param_dtype=jnp.float32, compute_dtype=None) -> GRU:
   """Gated recurrent unit, gates in the order (r, z, n) of PyTorch/cuDNN.
 
   See :class:`GRU` for the equations: ``z`` near 1 keeps the old state (the
@@ -595,6 +625,7 @@ def gru(hidden_size: int, reset_after: bool = True, *,
   Params with ``reset_after=True``: ``w_ih [I, 3H]``, ``w_hh [H, 3H]``,
   ``b_ih [3H]``, ``b_hh [3H]`` (two biases, because ``b_hn`` sits inside the
   reset product). With ``reset_after=False``: ``w_ih``, ``w_hh`` and one
-  ``b [3H]``. Carry: ``h [..., H]``.
+  ``b [3H]``. Carry: ``h [..., H]``. ``compute_dtype``: as :func:`lstm`'s.
   """
-  return GRU(hidden_size, reset_after, kernel_init, recurrent_init, bias_init, param_dtype)
+  return GRU(hidden_size, reset_after, kernel_init, recurrent_init, bias_init, param_dtype,
+             compute_dtype)

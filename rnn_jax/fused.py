@@ -15,7 +15,8 @@ gradient is a ``jax.custom_vjp`` of the whole scan:
   reduction over all steps at once.
 
 The result equals autodiff of the same scan (the tests check 1e-5 in float32
-and finite differences in float64) and users still call ``jax.grad``.
+and finite differences in float64) and users still call ``jax.grad``. A cell
+with a ``compute_dtype`` (:mod:`rnn_jax.precision`) runs these matmuls in it too.
 
 A cell opts in by deriving from :class:`FusedVJP` and writing its
 derivative next to its equations (:mod:`rnn_jax.cells` does for the Elman
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnn_jax._scan as _scan
+from rnn_jax.precision import matmul
 
 
 class FusedVJP:
@@ -74,9 +76,12 @@ class FusedVJP:
     return "b"
 
 
-def time_batch_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-  """``sum_{t,n} a[t,n,:]^T b[t,n,:]``: ``[T, N, P], [T, N, Q] -> [P, Q]`` as one matmul."""
-  return jnp.einsum("tnp,tnq->pq", a, b)
+def time_batch_matmul(a: jax.Array, b: jax.Array, compute_dtype: Any = None) -> jax.Array:
+  """``sum_{t,n} a[t,n,:]^T b[t,n,:]``: ``[T, N, P], [T, N, Q] -> [P, Q]`` as one matmul,
+  in ``compute_dtype`` (:func:`rnn_jax.precision.matmul`; ``None``: the operands' dtype)."""
+  if compute_dtype is None:
+    return jnp.einsum("tnp,tnq->pq", a, b)
+  return matmul(a.reshape((-1, a.shape[-1])).T, b.reshape((-1, b.shape[-1])), compute_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 6, 7, 8))
@@ -120,13 +125,14 @@ def _fused_backward(cell, reverse, unroll, hoist, saved, cotangents):
                                               lengths, resets=flags, reverse=not reverse,
                                               unroll=unroll)
   w_ih = params["w_ih"]
+  compute_dtype = getattr(cell, "compute_dtype", None)
   xs_promoted = xs.astype(jnp.promote_types(xs.dtype, w_ih.dtype))
-  d_params = {"w_ih": time_batch_matmul(xs_promoted, dz_in),
+  d_params = {"w_ih": time_batch_matmul(xs_promoted, dz_in, compute_dtype),
               cell.input_bias_name(params): dz_in.sum((0, 1))}
   d_params.update(cell.recurrent_grads(params, residuals, h_prevs,
                                        dz_in if dz_rec is None else dz_rec))
   d_params = {name: d_params[name].astype(value.dtype) for name, value in params.items()}
-  d_xs = (dz_in @ w_ih.T).astype(xs.dtype)
+  d_xs = matmul(dz_in, w_ih.T, compute_dtype).astype(xs.dtype)
   no_gradient = lambda a: None if a is None else np.zeros(a.shape, jax.dtypes.float0)
   return d_params, d_xs, d_carry, no_gradient(lengths), no_gradient(flags)
 

@@ -48,6 +48,7 @@ import jax
 
 import rnn_jax.kernels as kernels
 from rnn_jax.fused import FusedVJP
+from rnn_jax.precision import check_compute_dtype, matmul
 from rnn_jax.summary import first_or_last
 
 VJPS = ("autodiff", "fused")
@@ -85,6 +86,13 @@ class RunOptions:
       a sequential scan (``False``); ``None``: ``TUNED_PARALLEL`` for the
       backend. A layer's own ``parallel=True/False`` wins. Other layers
       ignore it.
+    compute_dtype: the dtype of the operands of every matrix product, e.g.
+      ``jnp.bfloat16`` (accumulated in float32; :mod:`rnn_jax.precision`):
+      :func:`rnn_jax.rnn` gives it to every leaf layer
+      (:func:`with_compute_dtype`) and returns the outputs in it; carries,
+      gate nonlinearities, parameters and their gradients stay float32.
+      ``None``: each layer's own ``compute_dtype`` (by default ``None``, the
+      parameters' dtype: the computation before this option, bitwise).
   """
 
   reverse: bool = False
@@ -93,6 +101,7 @@ class RunOptions:
   hoist: bool | None = None
   kernel: str | None = None
   parallel: bool | None = None
+  compute_dtype: Any = None
 
   def __post_init__(self):
     if self.vjp not in VJPS + (None,):
@@ -106,6 +115,8 @@ class RunOptions:
       kernels.get(self.kernel)  # ValueError naming the registered kernels.
     if self.parallel is not None and not isinstance(self.parallel, bool):
       raise ValueError(f"parallel must be True, False or None, got {self.parallel!r}")
+    object.__setattr__(self, "compute_dtype",
+                       check_compute_dtype("compute_dtype", self.compute_dtype))
 
   @classmethod
   def of(cls, options: RunOptions | None = None, **fields) -> RunOptions:
@@ -221,6 +232,9 @@ class Layer:
   """Backend -> the kernel (:mod:`rnn_jax.kernels`) ``kernel=None`` runs where it can."""
   sublayers: ClassVar[tuple] = ()
   dropout: ClassVar[float] = 0.0
+  compute_dtype: ClassVar[Any] = None
+  """The dtype of the operands of this layer's matrix products (``None``: the
+  parameters'); a field of the leaf layers that have one (:mod:`rnn_jax.precision`)."""
 
   output_size: int
 
@@ -291,15 +305,17 @@ class Layer:
     ``resets`` ``[T, ...]`` bool (the carry starts over at each flagged step) or ``None``.
     For a leaf layer: resolves ``options`` for it and these inputs
     (:meth:`RunOptions.resolve`) and runs the kernel they name
-    (:mod:`rnn_jax.kernels`), by default its own ``scan``. Composites write
-    their own ``run`` and pass the options on.
+    (:mod:`rnn_jax.kernels`), by default its own ``scan``; the outputs are
+    in the layer's ``compute_dtype`` when it has one. Composites write their
+    own ``run`` and pass the options on.
     """
     del rng  # A leaf layer has no dropout of its own.
     options = options.resolve(self, xs=xs, lengths=lengths, params=params, carry=carry,
                               resets=resets)
     with jax.named_scope(getattr(self, "name", type(self).__name__.lower())):
-      return kernels.get(options.kernel).run(self, params, xs, carry, lengths, options,
-                                             **with_resets(resets))
+      outputs, carry = kernels.get(options.kernel).run(self, params, xs, carry, lengths, options,
+                                                       **with_resets(resets))
+    return in_compute_dtype(self, outputs), carry
 
   @required_method
   def scan(self, params: Any, xs: jax.Array, carry: Any, lengths: jax.Array | None,
@@ -316,6 +332,16 @@ class Layer:
     Raises ``TypeError`` for a layer that cannot be stepped (a bidirectional one).
     """
     raise TypeError(f"{type(self).__name__} cannot be stepped one time step at a time")
+
+  def _check_compute_dtype(self) -> None:
+    """For a leaf layer's ``__post_init__``: normalises its ``compute_dtype`` field
+    (:func:`rnn_jax.precision.check_compute_dtype`; ``ValueError`` for a bad one)."""
+    object.__setattr__(self, "compute_dtype",
+                       check_compute_dtype("compute_dtype", self.compute_dtype))
+
+  def _matmul(self, x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w`` in this layer's ``compute_dtype`` (:func:`rnn_jax.precision.matmul`)."""
+    return matmul(x, w, self.compute_dtype)
 
   def summarize(self, outputs: jax.Array, lengths: jax.Array | None, reverse: bool) -> jax.Array:
     """``[..., T, O] -> [..., O]``, the output after reading the whole sequence
@@ -347,6 +373,11 @@ class Wrapper(Layer, abstract=True):
   @property
   def output_size(self) -> int:
     return self.layer.output_size
+
+  @property
+  def compute_dtype(self) -> Any:
+    """The wrapped layer's."""
+    return self.layer.compute_dtype
 
   def tuned_like(self) -> Layer:
     """The wrapped layer's measurements apply (its tuned ``unroll`` and mode are kept)."""
@@ -415,6 +446,50 @@ def with_resets(resets: jax.Array | None) -> dict:
   run passes resets on, so that layers and kernels written before resets existed keep
   working in runs without them."""
   return {} if resets is None else {"resets": resets}
+
+
+def in_compute_dtype(layer: Layer, outputs: jax.Array) -> jax.Array:
+  """``outputs`` cast to ``layer.compute_dtype``, or unchanged when it is ``None``."""
+  return outputs if layer.compute_dtype is None else outputs.astype(layer.compute_dtype)
+
+
+def with_compute_dtype(layer: Layer, compute_dtype: Any) -> Layer:
+  """``layer`` with every leaf layer's ``compute_dtype`` set, at any nesting depth.
+
+  Composites and wrappers (``stack``, ``bidirectional``, ``remat``, ``zoneout``,
+  ``weight_drop``, ...) keep their structure: each field holding a layer, or
+  a tuple of layers, is mapped; a layer with a ``compute_dtype`` field gets
+  ``compute_dtype``. :func:`rnn_jax.rnn` calls this for
+  ``RunOptions.compute_dtype``; the result is equal (and hashes equally) to
+  the layer built with that ``compute_dtype`` to begin with.
+
+  Args:
+    layer: any layer (a frozen dataclass).
+    compute_dtype: ``None`` or a floating dtype (:mod:`rnn_jax.precision`).
+
+  Raises:
+    ValueError: a leaf layer has no ``compute_dtype`` field (a layer of your
+      own: add ``compute_dtype: Any = None`` and take its products with
+      ``self._matmul``), or ``compute_dtype`` is not a floating dtype.
+  """
+  compute_dtype = check_compute_dtype("compute_dtype", compute_dtype)
+  changes, has_sublayer = {}, False
+  for field in dataclasses.fields(layer):
+    value = getattr(layer, field.name)
+    if field.name == "compute_dtype":
+      changes[field.name] = compute_dtype
+    elif isinstance(value, Layer):
+      has_sublayer = True
+      changes[field.name] = with_compute_dtype(value, compute_dtype)
+    elif isinstance(value, tuple) and value and all(isinstance(v, Layer) for v in value):
+      has_sublayer = True
+      changes[field.name] = tuple(with_compute_dtype(v, compute_dtype) for v in value)
+  if not changes and not has_sublayer:
+    raise ValueError(f"compute_dtype: {type(layer).__name__} has no compute_dtype field, so its "
+                     "matmuls cannot change dtype; give it `compute_dtype: Any = None` and take "
+                     "its products with self._matmul (rnn_jax.precision.matmul), or pass "
+                     "compute_dtype=None")
+  return dataclasses.replace(layer, **changes)
 
 
 def check_layer(argument: str, value: Any) -> None:

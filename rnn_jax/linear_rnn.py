@@ -276,9 +276,11 @@ class GatedLinearRNN(LinearRNN, abstract=True):
   kernel_init: Initializer = dataclasses.field(default=glorot_uniform, repr=False)
   bias_init: Initializer = dataclasses.field(default=zeros, repr=False)
   param_dtype: Any = jnp.float32
+  compute_dtype: Any = None
 
   def __post_init__(self):
     check_size("hidden_size", self.hidden_size)
+    self._check_compute_dtype()
     if self.candidate not in CANDIDATES:
       raise ValueError(f"candidate must be one of {sorted(CANDIDATES)}, got {self.candidate!r}")
     if self.max_timescale is not None and not self.max_timescale > 2.0:
@@ -324,7 +326,8 @@ class MinGRU(GatedLinearRNN):
 
   def project(self, params, x):
     """``(a_t, b_t, None)`` of ``h_t = a_t * h_{t-1} + b_t`` from ``x_t [..., I]`` alone."""
-    k_z, k_h = jnp.split(affine_input(params, x, "b", self.GATES), 2, axis=-1)
+    k_z, k_h = jnp.split(affine_input(params, x, "b", self.GATES, self.compute_dtype), 2,
+                         axis=-1)
     return jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * CANDIDATES[self.candidate](k_h), None
 
 
@@ -340,7 +343,8 @@ class MinLSTM(GatedLinearRNN):
 
   def project(self, params, x):
     """``(a_t, b_t, None)`` of ``h_t = a_t * h_{t-1} + b_t`` from ``x_t [..., I]`` alone."""
-    k_f, k_i, k_h = jnp.split(affine_input(params, x, "b", self.GATES), 3, axis=-1)
+    k_f, k_i, k_h = jnp.split(affine_input(params, x, "b", self.GATES, self.compute_dtype), 3,
+                              axis=-1)
     log_ratio = jax.nn.softplus(-k_i) - jax.nn.softplus(-k_f)  # log f - log i
     return (jax.nn.sigmoid(log_ratio),
             jax.nn.sigmoid(-log_ratio) * CANDIDATES[self.candidate](k_h), None)
@@ -348,7 +352,8 @@ class MinLSTM(GatedLinearRNN):
 
 def mingru(hidden_size: int, candidate: str = "linear", *, parallel: bool | None = None,
            max_timescale: float | None = None, kernel_init: Initializer = glorot_uniform,
-           bias_init: Initializer = zeros, param_dtype=jnp.float32) -> MinGRU:
+           bias_init: Initializer = zeros, param_dtype=jnp.float32,
+           compute_dtype=None) -> MinGRU:
   """minGRU (Feng et al. 2024, "Were RNNs All We Needed?"): a GRU whose gates see only ``x_t``.
 
   With ``k = x_t @ w_ih + b`` split into (z, h~) blocks::
@@ -373,16 +378,22 @@ def mingru(hidden_size: int, candidate: str = "linear", *, parallel: bool | None
       about the sequence length for long sequences.
     kernel_init, bias_init: initialisers of ``w_ih`` (per gate block) and ``b``.
     param_dtype: dtype of the parameters.
+    compute_dtype: ``None`` or a dtype (``jnp.bfloat16``) for the operands of the input
+      matmul, accumulated in float32 (:mod:`rnn_jax.precision`). The gates and the
+      recurrence ``h_t = a_t h_{t-1} + b_t``, sequential or one associative scan, stay
+      float32: ``a_t`` is multiplied over up to ``T`` steps, where bfloat16's relative
+      error (2^-8) per factor would compound.
 
   Params: ``w_ih [I, 2H]``, ``b [2H]``. Carry: ``h [..., H]``.
   """
   return MinGRU(hidden_size, candidate, parallel, max_timescale, kernel_init, bias_init,
-                param_dtype)
+                param_dtype, compute_dtype)
 
 
 def minlstm(hidden_size: int, candidate: str = "linear", *, parallel: bool | None = None,
             max_timescale: float | None = None, kernel_init: Initializer = glorot_uniform,
-            bias_init: Initializer = zeros, param_dtype=jnp.float32) -> MinLSTM:
+            bias_init: Initializer = zeros, param_dtype=jnp.float32,
+            compute_dtype=None) -> MinLSTM:
   """minLSTM (Feng et al. 2024): forget and input gates from ``x_t`` only, normalised to sum to 1.
 
   With ``k = x_t @ w_ih + b`` split into (f, i, h~) blocks::
@@ -405,11 +416,12 @@ def minlstm(hidden_size: int, candidate: str = "linear", *, parallel: bool | Non
       (as :func:`mingru`'s).
     kernel_init, bias_init: initialisers of ``w_ih`` (per gate block) and ``b``.
     param_dtype: dtype of the parameters.
+    compute_dtype: as :func:`mingru`'s (the recurrence stays float32).
 
   Params: ``w_ih [I, 3H]``, ``b [3H]``. Carry: ``h [..., H]``.
   """
   return MinLSTM(hidden_size, candidate, parallel, max_timescale, kernel_init, bias_init,
-                 param_dtype)
+                 param_dtype, compute_dtype)
 
 
 SKIPS = ("diagonal", "dense", "none")
@@ -432,9 +444,11 @@ class LRU(LinearRNN):
   skip: str = "diagonal"
   parallel: bool | None = None
   param_dtype: Any = jnp.float32
+  compute_dtype: Any = None
 
   def __post_init__(self):
     check_size("state_size", self.state_size)
+    self._check_compute_dtype()
     check_size("output_size", self.output_size)
     if self.skip not in SKIPS:
       raise ValueError(f"skip must be one of {SKIPS}, got {self.skip!r}")
@@ -489,21 +503,22 @@ class LRU(LinearRNN):
     and ``x_t D`` (or ``None``) from ``x_t [..., I]``."""
     x = x.astype(jnp.promote_types(x.dtype, params["B_re"].dtype))
     gamma = jnp.exp(params["gamma_log"])
-    b = jax.lax.complex(x @ params["B_re"] * gamma, x @ params["B_im"] * gamma)
+    b = jax.lax.complex(self._matmul(x, params["B_re"]) * gamma,
+                        self._matmul(x, params["B_im"]) * gamma)
     lam = jnp.exp(jax.lax.complex(-jnp.exp(params["nu_log"]), jnp.exp(params["theta_log"])))
-    skip_x = {"diagonal": lambda: x * params["D"], "dense": lambda: x @ params["D"],
+    skip_x = {"diagonal": lambda: x * params["D"], "dense": lambda: self._matmul(x, params["D"]),
               "none": lambda: None}[self.skip]()
     return jnp.broadcast_to(lam, b.shape), b, skip_x
 
   def readout(self, params, h, skip_x):
     """``y_t = Re(h_t C)`` plus the skip term."""
-    y = jnp.real(h) @ params["C_re"] - jnp.imag(h) @ params["C_im"]
+    y = self._matmul(jnp.real(h), params["C_re"]) - self._matmul(jnp.imag(h), params["C_im"])
     return y if skip_x is None else y + skip_x
 
 
 def lru(state_size: int, output_size: int, *, r_min: float = 0.0, r_max: float = 1.0,
         max_phase: float = 2 * math.pi, skip: str = "diagonal", parallel: bool | None = None,
-        param_dtype=jnp.float32) -> LRU:
+        param_dtype=jnp.float32, compute_dtype=None) -> LRU:
   """The Linear Recurrent Unit (Orvieto et al. 2023, "Resurrecting Recurrent Neural Networks").
 
   A complex diagonal linear recurrence with an exponential parametrisation of
@@ -532,8 +547,15 @@ def lru(state_size: int, output_size: int, *, r_min: float = 0.0, r_max: float =
   ``D [O]`` (diagonal) or ``D [I, O]`` (dense). Carry: ``h [..., H]`` complex
   (complex64 for float32 parameters).
 
+  ``compute_dtype`` (``None`` or e.g. ``jnp.bfloat16``): the operands of the products with
+  ``B``, ``C`` and a dense ``D`` (:mod:`rnn_jax.precision`). The complex recurrence must stay
+  complex64 (float32 parts), sequential or parallel: ``|lambda|`` is often within 1e-3 of 1
+  (``r_max = 0.999``), closer than bfloat16 resolves near 1 (2^-8), so a bfloat16
+  ``lambda`` would forget at the wrong rate or not at all.
+
   Raises:
     ValueError: for ``skip="diagonal"`` when ``init`` is given an input size
       other than ``output_size``; for radii outside ``0 <= r_min < r_max <= 1``.
   """
-  return LRU(state_size, output_size, r_min, r_max, max_phase, skip, parallel, param_dtype)
+  return LRU(state_size, output_size, r_min, r_max, max_phase, skip, parallel, param_dtype,
+             compute_dtype)

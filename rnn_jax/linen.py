@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.layer import Layer, RunOptions, check_layer, uses_dropout
+from rnn_jax.layer import Layer, RunOptions, check_layer, uses_dropout, with_compute_dtype
 from rnn_jax.unroll import reset_carry, rnn
 
 PARAM = "layer"
@@ -59,6 +59,11 @@ class RNN(nn.Module):
       (:meth:`rnn_jax.RunOptions.of`).
     rng_collection: the Flax RNG stream for dropout.
     cell: the old name of ``layer``; deprecated.
+    compute_dtype: ``None`` or a dtype (``jnp.bfloat16``): every matrix product of
+      ``layer`` reads operands in it, accumulated in float32, and the outputs are in it
+      (:func:`rnn_jax.rnn`'s ``compute_dtype``); the module's ``layer`` becomes
+      ``rnn_jax.with_compute_dtype(layer, compute_dtype)``, so :meth:`step` computes alike.
+      Parameters stay in their dtype (float32).
 
   Params: ``{"layer": layer.init(key, I)}``, see the module docstring.
   """
@@ -73,6 +78,7 @@ class RNN(nn.Module):
   hoist: bool | None = None
   rng_collection: str = "dropout"
   cell: Layer | None = None
+  compute_dtype: Any = None
 
   def __post_init__(self):
     if self.cell is not None:
@@ -83,6 +89,8 @@ class RNN(nn.Module):
       object.__setattr__(self, "layer", self.cell)
       object.__setattr__(self, "cell", None)
     check_layer("RNN.layer (for a flax.linen cell use flax.linen.RNN)", self.layer)
+    if self.compute_dtype is not None:
+      object.__setattr__(self, "layer", with_compute_dtype(self.layer, self.compute_dtype))
     super().__post_init__()
 
   @property

@@ -39,7 +39,7 @@ from typing import Any
 from flax import nnx
 import jax
 
-from rnn_jax.layer import Layer, RunOptions, check_layer, uses_dropout
+from rnn_jax.layer import Layer, RunOptions, check_layer, uses_dropout, with_compute_dtype
 from rnn_jax.unroll import reset_carry, rnn
 
 
@@ -138,7 +138,8 @@ class RNN(_LayerParams):
   def __init__(self, layer: Layer, input_size: int, *, rngs: nnx.Rngs,
                options: RunOptions | None = None, return_carry: bool = False,
                time_major: bool = False, reverse: bool | None = None, unroll: int | None = None,
-               vjp: str | None = None, hoist: bool | None = None, deterministic: bool = False):
+               vjp: str | None = None, hoist: bool | None = None, deterministic: bool = False,
+               compute_dtype: Any = None):
     """Initialises the parameters with ``layer.init(rngs.params(), input_size)``.
 
     Args:
@@ -157,11 +158,20 @@ class RNN(_LayerParams):
         the same names: each one given (not ``None``) replaces that field
         (:meth:`rnn_jax.RunOptions.of`).
       deterministic: start with dropout off (as after ``model.eval()``).
+      compute_dtype: ``None`` or a dtype (``jnp.bfloat16``): every matrix product of
+        ``layer`` reads operands in it, accumulated in float32, and the outputs are in
+        it (:func:`rnn_jax.rnn`'s ``compute_dtype``); the ``layer`` attribute becomes
+        ``rnn_jax.with_compute_dtype(layer, compute_dtype)``, so ``step`` computes alike.
+        Parameters stay in their dtype (float32).
 
     Raises:
       TypeError: if ``layer`` is not an rnn_jax layer or ``options`` not a ``RunOptions``.
-      ValueError: for a bad option value (an unknown ``vjp``...).
+      ValueError: for a bad option value (an unknown ``vjp``, a ``compute_dtype`` that is
+        not a floating dtype...).
     """
+    if compute_dtype is not None:
+      check_layer("layer (for a flax.nnx cell use flax.nnx.RNN)", layer)
+      layer = with_compute_dtype(layer, compute_dtype)
     self._init_params(layer, input_size, rngs, "layer (for a flax.nnx cell use flax.nnx.RNN)")
     self.options = RunOptions.of(options, reverse=reverse, unroll=unroll, vjp=vjp, hoist=hoist)
     self.dropout_rngs = rngs["dropout"].fork() if uses_dropout(layer) else None

@@ -109,12 +109,16 @@ def unsupported_reason(cell, xs, lengths, params=None, carry=None,
 
   oneDNN runs LSTM and GRU cells (both GRU variants) over whole, non-empty
   float32 sequences on CPU: no ``lengths``, float32 inputs, parameters and
-  carry. ``backend`` defaults to JAX's. Does not check whether the extension
-  is installed (:func:`available`).
+  carry, and float32 matmuls (a cell with a ``compute_dtype`` other than
+  float32 runs the scan). ``backend`` defaults to JAX's. Does not check
+  whether the extension is installed (:func:`available`).
   """
   if _kind(cell) is None:
     return (f"oneDNN kernels run LSTM and GRU cells only (an LSTM without proj_size or "
             f"layer_norm), not {type(cell).__name__} ({cell!r})")
+  if cell.compute_dtype not in (None, jnp.float32):
+    return (f"oneDNN kernels compute in float32, not compute_dtype={cell.compute_dtype}; "
+            "use kernel='scan' (or compute_dtype=None)")
   if lengths is not None:
     return "oneDNN's RNN primitives have no variable lengths (lengths=...); use kernel='scan'"
   if jnp.dtype(xs.dtype) != jnp.float32:

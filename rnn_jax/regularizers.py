@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import rnn_jax._scan as _scan
 from rnn_jax.cells import Cell, LSTMState
 from rnn_jax.fused import FusedVJP
-from rnn_jax.layer import Layer, RunOptions, Wrapper, check_layer, with_resets
+from rnn_jax.layer import Layer, RunOptions, Wrapper, check_layer, in_compute_dtype, with_resets
 
 
 def _check_rate(name: str, rate: Any, allow_one: bool) -> float:
@@ -165,7 +165,9 @@ class Zoneout(Wrapper):
 
     flags = _scan.reset_flags(resets, lengths, options.reverse)
     with jax.named_scope(self.name):
-      return _scan.run_in_valid_order(run, ((xs, masks), flags), lengths, options.reverse)
+      outputs, final = _scan.run_in_valid_order(run, ((xs, masks), flags), lengths,
+                                                options.reverse)
+    return in_compute_dtype(self, outputs), final
 
 
 def zoneout(layer: Layer, rate: float, cell_rate: float | None = None) -> Layer:

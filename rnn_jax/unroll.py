@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 import rnn_jax._scan as _scan
-from rnn_jax.layer import Layer, RunOptions, check_layer, with_resets
+from rnn_jax.layer import Layer, RunOptions, check_layer, with_compute_dtype, with_resets
 
 __all__ = ["reset_carry", "rnn"]
 
@@ -77,7 +77,7 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
         options: RunOptions | None = None, reverse: bool | None = None, time_major: bool = False,
         unroll: int | None = None, dropout_rng: jax.Array | None = None,
         hoist: bool | None = None, vjp: str | None = None, kernel: str | None = None,
-        backward: str | None = None, resets=None):
+        backward: str | None = None, resets=None, compute_dtype=None):
   """Runs a layer (a cell, a linear recurrence, a ``stack``, ``bidirectional`` or ``remat``)
   over a sequence.
 
@@ -93,7 +93,7 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
     lengths: optional ``[...]`` integer valid lengths per sequence (see module doc).
     options: how to run the layer, one :class:`~rnn_jax.layer.RunOptions`
       record (``reverse``, ``unroll``, ``vjp``, ``hoist``, ``kernel``,
-      ``parallel``); what the Linen and NNX layers and the training toolkit
+      ``parallel``, ``compute_dtype``); what the Linen and NNX layers and the training toolkit
       pass on. The keyword arguments below are sugar for its fields: each
       one given (not ``None``) replaces that field of ``options``.
     reverse: process each sequence from its last valid step to its first;
@@ -143,10 +143,19 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
       parallel mode as ``a_t = 0`` inside its associative scan) except the
       oneDNN kernel (``ValueError``). :func:`reset_carry` is the stepping
       counterpart.
+    compute_dtype: ``None`` (default: each layer's own, by default the
+      parameters' dtype, bitwise the computation without this option) or a
+      dtype such as ``jnp.bfloat16``: every matrix product of every leaf
+      layer, forward and backward, reads operands in it and accumulates in
+      float32 (:mod:`rnn_jax.precision`); carries, gate nonlinearities,
+      parameters and their gradients stay float32, and the outputs are
+      returned in ``compute_dtype``. The oneDNN kernel computes in float32
+      only, so ``kernel=None`` runs the scan then.
 
   Returns:
     ``(outputs, final_carry)``; outputs ``[..., T, O]`` (``[T, ..., O]`` if
-    ``time_major``), float32 for float32 parameters; the final carry is the
+    ``time_major``), float32 for float32 parameters (``compute_dtype`` when
+    one is given); the final carry is the
     carry after each sequence's last valid step.
 
   Raises:
@@ -154,8 +163,9 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
     ValueError: on a wrong rank, an input size that does not match ``params``,
       ``lengths`` of the wrong shape or dtype, ``resets`` that are not bool or
       not shaped like ``xs`` without its feature axis, a mismatched ``initial_carry``,
-      an unknown ``vjp`` or ``kernel``, or ``kernel="onednn"`` where oneDNN
-      cannot run a cell (the message says why).
+      an unknown ``vjp`` or ``kernel``, ``kernel="onednn"`` where oneDNN
+      cannot run a cell (the message says why), or a ``compute_dtype`` that is
+      not a floating dtype or a layer of your own without that field.
   """
   if backward is not None:
     warnings.warn("rnn(backward=...) is deprecated; use vjp=... (backward is also the name "
@@ -165,7 +175,9 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
     vjp = backward
   check_layer("layer (the first argument)", layer)
   options = RunOptions.of(options, reverse=reverse, unroll=unroll, vjp=vjp, hoist=hoist,
-                          kernel=kernel)
+                          kernel=kernel, compute_dtype=compute_dtype)
+  if options.compute_dtype is not None:
+    layer = with_compute_dtype(layer, options.compute_dtype)
   if options.vjp == "fused" and not layer.runs_fused_vjp():
     warnings.warn(f"rnn: vjp='fused' does nothing for {layer!r}: none of its cells has a fused "
                   "backward, so its gradient is autodiff (vjp=None picks the measured best)",

@@ -264,3 +264,20 @@ def test_resets_reach_rnn_and_step_and_cell_reset_like_the_run(rnn_jit):
     np.testing.assert_allclose(jnp.stack(outputs, 1), want_out, atol=1e-6)
     for got, want in zip(jax.tree.leaves((carry, got_carry)), jax.tree.leaves((want_carry,) * 2)):
       np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_compute_dtype_reaches_rnn_and_step():
+  xs = _inputs(9)
+  model = rnn_linen.RNN(STEPPABLE, return_carry=True, compute_dtype=jnp.bfloat16)
+  assert model.layer == rnn_jax.with_compute_dtype(STEPPABLE, jnp.bfloat16)
+  variables = model.init(jax.random.key(1), xs)
+  assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  outputs, carry = jax.jit(model.apply)(variables, xs)
+  want, want_carry = jax.jit(lambda p, xs: rnn_jax.rnn(STEPPABLE, p, xs,
+                                                       compute_dtype=jnp.bfloat16))(
+      variables["params"]["layer"], xs)
+  assert outputs.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(outputs, want)
+  y = model.apply(variables, model.initial_carry((BATCH,)), xs[:, 0], method="step")[1]
+  np.testing.assert_allclose(y, want[:, 0].astype(jnp.float32), atol=1e-2)  # want is bf16.
+  assert rnn_linen.RNN(STEPPABLE).apply(variables, xs).dtype == jnp.float32

@@ -261,3 +261,22 @@ def test_resets_reach_rnn_and_step_and_cell_reset_like_the_run(rnn_jit):
       outputs.append(y)
     np.testing.assert_allclose(jnp.stack(outputs, 1), want_out, atol=1e-6)
     _assert_trees_close(carry, want_carry)
+
+
+def test_compute_dtype_reaches_rnn_and_step():
+  xs = _inputs(9)
+  model = rnn_nnx.RNN(STEPPABLE, INPUT, rngs=nnx.Rngs(3), return_carry=True,
+                      compute_dtype=jnp.bfloat16)
+  assert model.layer == rnn_jax.with_compute_dtype(STEPPABLE, jnp.bfloat16)
+  params = model.layer_params()
+  assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+  outputs, carry = nnx.jit(lambda module, xs: module(xs))(model, xs)
+  want, want_carry = jax.jit(lambda p, xs: rnn_jax.rnn(STEPPABLE, p, xs,
+                                                       compute_dtype=jnp.bfloat16))(params, xs)
+  assert outputs.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(outputs, want)
+  _assert_trees_close(carry, want_carry, atol=0)
+  y = model.step(model.initial_carry((BATCH,)), xs[:, 0])[1]
+  np.testing.assert_allclose(y, want[:, 0].astype(jnp.float32), atol=1e-2)  # want is bf16.
+  with pytest.raises(ValueError, match="compute_dtype must be None or a floating dtype"):
+    rnn_nnx.RNN(STEPPABLE, INPUT, rngs=nnx.Rngs(3), compute_dtype="int8")

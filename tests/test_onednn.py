@@ -214,6 +214,8 @@ def test_bidirectional_runs_its_backward_half_right_to_left():
     (rnn_jax.simple_rnn(2), {}, np.float32, "LSTM and GRU cells only"),
     (rnn_jax.stack([rnn_jax.simple_rnn(2), rnn_jax.lstm(2)]), {}, np.float32,
      "LSTM and GRU cells only"),
+    (rnn_jax.lstm(2), {"compute_dtype": jnp.bfloat16}, np.float32,
+     "compute in float32, not compute_dtype=bfloat16"),
 ])
 def test_onednn_kernels_raise_when_they_cannot_run(kernel, layer, kwargs, dtype, reason):
   params = random_params(layer, 2, seed=0)
@@ -271,6 +273,12 @@ def test_unsupported_reason():
   for variant in (rnn_jax.lstm(2, proj_size=1), rnn_jax.lstm(2, layer_norm=True)):
     assert "without proj_size or layer_norm" in onednn.unsupported_reason(variant, xs, None)
   assert "empty" in onednn.unsupported_reason(rnn_jax.lstm(2), jnp.ones((3, 0, 2)), None)
+  assert "compute_dtype=bfloat16" in onednn.unsupported_reason(
+      rnn_jax.gru(2, compute_dtype=jnp.bfloat16), xs, None)
+  assert onednn.unsupported_reason(rnn_jax.gru(2, compute_dtype=jnp.float32), xs, None) is None
+  # Where a tuned default would pick oneDNN, a bf16 layer resolves to the scan instead.
+  tuned = rnn_jax.RunOptions().resolve(rnn_jax.lstm(2, compute_dtype=jnp.bfloat16), "cpu", xs=xs)
+  assert tuned.kernel == "scan"
 
 
 def test_without_the_extension_the_default_is_exactly_the_scan(monkeypatch):

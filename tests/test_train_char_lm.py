@@ -11,6 +11,7 @@ import json
 import os
 import signal
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -160,6 +161,7 @@ def test_a_loaded_run_generates_what_the_command_prints(trained):
     (["--cell=gru", "--proj_size=8"], "--proj_size=8: an option of --cell=lstm"),
     (["--cell=mingru", "--weight_drop=0.1"], "--weight_drop=0.1: --cell=mingru has no"),
     (["--zoneout=1"], "--zoneout"),
+    (["--compute_dtype=float16"], "--compute_dtype"),
 ])
 def test_bad_flag_prints_one_line_and_exits_2(args, flag):
   line = one_line(run_experiment("train_char_lm", *args, "--workdir=/nonexistent/never"), 2)
@@ -217,6 +219,18 @@ def test_the_lm_kit_flags_train_and_keep_their_config(tiny_text, tmp_path):
       "variational_dropout": True}
   loaded = language_model.load(workdir)
   assert loaded.model.core.layers[0].layer.layer == rnn_jax.lstm(16, proj_size=4, layer_norm=True)
+
+
+def test_compute_dtype_flag_trains_in_bf16_and_is_kept_in_the_config(tiny_text, tmp_path):
+  workdir = str(tmp_path / "bf16")
+  config = {**CONFIG, "text_file": tiny_text, "steps": 2, "compute_dtype": "bfloat16"}
+  summary = train_char_lm.run(config, workdir, dataclasses.replace(OPTIONS, sample_length=0,
+                                                                   plots=False),
+                              say=lambda line: None)
+  assert np.isfinite(summary["last10_loss"])
+  assert json.load(open(os.path.join(workdir, "config.json")))["compute_dtype"] == "bfloat16"
+  assert language_model.load(workdir).model.options.compute_dtype == jnp.bfloat16
+  assert "compute_dtype" not in train_char_lm.CharLMConfig().identity()
 
 
 def test_missing_text_file_is_one_clear_error(tmp_path):

@@ -16,6 +16,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -72,6 +73,7 @@ def _summary(result):
     (["--steps=0", "--epochs=0"], "--epochs"),
     (["--platform=tpu"], "--platform=tpu: not available on this machine"),
     (["--validation_examples=-1"], "--validation_examples"),
+    (["--compute_dtype=float16"], "--compute_dtype"),
 ])
 def test_bad_flag_prints_one_line_and_exits_nonzero(args, flag):
   result = _script(*args, "--workdir=/nonexistent/never-created")
@@ -278,6 +280,28 @@ def test_remat_every_trains_as_the_plain_run(tiny_mnist, tmp_path):
   assert train_mnist.default_workdir(train_mnist.MnistConfig()) == "runs/default-17e4a2c6"
   with pytest.raises(train_mnist.UsageError, match="--remat and --remat_every=30: pick one"):
     train_mnist.run({**config, "remat": True, "remat_every": 30}, str(tmp_path / "both"), options)
+
+
+def test_compute_dtype_flag_reaches_the_core_and_keeps_the_default_hash(tiny_mnist, tmp_path):
+  """--compute_dtype=bfloat16: the core's options carry it (rnn's compute_dtype), the run is
+  the float32 one to bf16 rounding; float32 (the default) is left out of the config's hash."""
+  config = train_mnist.MnistConfig.resolve({"compute_dtype": "bfloat16"})
+  task = classification.ClassificationTask.from_config(config.to_dict())
+  assert task.options.compute_dtype == jnp.bfloat16
+  default = train_mnist.MnistConfig()
+  assert "compute_dtype" not in default.identity() and config.identity()["compute_dtype"] == (
+      "bfloat16")
+  assert classification.ClassificationTask.from_config(
+      default.to_dict()).options.compute_dtype is None
+  assert train_mnist.default_workdir(default) == "runs/default-17e4a2c6"
+  options = train_mnist.Options(data_dir=tiny_mnist, log_every=4, eval_batch_size=20,
+                                plots=False)
+  small = {"hidden_size": 8, "batch_size": 16, "steps": 4}
+  plain = train_mnist.run(small, str(tmp_path / "f32"), options, say=lambda line: None)
+  bf16 = train_mnist.run({**small, "compute_dtype": "bfloat16"}, str(tmp_path / "bf16"),
+                         options, say=lambda line: None)
+  assert bf16["config"]["compute_dtype"] == "bfloat16"
+  np.testing.assert_allclose(bf16["test_loss"], plain["test_loss"], rtol=0.02)
 
 
 def test_presets_apply_under_the_given_values():

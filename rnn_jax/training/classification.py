@@ -54,7 +54,7 @@ import rnn_jax
 from rnn_jax.compose import dropout_outputs
 from rnn_jax.training import distributed, loop
 from rnn_jax.training.batching import BatchOrder
-from rnn_jax.training.cores import CELLS, build_core  # pylint: disable=unused-import
+from rnn_jax.training.cores import CELLS, build_core, run_options  # pylint: disable=unused-import
 
 METRIC_FORMATS = {"loss": "loss {:.4f}", "accuracy": "acc {:.2%}"}
 """The training metrics of :func:`loss_function` and how progress lines show them."""
@@ -392,11 +392,11 @@ class ClassificationTask:
   @classmethod
   def from_config(cls, config, **settings) -> ClassificationTask:
     """The task of a config's values (``config.json``'s keys: ``backward`` is ``vjp``; the
-    ``unroll`` and ``vjp`` go into ``options``) and the run's ``settings`` (``data_dir``,
+    ``unroll``, ``vjp`` and ``compute_dtype`` go into ``options``,
+    :func:`~rnn_jax.training.cores.run_options`) and the run's ``settings`` (``data_dir``,
     ``search_dirs``, ``max_test_examples``, ``eval_batch_size``, ``plots``, ``title``)."""
     values = dict(config)
-    vjp, unroll = values.pop("backward", "auto"), values.pop("unroll", None)
-    options = rnn_jax.RunOptions(unroll=unroll, vjp=None if vjp == "auto" else vjp)
+    options = run_options(values)
     return cls(**values, options=options, **settings)
 
   # ---------------------------------------------------------------- the model

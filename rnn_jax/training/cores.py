@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 import rnn_jax
 
@@ -49,6 +50,27 @@ CELLS: dict[str, Callable[[int, int | None], Any]] = {
 }
 """Cell builders by name: ``CELLS[name](hidden_size, sequence_length=None) -> cell``
 (``None``: the cell's own default initialisation)."""
+
+
+COMPUTE_DTYPES: dict[str, Any] = {"float32": None, "bfloat16": jnp.bfloat16}
+"""The scripts' ``--compute_dtype`` values -> ``rnn_jax.RunOptions.compute_dtype``: ``float32``
+is ``None``, the parameters' dtype (bitwise the runs before the flag existed)."""
+
+
+def run_options(values: dict[str, Any]) -> rnn_jax.RunOptions:
+  """How a task's core runs, from a config's values (``config.json``'s keys): removes
+  ``unroll``, ``backward`` (``"auto"``: the tuned choice) and ``compute_dtype`` (a key of
+  :data:`COMPUTE_DTYPES`; absent: ``"float32"``) from ``values`` and returns their
+  ``rnn_jax.RunOptions``."""
+  vjp, unroll = values.pop("backward", "auto"), values.pop("unroll", None)
+  compute_dtype = COMPUTE_DTYPES[values.pop("compute_dtype", "float32")]
+  return rnn_jax.RunOptions(unroll=unroll, vjp=None if vjp == "auto" else vjp,
+                            compute_dtype=compute_dtype)
+
+
+def compute_dtype_name(options: rnn_jax.RunOptions) -> str:
+  """The ``--compute_dtype`` value of ``options`` (the inverse of :func:`run_options`'s)."""
+  return next(name for name, dtype in COMPUTE_DTYPES.items() if dtype == options.compute_dtype)
 
 
 def register_cell(name: str, builder: Callable[[int, int | None], Any]) -> None:

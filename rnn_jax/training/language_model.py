@@ -55,7 +55,7 @@ import optax
 
 import rnn_jax
 from rnn_jax.compose import dropout_outputs
-from rnn_jax.training import loop
+from rnn_jax.training import cores, loop
 from rnn_jax.training.text import TextBatch, Vocabulary
 
 METRIC_FORMATS = {"loss": "loss {:.4f}", "bpc": "{:.3f} bits/char"}
@@ -412,21 +412,22 @@ class CharLMTask:
   @classmethod
   def from_config(cls, config, **settings) -> CharLMTask:
     """The task of a config's values (``config.json``'s keys: ``backward`` is ``vjp``; the
-    ``unroll`` and ``vjp`` go into ``options``) and the run's ``settings``.
+    ``unroll``, ``vjp`` and ``compute_dtype`` go into ``options``,
+    :func:`~rnn_jax.training.cores.run_options`) and the run's ``settings``.
 
     Raises:
       TypeError: a key that is not a setting of the task.
     """
     values = dict(config)
-    vjp, unroll = values.pop("backward", "auto"), values.pop("unroll", None)
-    options = rnn_jax.RunOptions(unroll=unroll, vjp=None if vjp == "auto" else vjp)
+    options = cores.run_options(values)
     return cls(**values, options=options, **settings)
 
   def config_values(self) -> dict[str, Any]:
     """The config of the task (the keys of ``config.json``), as :meth:`from_config` takes it."""
     values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
               if field.name not in _RUN_SETTINGS}
-    return {**values, "unroll": self.options.unroll, "backward": self.options.vjp or "auto"}
+    return {**values, "unroll": self.options.unroll, "backward": self.options.vjp or "auto",
+            "compute_dtype": cores.compute_dtype_name(self.options)}
 
   @property
   def throughput(self) -> tuple[int, str]:
@@ -434,12 +435,11 @@ class CharLMTask:
 
   def model(self, vocab_size: int) -> CharLM:
     """The model for ``vocab_size`` ids (training, and sampling from a trained run)."""
-    from rnn_jax.training.cores import build_core  # pylint: disable=import-outside-toplevel
-    core = build_core(self.cell, self.hidden_size, self.num_layers, dropout=self.dropout,
-                      variational=self.variational_dropout, sequence_length=self.window,
-                      remat_every=self.remat_every, proj_size=self.proj_size,
-                      layer_norm=self.layer_norm, zoneout=self.zoneout,
-                      weight_drop=self.weight_drop)
+    core = cores.build_core(self.cell, self.hidden_size, self.num_layers, dropout=self.dropout,
+                            variational=self.variational_dropout, sequence_length=self.window,
+                            remat_every=self.remat_every, proj_size=self.proj_size,
+                            layer_norm=self.layer_norm, zoneout=self.zoneout,
+                            weight_drop=self.weight_drop)
     return CharLM(core, vocab_size, self.embed_size, self.dropout, self.options,
                   self.variational_dropout)
 
