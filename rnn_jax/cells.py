@@ -178,14 +178,17 @@ class Cell(Layer, abstract=True):
     return self.recur(params, carry, self.project(params, x))
 
   def scan(self, params, xs, carry, lengths, options: RunOptions, resets=None):
-    """One ``jax.lax.scan`` over ``xs [T, ..., I]``, differentiated by autodiff or, with
+    """One ``jax.lax.scan`` over ``xs [T, ..., I]``, differentiated by autodiff (with
+    ``options.vjp == "remat"``, of each step under ``jax.checkpoint``) or, with
     ``options.vjp == "fused"`` for a :class:`~rnn_jax.fused.FusedVJP` cell, by the fused
     backward: the ``"scan"`` kernel (:mod:`rnn_jax.kernels`). ``resets``: ``None`` or
     ``[T, ...]`` bool, where the carry starts over (``rnn_jax._scan.reset_flags``)."""
-    scan = (fused.fused_scan if options.vjp == "fused" and self.runs_fused_vjp()
-            else _scan.scan_layer)
-    return scan(self, params, xs, carry, lengths, resets=resets, reverse=options.reverse,
-                unroll=options.unroll, hoist=options.hoist)
+    run = dict(resets=resets, reverse=options.reverse, unroll=options.unroll,
+               hoist=options.hoist)
+    if options.vjp == "fused" and self.runs_fused_vjp():
+      return fused.fused_scan(self, params, xs, carry, lengths, **run)
+    return _scan.scan_layer(self, params, xs, carry, lengths, **run,
+                            checkpoint_steps=options.vjp == "remat")
 
   def _weights(self, k_ih, k_hh, input_size: int, recurrent_init: Initializer) -> Params:
     """``w_ih [I, G*H]`` and ``w_hh [H, G*H]``, each gate block initialised separately."""

@@ -50,7 +50,7 @@ import rnn_jax.kernels as kernels
 from rnn_jax.fused import FusedVJP
 from rnn_jax.summary import first_or_last
 
-VJPS = ("autodiff", "fused")
+VJPS = ("autodiff", "fused", "remat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +69,11 @@ class RunOptions:
       tuned value for the backend.
     vjp: how a scan's gradient is computed: ``"autodiff"`` (JAX
       differentiates the scan), ``"fused"`` (the hand-written reverse scan of
-      :mod:`rnn_jax.fused`, for cells that have one) or ``None``: the layer's
-      tuned choice for the backend.
+      :mod:`rnn_jax.fused`, for cells that have one), ``"remat"`` (autodiff
+      of the scan with each time step under ``jax.checkpoint``: the backward
+      pass keeps only each step's carry and input and recomputes the step, as
+      :func:`rnn_jax.remat` does; the same gradients, a fraction of the
+      memory) or ``None``: the layer's tuned choice for the backend.
     hoist: compute the input projection of all steps as one matmul before
       the scan; ``None``: the layer's tuned choice for the backend (and input
       size: see ``HOIST_MIN_INPUT_SIZE``).

@@ -114,6 +114,7 @@ def test_run_options_resolve_per_layer_and_backend():
   assert explicit.flipped() == dataclasses.replace(explicit, reverse=False)
   with pytest.raises(ValueError, match="vjp"):
     RunOptions(vjp="manual")
+  assert RunOptions(vjp="remat").resolve(rnn_jax.lstm(4), "cpu").vjp == "remat"
   with pytest.raises(ValueError, match="unroll must be a positive int"):
     RunOptions(unroll=0)
   with pytest.raises(ValueError, match="hoist must be True, False or None"):
