@@ -47,10 +47,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 
 from rnn_jax.training import runtime
@@ -474,9 +474,7 @@ def guide_block(record: dict) -> str:
   layout = "time-major `[T, B, I]`" if record.get("time_major") else "batch-major `[B, T, I]`"
   torch_part = (f", torch {first['torch']} ({first['torch_threads']} threads)"
                 if "torch" in first else "")
-  lines = [
-      "<!-- Written by the command below (--write_guide); edits inside this block are lost. -->",
-      "",
+  prose = (
       f"{first['label'] + ': ' if first.get('label') else ''}{first['cpu_model']} "
       f"x{first['cpu_count']} ({flags}); jax {first['jax']}, flax {first.get('flax', '-')}"
       f"{torch_part}; float32, {layout} inputs. Measured {first['time_utc'][:10]} "
@@ -486,7 +484,11 @@ def guide_block(record: dict) -> str:
       f"{peaks} GFLOP/s. Ratios are the other's time over rnn_jax's (above 1: rnn_jax is "
       "faster), as the median over runs (min-max). GFLOP/s counts the matmuls only, "
       "2·B·T·(I+H)·G·H forward and three times that forward+backward "
-      "(`experiments.benchmarking.model_flops`); % of peak is left out (-) above 100.",
+      "(`experiments.benchmarking.model_flops`); % of peak is left out (-) above 100.")
+  lines = [
+      "<!-- Written by the command below (--write_guide); edits inside this block are lost. -->",
+      "",
+      textwrap.fill(prose, width=100, break_on_hyphens=False, break_long_words=False),
       "",
       "```bash",
       command_line(record["argv"]),
