@@ -499,14 +499,14 @@ def guide_block(record: dict) -> str:
             ("fwd", "Forward only (evaluation, generation):"))
   for mode, title in passes:
     header = ["cell", "B, T, I, H", "allocator", "rnn_jax ms", "Flax / ours", "torch / ours"]
-    header += ["ours fwd+bwd / fwd"] * (mode == "fwd+bwd") + ["GFLOP/s", "% of peak"]
+    header += ["ours fwd+bwd / fwd"] * (mode == "fwd+bwd") + ["GFLOP/s (% of peak)"]
     lines += ["", title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in (s for s in record["summary"] if s["mode"] == mode):
       cells = [s["cell"], ", ".join(map(str, s["shape"])), s["allocator"],
                f"{s['rnn_jax_ms']:.2f}", format_ratio(s, "flax_over_rnn_jax"),
                format_ratio(s, "torch_over_rnn_jax")]
       cells += [format_ratio(s, "fwd_bwd_over_fwd")] * (mode == "fwd+bwd")
-      cells += [f"{s['gflops']:.1f}", format_fraction(s["peak_fraction"])]
+      cells.append(f"{s['gflops']:.1f} ({format_fraction(s['peak_fraction'])})")
       lines.append("| " + " | ".join(cells) + " |")
   training = record.get("training", {})
   if any(training.values()):
