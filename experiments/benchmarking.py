@@ -81,8 +81,31 @@ def describe_machine(label: str) -> dict:
     info["torch_threads"] = torch.get_num_threads()
     info["torch_allow_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
                                 "cudnn": torch.backends.cudnn.allow_tf32}
+  try:
+    import flax  # pylint: disable=import-outside-toplevel
+    info["flax"] = flax.__version__
+  except ImportError:
+    pass
+  info["cpu_flags"] = cpu_flags()
   info["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
   return info
+
+
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+              "avx512_fp16", "amx_bf16", "amx_tile", "amx_int8")
+"""The /proc/cpuinfo flags that decide a CPU's matmul speed (what :func:`cpu_flags` reports)."""
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> list[str]:
+  """The :data:`SIMD_FLAGS` the first CPU of ``path`` lists, in that order; ``[]`` where
+  ``path`` cannot be read (not Linux)."""
+  try:
+    with open(path) as f:
+      line = next((line for line in f if line.startswith("flags")), "")
+  except OSError:
+    return []
+  present = set(line.partition(":")[2].split())
+  return [flag for flag in SIMD_FLAGS if flag in present]
 
 
 def time_function(fn: Callable[..., Any], *args, repeats: int = 20, warmup: int = 3,
@@ -173,9 +196,10 @@ def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
 
 # ---------------------------------------------------------------------------
 # Models to compare. Every builder returns ``(forward, forward_backward, args)``:
-# ``forward(*args)`` runs the layer over ``[T, B, I]`` time-major inputs and
-# ``forward_backward(*args)`` also takes the gradient of ``sum(outputs)`` with
-# respect to the parameters and the inputs. All start from zero carries.
+# ``forward(*args)`` runs the layer over ``[T, B, I]`` time-major inputs (``[B, T, I]``
+# batch-major ones, what a user's script passes, with ``time_major=False``) and
+# ``forward_backward(*args)`` is ``value_and_grad`` of ``sum(outputs)`` with respect to the
+# parameters and the inputs. All start from zero carries.
 
 CELLS = ("simple_rnn", "lstm", "gru")
 GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
@@ -183,10 +207,12 @@ DEFAULT_SHAPES = ((128, 28, 28, 128), (64, 256, 128, 256), (16, 784, 1, 128))
 QUICK_SHAPES = ((16, 12, 8, 32), (8, 40, 4, 16))
 
 
-def _inputs(shape, seed: int = 0) -> np.ndarray:
-  """Time-major float32 inputs ``[T, B, I]`` for a ``(B, T, I, H)`` shape."""
+def _inputs(shape, seed: int = 0, time_major: bool = True) -> np.ndarray:
+  """Float32 inputs for a ``(B, T, I, H)`` shape: ``[T, B, I]``, or ``[B, T, I]`` (the same
+  numbers, contiguous) unless ``time_major``."""
   batch, steps, inputs, _ = shape
-  return np.random.default_rng(seed).standard_normal((steps, batch, inputs), np.float32)
+  xs = np.random.default_rng(seed).standard_normal((steps, batch, inputs), np.float32)
+  return xs if time_major else np.ascontiguousarray(np.swapaxes(xs, 0, 1))
 
 
 def rnn_jax_cell(cell_name: str, hidden: int):
@@ -196,48 +222,52 @@ def rnn_jax_cell(cell_name: str, hidden: int):
           "gru": lambda: rnn_jax.gru(hidden)}[cell_name]()
 
 
-def build_rnn(cell, shape, **options):
+def build_rnn(cell, shape, *, time_major: bool = True, **options):
   """``(forward, forward_backward, args)`` of ``rnn_jax.rnn`` for any cell or layer.
 
   ``options`` go to ``rnn`` (``unroll``, ``hoist``, ``vjp``, ``kernel``; unset
-  ones default); ``forward_backward`` is the gradient of ``sum(outputs)`` with
-  respect to the parameters and the inputs.
+  ones default); ``forward_backward`` is ``value_and_grad`` of ``sum(outputs)``
+  with respect to the parameters and the inputs (``[T, B, I]``, or
+  ``[B, T, I]`` unless ``time_major``).
   """
   params = cell.init(jax.random.key(0), shape[2])
-  xs = jnp.asarray(_inputs(shape))
+  xs = jnp.asarray(_inputs(shape, time_major=time_major))
 
   def forward(params, xs):
-    return rnn_jax.rnn(cell, params, xs, time_major=True, **options)[0]
+    return rnn_jax.rnn(cell, params, xs, time_major=time_major, **options)[0]
 
   def loss(params, xs):
     return jnp.sum(forward(params, xs))
 
-  return jax.jit(forward), jax.jit(jax.grad(loss, argnums=(0, 1))), (params, xs)
+  return jax.jit(forward), jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), (params, xs)
 
 
-def build_rnn_jax(cell_name: str, shape, *, kernel: str | None = None, **options):
+def build_rnn_jax(cell_name: str, shape, *, kernel: str | None = None, time_major: bool = True,
+                  **options):
   """:func:`build_rnn` for the rnn_jax cell matching PyTorch's ``cell_name``.
 
   ``kernel``: ``"scan"``, ``"onednn"`` or ``None`` (``rnn``'s default), see
   ``rnn_jax.onednn``; ``options``: ``unroll``, ``hoist``, ``vjp``.
   """
-  return build_rnn(rnn_jax_cell(cell_name, shape[3]), shape, kernel=kernel, **options)
+  return build_rnn(rnn_jax_cell(cell_name, shape[3]), shape, kernel=kernel,
+                   time_major=time_major, **options)
 
 
-def build_flax(cell_name: str, shape, *, unroll: int = 1):
+def build_flax(cell_name: str, shape, *, unroll: int = 1, time_major: bool = True):
   """Flax Linen ``nn.RNN`` over SimpleCell / OptimizedLSTMCell / GRUCell."""
   from flax import linen as nn  # pylint: disable=import-outside-toplevel
   hidden = shape[3]
   cell = {"simple_rnn": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell,
           "gru": nn.GRUCell}[cell_name](features=hidden)
-  model = nn.RNN(cell, time_major=True, unroll=unroll)
-  xs = jnp.asarray(_inputs(shape))
+  model = nn.RNN(cell, time_major=time_major, unroll=unroll)
+  xs = jnp.asarray(_inputs(shape, time_major=time_major))
   variables = model.init(jax.random.key(0), xs)
 
   def loss(variables, xs):
     return jnp.sum(model.apply(variables, xs))
 
-  return (jax.jit(model.apply), jax.jit(jax.grad(loss, argnums=(0, 1))), (variables, xs))
+  return (jax.jit(model.apply), jax.jit(jax.value_and_grad(loss, argnums=(0, 1))),
+          (variables, xs))
 
 
 def torch_available() -> bool:
@@ -248,13 +278,15 @@ def torch_available() -> bool:
   return True
 
 
-def build_torch(cell_name: str, shape, *, device: str = "cpu"):
-  """PyTorch ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` (oneDNN on CPU, cuDNN on CUDA)."""
+def build_torch(cell_name: str, shape, *, device: str = "cpu", time_major: bool = True):
+  """PyTorch ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` (oneDNN on CPU, cuDNN on CUDA);
+  ``batch_first`` unless ``time_major``."""
   import torch  # pylint: disable=import-outside-toplevel
   batch, steps, inputs, hidden = shape
   module = {"simple_rnn": torch.nn.RNN, "lstm": torch.nn.LSTM,
-            "gru": torch.nn.GRU}[cell_name](inputs, hidden).to(device)
-  xs = torch.from_numpy(_inputs(shape)).to(device)
+            "gru": torch.nn.GRU}[cell_name](inputs, hidden,
+                                            batch_first=not time_major).to(device)
+  xs = torch.from_numpy(_inputs(shape, time_major=time_major)).to(device)
   sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
   def forward(xs):
@@ -277,7 +309,7 @@ def build_cudnn_lstm(shape):
   """``jax.experimental.rnn.lstm`` (cuDNN; GPU only), batch-major as that API wants."""
   from jax.experimental import rnn as jrnn  # pylint: disable=import-outside-toplevel
   batch, steps, inputs, hidden = shape
-  xs = jnp.asarray(np.swapaxes(_inputs(shape), 0, 1))
+  xs = jnp.asarray(_inputs(shape, time_major=False))
   weights = jrnn.init_lstm_weight(jax.random.key(0), inputs, hidden, 1, False)
   zeros = jnp.zeros((1, batch, hidden), jnp.float32)
   lengths = jnp.full((batch,), steps, jnp.int32)
@@ -291,20 +323,39 @@ def build_cudnn_lstm(shape):
 
 
 def model_flops(cell_name: str, shape, mode: str) -> float:
-  """Matmul flops of a layer: ``2 T B (I + H) G H`` forward, three times that with the backward."""
+  """Matmul flops of a layer over ``(B, T, I, H)``: ``2 B T (I + H) G H`` forward (the input
+  and recurrent products, ``G`` gate blocks); ``"fwd+bwd"`` three times that, as the backward
+  runs two products of the same size per weight matrix (``dz @ w^T`` for the input and
+  recurrent gradients, ``x^T dz`` and ``h^T dz`` for the weight gradients). Elementwise work
+  is not counted."""
   batch, steps, inputs, hidden = shape
   forward = 2.0 * steps * batch * (inputs + hidden) * GATES[cell_name] * hidden
   return forward if mode == "fwd" else 3.0 * forward
 
 
-def gemm_peak(cell_name: str, shape, repeats: int = 10) -> float:
-  """Measured flop/s of one float32 ``[T B, I + H] @ [I + H, G H]`` matmul (a layer's flops)."""
-  batch, steps, inputs, hidden = shape
+def achieved_gflops(cell_name: str, shape, mode: str, seconds: float) -> float:
+  """GFLOP/s of one pass of :func:`model_flops` flops taking ``seconds``."""
+  return model_flops(cell_name, shape, mode) / seconds / 1e9
+
+
+def peak_fraction(gflops: float, peak_gflops: float) -> float | None:
+  """``gflops / peak_gflops``, or ``None`` above 1 (a peak measured low, not a real figure)."""
+  fraction = gflops / peak_gflops
+  return fraction if fraction <= 1.0 else None
+
+
+GEMM_PEAK_SIZE = 2048
+"""Side of the square float32 matmul whose speed :func:`gemm_peak` measures."""
+
+
+def gemm_peak(size: int = GEMM_PEAK_SIZE, repeats: int = 10) -> float:
+  """Measured GFLOP/s of one float32 ``[size, size] @ [size, size]`` matmul under ``jax.jit``
+  (as many threads as JAX uses): the ceiling the layers' GFLOP/s are compared with; median of
+  ``repeats`` calls after warm-up."""
   rng = np.random.default_rng(0)
-  a = jnp.asarray(rng.standard_normal((steps * batch, inputs + hidden), np.float32))
-  b = jnp.asarray(rng.standard_normal((inputs + hidden, GATES[cell_name] * hidden), np.float32))
+  a, b = (jnp.asarray(rng.standard_normal((size, size), np.float32)) for _ in range(2))
   timing = time_function(jax.jit(jnp.matmul), a, b, repeats=repeats, warmup=2)
-  return model_flops(cell_name, shape, "fwd") / timing["median_s"]
+  return 2.0 * size ** 3 / timing["median_s"] / 1e9
 
 
 # ---------------------------------------------------------------------------

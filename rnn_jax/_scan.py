@@ -229,7 +229,8 @@ def run_in_valid_order(run: Callable, xs: Any, lengths: jax.Array | None,
 def scan_layer(layer: Any, params: Any, xs: jax.Array, carry: Any,
                lengths: jax.Array | None = None, *, resets: jax.Array | None = None,
                reverse: bool = False, unroll: int = 1, hoist: bool = False,
-               checkpoint_every: int | None = None) -> tuple[jax.Array, Any]:
+               checkpoint_every: int | None = None,
+               checkpoint_steps: bool = False) -> tuple[jax.Array, Any]:
   """Runs a steppable layer (``project``/``recur``) over ``xs [T, ..., I]`` with one scan.
 
   Args:
@@ -245,6 +246,9 @@ def scan_layer(layer: Any, params: Any, xs: jax.Array, carry: Any,
     hoist: compute ``project`` for all steps as one matmul before the scan.
     checkpoint_every: if given, keep the carry only every this many steps for
       the backward pass and recompute each chunk (:func:`scan_chunked`).
+    checkpoint_steps: put each step (``recur``, and ``project`` unless
+      hoisted) under ``jax.checkpoint``: the backward pass keeps only each
+      step's carry and input and recomputes the rest (``vjp="remat"``).
 
   Returns:
     ``(outputs [T, ..., O], final carry)``, outputs in input time order.
@@ -253,7 +257,8 @@ def scan_layer(layer: Any, params: Any, xs: jax.Array, carry: Any,
   def run(inputs, reverse):
     xs, flags = inputs
     return scan_in_reading_order(layer, params, xs, carry, lengths, flags, reverse=reverse,
-                                 unroll=unroll, hoist=hoist, checkpoint_every=checkpoint_every)
+                                 unroll=unroll, hoist=hoist, checkpoint_every=checkpoint_every,
+                                 checkpoint_steps=checkpoint_steps)
 
   return run_in_valid_order(run, (xs, reset_flags(resets, lengths, reverse)), lengths, reverse)
 
@@ -261,13 +266,16 @@ def scan_layer(layer: Any, params: Any, xs: jax.Array, carry: Any,
 def scan_in_reading_order(layer: Any, params: Any, xs: jax.Array, carry: Any,
                           lengths: jax.Array | None, flags: jax.Array | None, *, reverse: bool,
                           unroll: int = 1, hoist: bool = False,
-                          checkpoint_every: int | None = None) -> tuple[jax.Array, Any]:
+                          checkpoint_every: int | None = None,
+                          checkpoint_steps: bool = False) -> tuple[jax.Array, Any]:
   """:func:`scan_layer` once valid prefixes are in reading order (:func:`run_in_valid_order`):
   ``reverse`` is ``jax.lax.scan``'s and ``flags`` are :func:`reset_flags`' placed like ``xs``.
   Returns ``(outputs, final carry)``."""
   inputs = layer.project(params, xs) if hoist else xs
   advance = layer.recur if hoist else (lambda p, c, x: layer.recur(p, c, layer.project(p, x)))
   step = lambda c, x: advance(params, c, x)
+  if checkpoint_steps:
+    step = jax.checkpoint(step)
   if checkpoint_every is None:
     final, outputs = scan_steps(masked(step), carry, inputs, lengths, resets=flags,
                                 reverse=reverse, unroll=unroll)

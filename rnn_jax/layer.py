@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import numbers
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -51,7 +52,7 @@ from rnn_jax.fused import FusedVJP
 from rnn_jax.precision import check_compute_dtype, matmul
 from rnn_jax.summary import first_or_last
 
-VJPS = ("autodiff", "fused")
+VJPS = ("autodiff", "fused", "remat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +71,11 @@ class RunOptions:
       tuned value for the backend.
     vjp: how a scan's gradient is computed: ``"autodiff"`` (JAX
       differentiates the scan), ``"fused"`` (the hand-written reverse scan of
-      :mod:`rnn_jax.fused`, for cells that have one) or ``None``: the layer's
-      tuned choice for the backend.
+      :mod:`rnn_jax.fused`, for cells that have one), ``"remat"`` (autodiff
+      of the scan with each time step under ``jax.checkpoint``: the backward
+      pass keeps only each step's carry and input and recomputes the step, as
+      :func:`rnn_jax.remat` does; the same gradients, a fraction of the
+      memory) or ``None``: the layer's tuned choice for the backend.
     hoist: compute the input projection of all steps as one matmul before
       the scan; ``None``: the layer's tuned choice for the backend (and input
       size: see ``HOIST_MIN_INPUT_SIZE``).
@@ -148,10 +152,12 @@ class RunOptions:
 
     ``unroll``, ``vjp``, ``hoist`` and ``parallel`` come from the tables of
     ``layer.tuned_like()`` (the layer itself; a ``remat`` answers for the
-    layer it wraps): ``TUNED_UNROLL``, ``TUNED_VJP``, ``TUNED_HOIST`` (only
-    for inputs of at least ``HOIST_MIN_INPUT_SIZE`` features) and
-    ``TUNED_PARALLEL``, per backend, or 1, ``"autodiff"``, ``False`` and
-    ``False`` where a table has no entry; a layer's own ``parallel``
+    layer it wraps): for inputs of a shape class listed in ``TUNED_BY_SHAPE``
+    (given ``xs``), the options measured for that class; otherwise
+    ``TUNED_UNROLL``, ``TUNED_VJP``, ``TUNED_HOIST`` (only for inputs of at
+    least ``HOIST_MIN_INPUT_SIZE`` features) and ``TUNED_PARALLEL``, per
+    backend, or 1, ``"autodiff"``, ``False`` and ``False`` where a table has
+    no entry; a layer's own ``parallel``
     hyperparameter, when set, wins over these options. The kernel is the one
     ``TUNED_KERNEL`` names where that kernel can run these inputs and its
     ``tuned_for`` accepts their shape (:class:`rnn_jax.kernels.Kernel`), else
@@ -172,10 +178,15 @@ class RunOptions:
     """
     backend = backend or jax.default_backend()
     tuned = layer.tuned_like()
-    unroll = self.unroll if self.unroll is not None else tuned.TUNED_UNROLL.get(backend, 1)
-    vjp = self.vjp if self.vjp is not None else tuned.TUNED_VJP.get(backend, "autodiff")
+    by_shape = {} if xs is None else tuned.tuned_for_shape(backend, xs)
+    unroll = self.unroll if self.unroll is not None else by_shape.get(
+        "unroll", tuned.TUNED_UNROLL.get(backend, 1))
+    vjp = self.vjp if self.vjp is not None else by_shape.get(
+        "vjp", tuned.TUNED_VJP.get(backend, "autodiff"))
     hoist = self.hoist
-    if hoist is None:
+    if hoist is None and "hoist" in by_shape:
+      hoist = bool(by_shape["hoist"])
+    elif hoist is None:
       wide_enough = xs is None or xs.shape[-1] >= tuned.HOIST_MIN_INPUT_SIZE
       hoist = bool(tuned.TUNED_HOIST.get(backend, False)) and wide_enough
     parallel = getattr(tuned, "parallel", None)
@@ -198,6 +209,25 @@ class RunOptions:
         raise ValueError(f"kernel={kernel!r}: {reason}")
     return dataclasses.replace(self, unroll=unroll, vjp=vjp, hoist=hoist, kernel=kernel,
                                parallel=parallel)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeClass:
+  """A class of input shapes that a layer's ``TUNED_BY_SHAPE`` tunes for: ``T`` steps, ``N``
+  sequences (all batch axes together), output size ``H``.
+
+  Attributes:
+    min_steps: the fewest steps ``T`` in the class.
+    max_batch_width: the largest ``N * H`` in the class (``None``: any).
+  """
+
+  min_steps: int = 1
+  max_batch_width: int | None = None
+
+  def contains(self, steps: int, batch: int, width: int) -> bool:
+    """Whether ``T = steps``, ``N = batch`` and ``H = width`` fall in this class."""
+    return steps >= self.min_steps and (self.max_batch_width is None
+                                        or batch * width <= self.max_batch_width)
 
 
 def required_method(method: Callable) -> Callable:
@@ -230,6 +260,10 @@ class Layer:
   """Backend -> whether the parallel (associative-scan) mode was measured faster."""
   TUNED_KERNEL: ClassVar[Mapping[str, str]] = {}
   """Backend -> the kernel (:mod:`rnn_jax.kernels`) ``kernel=None`` runs where it can."""
+  TUNED_BY_SHAPE: ClassVar[Mapping[str, tuple[tuple[ShapeClass, Mapping[str, Any]], ...]]] = {}
+  """Backend -> ``(shape class, options)`` pairs: the ``unroll``, ``vjp`` or ``hoist``
+  measured fastest for inputs of that class, in place of the per-backend tables above (the
+  first class that matches wins; :meth:`tuned_for_shape`)."""
   sublayers: ClassVar[tuple] = ()
   dropout: ClassVar[float] = 0.0
   compute_dtype: ClassVar[Any] = None
@@ -288,6 +322,16 @@ class Layer:
     """The layer whose measured tables (``TUNED_*``) apply to this one: itself, except
     for wrappers such as ``remat`` that run another layer's computation."""
     return self
+
+  def tuned_for_shape(self, backend: str, xs: Any) -> Mapping[str, Any]:
+    """The options ``TUNED_BY_SHAPE`` gives for time-major inputs ``xs [T, ..., I]`` (arrays
+    or shape structs) on ``backend``: those of the first shape class they fall in, else
+    none (``{}``)."""
+    steps, batch = xs.shape[0], math.prod(xs.shape[1:-1])
+    for shape_class, options in self.TUNED_BY_SHAPE.get(backend, ()):
+      if shape_class.contains(steps, batch, self.output_size):
+        return options
+    return {}
 
   def runs_fused_vjp(self) -> bool:
     """Whether ``vjp="fused"`` changes how any part of this layer is differentiated

@@ -111,12 +111,15 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
       backend (its ``TUNED_HOIST``: the sequential linear recurrences on
       CPU, given more than one input feature).
     vjp: how gradients of a cell's scan are computed: ``"autodiff"`` (JAX
-      differentiates the scan) or ``"fused"`` (:mod:`rnn_jax.fused`'s custom
+      differentiates the scan), ``"fused"`` (:mod:`rnn_jax.fused`'s custom
       VJP: one reverse scan, weight gradients batched over time; cells
       without one use autodiff, and a ``UserWarning`` says so when no cell of
-      ``layer`` has one); ``None`` (the default) uses the one measured
-      fastest for each cell on the current backend (its ``TUNED_VJP``).
-      Composites pass it to every layer.
+      ``layer`` has one) or ``"remat"`` (autodiff of each step under
+      ``jax.checkpoint``, as :func:`rnn_jax.remat`: the backward pass keeps
+      only the carries and inputs and recomputes each step, the same
+      gradients in a fraction of the memory); ``None`` (the default) uses the
+      one measured fastest for each cell on the current backend (its
+      ``TUNED_VJP``). Composites pass it to every layer.
     kernel: what runs each leaf layer, a name registered in
       :mod:`rnn_jax.kernels`: ``"scan"`` (the scan above),
       ``"onednn"`` (oneDNN's RNN primitives over the whole sequence, from the

@@ -52,6 +52,26 @@ def test_model_flops():
   assert benchmarking.model_flops("gru", SHAPE, "fwd+bwd") == 3 * 2 * 3 * 2 * (2 + 4) * 12
 
 
+def test_gflops_and_peak_fraction_for_a_tiny_shape():
+  # GRU (B, T, I, H) = (2, 3, 2, 4): forward matmuls 2*2*3*(2+4)*12 = 864 flops; in 1 us that
+  # is 0.864 GFLOP/s, forward+backward (3x the flops) 2.592.
+  assert benchmarking.achieved_gflops("gru", SHAPE, "fwd", 1e-6) == pytest.approx(0.864)
+  assert benchmarking.achieved_gflops("gru", SHAPE, "fwd+bwd", 1e-6) == pytest.approx(2.592)
+  assert benchmarking.peak_fraction(0.864, 1.728) == pytest.approx(0.5)
+  assert benchmarking.peak_fraction(2.592, 2.592) == pytest.approx(1.0)
+  assert benchmarking.peak_fraction(2.6, 2.592) is None  # Above the peak: left out.
+  peak = benchmarking.gemm_peak(size=32, repeats=2)
+  assert np.isfinite(peak) and peak > 0
+
+
+def test_cpu_flags_reads_the_first_cpus_simd_flags(tmp_path):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("model name\t: X\nflags\t\t: fpu avx512_bf16 sse avx2 avx512f\n"
+                     "flags\t\t: amx_tile\n")
+  assert benchmarking.cpu_flags(str(cpuinfo)) == ["avx2", "avx512f", "avx512_bf16"]
+  assert benchmarking.cpu_flags(str(tmp_path / "missing")) == []
+
+
 @pytest.mark.parametrize("cell_name", ["gru"])  # The builders differ by cell only in a lookup.
 def test_builders_agree_on_shapes(cell_name):
   """rnn_jax's two backward modes give the same gradients; Flax and torch the same shapes."""
@@ -67,6 +87,19 @@ def test_builders_agree_on_shapes(cell_name):
     torch_forward, torch_backward, torch_args = benchmarking.build_torch(cell_name, SHAPE)
     assert tuple(torch_forward(*torch_args).shape) == (3, 2, 4)
     assert tuple(torch_backward(*torch_args).shape) == (3, 2, 2)
+  # Batch-major (what the published tables time): the same numbers, inputs [B, T, I].
+  _, batch_major, batch_args = benchmarking.build_rnn_jax(cell_name, SHAPE, time_major=False)
+  np.testing.assert_array_equal(batch_args[1], np.swapaxes(args[1], 0, 1))
+  (value, (d_params, d_xs)), (value_t, (d_params_t, d_xs_t)) = batch_major(*batch_args), grads
+  np.testing.assert_allclose(value, value_t, rtol=1e-5)
+  np.testing.assert_allclose(d_xs, np.swapaxes(d_xs_t, 0, 1), rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(d_params), jax.tree.leaves(d_params_t)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert benchmarking.build_flax(cell_name, SHAPE, time_major=False)[0](
+      *benchmarking.build_flax(cell_name, SHAPE, time_major=False)[2]).shape == (2, 3, 4)
+  if benchmarking.torch_available():
+    torch_forward, _, torch_args = benchmarking.build_torch(cell_name, SHAPE, time_major=False)
+    assert tuple(torch_forward(*torch_args).shape) == (2, 3, 4)
 
 
 def test_suite_writes_json_and_chart(tmp_path):
@@ -78,10 +111,86 @@ def test_suite_writes_json_and_chart(tmp_path):
   assert (tmp_path / "results.png").stat().st_size > 0
   modes = {(s["mode"]) for s in record["summary"]}
   assert modes == {"fwd", "fwd+bwd"}
+  assert not record["time_major"] and len(record["machine"]["gemm_peak_gflops"]) == 1
   for line in record["summary"]:
-    assert line["rnn_jax_ms"] > 0 and line["flax_ms"] > 0
+    assert line["rnn_jax_ms"] > 0 and line["flax_ms"] > 0 and line["runs"] == 1
     assert line["flax_over_rnn_jax"] == pytest.approx(line["flax_ms"] / line["rnn_jax_ms"])
+    assert line["gflops"] == pytest.approx(benchmarking.achieved_gflops(
+        "simple_rnn", SHAPE, line["mode"], line["rnn_jax_ms"] / 1e3))
     assert line["allocator"] == "glibc"
+  fwd, fwd_bwd = sorted(record["summary"], key=lambda s: s["mode"])
+  assert fwd_bwd["fwd_bwd_over_fwd"] == pytest.approx(fwd_bwd["rnn_jax_ms"] / fwd["rnn_jax_ms"])
+
+
+def fake_rows(ms_per_run, runs):
+  """``bench_rnn.time_group``-like rows of one LSTM shape: ``ms_per_run[run][(mode, name)]``."""
+  rows = []
+  for run in range(runs):
+    for (mode, name), ms in ms_per_run[run].items():
+      library = name.split(" ")[0]
+      gflops = benchmarking.achieved_gflops("lstm", SHAPE, mode, ms / 1e3)
+      rows.append({"cell": "lstm", "shape": list(SHAPE), "mode": mode, "run": run, "name": name,
+                   "library": library, "variant": "default", "median_ms": ms, "gflops": gflops,
+                   "peak_fraction": benchmarking.peak_fraction(gflops, 1e-3)})
+  return rows
+
+
+def test_ratios_spread_over_runs_and_the_guide_block_round_trips(tmp_path):
+  from experiments import bench_rnn  # pylint: disable=import-outside-toplevel
+  ms = [{("fwd", "rnn_jax default"): 1.0, ("fwd", "torch"): 2.0,
+         ("fwd+bwd", "rnn_jax default"): 3.0, ("fwd+bwd", "torch"): 3.0},
+        {("fwd", "rnn_jax default"): 2.0, ("fwd", "torch"): 3.0,
+         ("fwd+bwd", "rnn_jax default"): 4.0, ("fwd+bwd", "torch"): 6.0},
+        {("fwd", "rnn_jax default"): 1.0, ("fwd", "torch"): 4.0,
+         ("fwd+bwd", "rnn_jax default"): 4.0, ("fwd+bwd", "torch"): 5.0}]
+  summary = bench_rnn.aggregate(bench_rnn.summarize(fake_rows(ms, 3)))
+  fwd, fwd_bwd = summary
+  assert (fwd["mode"], fwd["runs"], fwd["rnn_jax_ms"]) == ("fwd", 3, 1.0)
+  # torch / ours per run: 2, 1.5, 4 (fwd); 1, 1.5, 1.25 (fwd+bwd); ours fwd+bwd / fwd: 3, 2, 4.
+  assert fwd["torch_over_rnn_jax_spread"] == {"median": 2.0, "min": 1.5, "max": 4.0}
+  assert fwd_bwd["torch_over_rnn_jax_spread"] == {"median": 1.25, "min": 1.0, "max": 1.5}
+  assert fwd_bwd["fwd_bwd_over_fwd_spread"] == {"median": 3.0, "min": 2.0, "max": 4.0}
+  # LSTM (2, 3, 2, 4) forward: 2*2*3*6*16 = 1152 flops, in 1 ms 0.001152 GFLOP/s, above the
+  # fake peak of 0.001 (left out), in 2 ms 57.6%; forward+backward 3456 flops in 3 ms (left
+  # out), in 4 ms 86.4%. Fractions: the median of those kept.
+  assert fwd["gflops"] == pytest.approx(1.152e-3) and fwd["peak_fraction"] == pytest.approx(0.576)
+  assert fwd_bwd["gflops"] == pytest.approx(8.64e-4)
+  assert fwd_bwd["peak_fraction"] == pytest.approx(0.864)
+  one_run = bench_rnn.aggregate(bench_rnn.summarize(fake_rows(ms[:1], 1)))
+  assert one_run[0]["peak_fraction"] is None and one_run[1]["peak_fraction"] is None
+  assert bench_rnn.format_ratio(fwd_bwd, "torch_over_rnn_jax") == "1.25 (1.00-1.50)"
+  machine = {"label": "", "cpu_model": "AMD EPYC", "cpu_count": 2, "cpu_flags": ["avx512f"],
+             "jax": "0.10.2", "flax": "0.12.8", "time_utc": "2026-12-07 01:00:00",
+             "load_average_start": [0.5, 0, 0], "load_average_end": [0.7, 0, 0],
+             "gemm_peak_gflops": [100.0, 90.0, 110.0], "gemm_peak_size": 2048}
+  record = bench_rnn.combine(
+      {"glibc": {"machine": machine, "summary": summary,
+                 "training_step_ms": {"rnn_jax": 10.0, "torch": 12.0, "torch_over_rnn_jax": 1.2,
+                                      "runs": 1}}},
+      ["--no-sweep", "--label=2-core VM", "--write_guide"])
+  block = bench_rnn.guide_block(record)
+  assert ('python -m experiments.bench_rnn --no-sweep --label="2-core VM" --write_guide'
+          in block)
+  assert ("| lstm | 2, 3, 2, 4 | glibc | 4.00 | - | 1.25 (1.00-1.50) | 3.00 (2.00-4.00) "
+          "| 0.0 (86.4) |") in block
+  assert "| lstm | 2, 3, 2, 4 | glibc | 1.00 | - | 2.00 (1.50-4.00) | 0.0 (57.6) |" in block
+  assert "| glibc | 10.00 | 12.00 | 1.20 |" in block and "glibc 100 GFLOP/s" in block
+  assert "AMD EPYC x2 (avx512f)" in block and "2026-12-07" in block
+  # The guide's block: written, read back the same, rewritten unchanged; the rest untouched.
+  text = f"intro\n{bench_rnn.GUIDE_BEGIN}\nold table\n{bench_rnn.GUIDE_END}\nafter\n"
+  written = bench_rnn.replace_guide_block(text, block)
+  assert written.startswith("intro\n" + bench_rnn.GUIDE_BEGIN + "\n")
+  assert written.endswith(bench_rnn.GUIDE_END + "\nafter\n")
+  assert bench_rnn.read_guide_block(written) == block
+  assert bench_rnn.replace_guide_block(written, bench_rnn.read_guide_block(written)) == written
+  guide = (ROOT / "docs/guides/performance.md").read_text()
+  assert bench_rnn.replace_guide_block(guide, bench_rnn.read_guide_block(guide)) == guide
+  with pytest.raises(ValueError, match="expected one <!-- bench_rnn:begin --> line"):
+    bench_rnn.read_guide_block("no markers")
+  path = tmp_path / "guide.md"
+  path.write_text(text)
+  bench_rnn.write_guide(str(path), record)
+  assert path.read_text() == written
 
 
 def test_init_benchmark_times_fresh_processes(tmp_path, capsys):
@@ -141,7 +250,7 @@ def test_every_setting_has_help(script):
 def test_documented_commands_parse():
   commands = documented_commands()
   assert {script for script, _ in commands} == set(SCRIPTS)
-  assert ("bench_rnn", ["--no-sweep"]) in commands
+  assert ("bench_rnn", ["--no-sweep", "--write_guide"]) in commands  # The README's headline row.
   for script, arguments in commands:
     flag_values = flags.FlagValues()
     classes = settings_classes(script)
@@ -163,3 +272,7 @@ def test_bench_rnn_keeps_its_dashed_flags_and_reads_shapes_four_integers_each():
   assert config.min_time == 0.5 and config.rounds == 3 and config.unrolls == (1, 2)
   assert config.shape_list() == [(2, 3, 2, 4), (5, 6, 7, 8)]
   assert bench_rnn.BenchRnnConfig().resolved().shape_list() == list(benchmarking.DEFAULT_SHAPES)
+  defaults = bench_rnn.BenchRnnConfig().resolved()
+  assert defaults.cells == ("lstm", "gru") and defaults.repeats == 3 and not defaults.time_major
+  assert bench_rnn.without_flags(["--out", "x", "--write-guide", "--allocator=glibc", "--quick"],
+                                 ("allocator", "out", "write_guide")) == ["--quick"]

@@ -114,6 +114,30 @@ def test_run_options_resolve_per_layer_and_backend():
   assert explicit.flipped() == dataclasses.replace(explicit, reverse=False)
   with pytest.raises(ValueError, match="vjp"):
     RunOptions(vjp="manual")
+  assert RunOptions(vjp="remat").resolve(rnn_jax.lstm(4), "cpu").vjp == "remat"
+
+
+def test_run_options_resolve_per_shape_class():
+  """TUNED_BY_SHAPE: on CPU, long sequences of a narrow batch (N * H <= 4096, T >= 512)
+  recompute each step (vjp="remat"); other shapes keep the per-backend choice."""
+  options = RunOptions()
+  pixels = jax.ShapeDtypeStruct((784, 16, 1), jnp.float32)       # [T, N, I], N * H = 2048
+  rows = jax.ShapeDtypeStruct((28, 128, 28), jnp.float32)
+  wide = jax.ShapeDtypeStruct((784, 2, 17, 1), jnp.float32)      # N = 34: N * H = 4352
+  for cell in (rnn_jax.lstm(128), rnn_jax.gru(128)):
+    assert options.resolve(cell, "cpu", xs=pixels).vjp == "remat"
+    assert options.resolve(cell, "cpu", xs=rows).vjp == "autodiff"
+    assert options.resolve(cell, "cpu", xs=wide).vjp == "autodiff"
+    assert options.resolve(cell, "cpu").vjp == "autodiff"        # Shape unknown.
+    assert options.resolve(cell, "gpu", xs=pixels).vjp == "fused"
+    assert RunOptions(vjp="fused").resolve(cell, "cpu", xs=pixels).vjp == "fused"
+  assert options.resolve(rnn_jax.gru(128), "cpu", xs=pixels).unroll == 2  # Unchanged.
+  assert options.resolve(rnn_jax.remat(rnn_jax.lstm(128)), "cpu", xs=pixels).vjp == "remat"
+  assert options.resolve(rnn_jax.simple_rnn(128), "cpu", xs=pixels).vjp == "fused"
+  long_and_narrow = rnn_jax.layer.ShapeClass(min_steps=512, max_batch_width=4096)
+  assert long_and_narrow.contains(512, 32, 128) and not long_and_narrow.contains(511, 1, 1)
+  assert not long_and_narrow.contains(1000, 33, 128)
+  assert rnn_jax.layer.ShapeClass().contains(1, 10**6, 10**6)
   with pytest.raises(ValueError, match="unroll must be a positive int"):
     RunOptions(unroll=0)
   with pytest.raises(ValueError, match="hoist must be True, False or None"):
