@@ -113,6 +113,13 @@ and 1.00x with glibc, 1.25x for the LSTM with tcmalloc), and at (128, 28, 28, 12
 24 MiB are under glibc's mapping threshold (1.04x): there autodiff stays. Single-threaded CPU
 time per call on the 2-core AMD EPYC VM, interleaved (the Performance guide)."""
 
+MANY_SEQUENCES = ShapeClass(min_batch=128)
+"""Batches of at least 128 sequences (the MNIST shape, ``B = 128``): where, on CPU, oneDNN's
+inference forward (the ``"onednn_inference"`` kernel, when ``rnn_jax_onednn`` is installed)
+measured faster than the scan's for the LSTM; not smaller batches, long sequences of few
+sequences or the GRU, where the scan's forward was as fast or faster
+(``python -m experiments.bench_inference``; the Performance guide has the figures)."""
+
 
 def affine_input(params: Params, x: jax.Array, bias: str, blocks: int = 1,
                  compute_dtype: Any = None) -> jax.Array:
@@ -339,10 +346,10 @@ class LSTM(Cell, fused.FusedVJP):
   # with glibc's malloc, whose page faults the fused backward's extra buffers
   # pay for (experiments/bench_rnn.py, both allocators).
   TUNED_VJP: ClassVar[Mapping[str, str]] = {"cpu": "autodiff", "gpu": "fused"}
-  # CPU: oneDNN's inference forward where a call is not differentiated, in the shape class
-  # where it measured faster (rnn_jax.onednn.inference_tuned_for; needs rnn_jax_onednn).
-  TUNED_KERNEL: ClassVar[Mapping[str, str]] = {"cpu": "onednn_inference"}
-  TUNED_BY_SHAPE: ClassVar[Mapping] = {"cpu": ((LONG_AND_NARROW, {"vjp": "remat"}),)}
+  # CPU: oneDNN's inference forward where a call is not differentiated, for batches of many
+  # sequences, where it measured faster (MANY_SEQUENCES; runs only with rnn_jax_onednn).
+  TUNED_BY_SHAPE: ClassVar[Mapping] = {"cpu": ((LONG_AND_NARROW, {"vjp": "remat"}),
+                                               (MANY_SEQUENCES, {"kernel": "onednn_inference"}))}
   TORCH_MODULE: ClassVar[str] = "LSTM"
 
   hidden_size: int

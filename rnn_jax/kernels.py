@@ -31,8 +31,8 @@ Three kernels are registered with the package:
 
 Which one runs is ``RunOptions.kernel``: a registered name, or ``None`` for
 the one the layer class records as measured fastest on the backend
-(``TUNED_KERNEL``) where it can run and its ``tuned_for`` accepts the input
-shape, else the scan. Adding a kernel (a Pallas
+(``TUNED_KERNEL``, or for a class of input shapes ``TUNED_BY_SHAPE``'s
+``"kernel"``) where it can run, else the scan. Adding a kernel (a Pallas
 GPU LSTM, a C++ training kernel) is one module that builds a :class:`Kernel`
 and calls :func:`register`; cells and the scan are untouched. The
 "Extending rnn_jax" guide has a worked example.
@@ -45,7 +45,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, NamedTuple
 
-__all__ = ["Kernel", "SCAN", "get", "is_tuned_for", "names", "register", "unregister",
+__all__ = ["Kernel", "SCAN", "get", "names", "register", "unregister",
            "why_unsupported"]
 
 
@@ -59,17 +59,11 @@ class Kernel(NamedTuple):
       ``None``. Called at trace time, on shapes and dtypes.
     run: ``(layer, params, xs [T, ..., I], carry, lengths, options, resets=None)
       -> (outputs [T, ..., O], final carry)``, outputs in input time order.
-    tuned_for: ``(layer, xs [T, ..., I]) -> bool``: whether the default
-      (``kernel=None``) runs this kernel on inputs of this shape where a
-      layer's ``TUNED_KERNEL`` names it (the shapes where it measured
-      faster); ``None``: wherever it can run. An explicitly named kernel
-      runs whatever the shape.
   """
 
   name: str
   unsupported: Callable[..., str | None]
   run: Callable[..., tuple[Any, Any]]
-  tuned_for: Callable[..., bool] | None = None
 
 
 def takes_resets(function: Callable) -> bool:
@@ -92,12 +86,6 @@ def why_unsupported(kernel: Kernel, layer, params, xs, carry, lengths, backend,
     return (f"resets: the {kernel.name!r} kernel takes no resets (its unsupported/run have no "
             "resets parameter); use kernel='scan'")
   return kernel.unsupported(layer, params, xs, carry, lengths, backend, resets=resets)
-
-
-def is_tuned_for(kernel: Kernel, layer, xs) -> bool:
-  """Whether the default (``kernel=None``) may run ``kernel`` for ``layer`` on ``xs [T, ..., I]``
-  where ``TUNED_KERNEL`` names it: ``kernel.tuned_for(layer, xs)``, or ``True`` without one."""
-  return kernel.tuned_for is None or bool(kernel.tuned_for(layer, xs))
 
 
 def _scan_unsupported(layer, params, xs, carry, lengths, backend, resets=None) -> str | None:

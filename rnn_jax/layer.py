@@ -159,8 +159,8 @@ class RunOptions:
     backend, or 1, ``"autodiff"``, ``False`` and ``False`` where a table has
     no entry; a layer's own ``parallel``
     hyperparameter, when set, wins over these options. The kernel is the one
-    ``TUNED_KERNEL`` names where that kernel can run these inputs and its
-    ``tuned_for`` accepts their shape (:class:`rnn_jax.kernels.Kernel`), else
+    ``TUNED_BY_SHAPE`` names for the inputs' shape class, else the one
+    ``TUNED_KERNEL`` names, where that kernel can run these inputs, else
     ``"scan"``; an explicitly named kernel that cannot run them is an error.
 
     Args:
@@ -195,10 +195,9 @@ class RunOptions:
                   else bool(tuned.TUNED_PARALLEL.get(backend, False)))
     kernel = self.kernel
     if kernel is None:
-      kernel = tuned.TUNED_KERNEL.get(backend, kernels.SCAN.name)
+      kernel = by_shape.get("kernel", tuned.TUNED_KERNEL.get(backend, kernels.SCAN.name))
       if kernel != kernels.SCAN.name and (
           xs is None or kernel not in kernels.names()
-          or not kernels.is_tuned_for(kernels.get(kernel), layer, xs)
           or kernels.why_unsupported(kernels.get(kernel), layer, params, xs, carry, lengths,
                                      backend, resets)):
         kernel = kernels.SCAN.name
@@ -219,15 +218,17 @@ class ShapeClass:
   Attributes:
     min_steps: the fewest steps ``T`` in the class.
     max_batch_width: the largest ``N * H`` in the class (``None``: any).
+    min_batch: the fewest sequences ``N`` in the class.
   """
 
   min_steps: int = 1
   max_batch_width: int | None = None
+  min_batch: int = 1
 
   def contains(self, steps: int, batch: int, width: int) -> bool:
     """Whether ``T = steps``, ``N = batch`` and ``H = width`` fall in this class."""
-    return steps >= self.min_steps and (self.max_batch_width is None
-                                        or batch * width <= self.max_batch_width)
+    return (steps >= self.min_steps and batch >= self.min_batch
+            and (self.max_batch_width is None or batch * width <= self.max_batch_width))
 
 
 def required_method(method: Callable) -> Callable:
@@ -261,9 +262,10 @@ class Layer:
   TUNED_KERNEL: ClassVar[Mapping[str, str]] = {}
   """Backend -> the kernel (:mod:`rnn_jax.kernels`) ``kernel=None`` runs where it can."""
   TUNED_BY_SHAPE: ClassVar[Mapping[str, tuple[tuple[ShapeClass, Mapping[str, Any]], ...]]] = {}
-  """Backend -> ``(shape class, options)`` pairs: the ``unroll``, ``vjp`` or ``hoist``
-  measured fastest for inputs of that class, in place of the per-backend tables above (the
-  first class that matches wins; :meth:`tuned_for_shape`)."""
+  """Backend -> ``(shape class, options)`` pairs: the ``unroll``, ``vjp``, ``hoist`` or
+  ``kernel`` measured fastest for inputs of that class, in place of the per-backend tables
+  above (every class that matches contributes; for an option two of them set, the first
+  listed wins; :meth:`tuned_for_shape`)."""
   sublayers: ClassVar[tuple] = ()
   dropout: ClassVar[float] = 0.0
   compute_dtype: ClassVar[Any] = None
@@ -325,13 +327,14 @@ class Layer:
 
   def tuned_for_shape(self, backend: str, xs: Any) -> Mapping[str, Any]:
     """The options ``TUNED_BY_SHAPE`` gives for time-major inputs ``xs [T, ..., I]`` (arrays
-    or shape structs) on ``backend``: those of the first shape class they fall in, else
-    none (``{}``)."""
+    or shape structs) on ``backend``: those of every shape class they fall in (the first
+    listed wins an option two of them set), else none (``{}``)."""
     steps, batch = xs.shape[0], math.prod(xs.shape[1:-1])
+    chosen: dict[str, Any] = {}
     for shape_class, options in self.TUNED_BY_SHAPE.get(backend, ()):
       if shape_class.contains(steps, batch, self.output_size):
-        return options
-    return {}
+        chosen = {**options, **chosen}
+    return chosen
 
   def runs_fused_vjp(self) -> bool:
     """Whether ``vjp="fused"`` changes how any part of this layer is differentiated

@@ -22,10 +22,9 @@ Which kernel runs is :class:`rnn_jax.RunOptions`' ``kernel``
 :meth:`rnn_jax.RunOptions.resolve`: a named oneDNN kernel runs or raises
 ``ValueError`` saying why it cannot (:func:`unsupported_reason`, resets, or
 the extension missing); ``None`` (the default) runs one only where the
-layer's ``TUNED_KERNEL`` names it for the backend, the kernel's
-``tuned_for`` accepts the input shape and it can run. The LSTM's names
-``"onednn_inference"`` on CPU, for batches of at least
-:data:`INFERENCE_MIN_BATCH` sequences (:func:`inference_tuned_for`), where
+layer's tables name it for the backend and the input shape, and it can run.
+The LSTM's ``TUNED_BY_SHAPE`` names ``"onednn_inference"`` on CPU for
+batches of at least :data:`INFERENCE_MIN_BATCH` sequences, where
 its forward measured faster than the scan; training runs the scan either
 way. ``"onednn"`` (oneDNN's training primitives too) is opt-in: the scan
 measured faster for training on our CPU (the Performance guide has the
@@ -59,9 +58,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnn_jax.kernels as kernels
-from rnn_jax.cells import GRU, LSTM
+from rnn_jax.cells import GRU, LSTM, MANY_SEQUENCES
 
-__all__ = ["INFERENCE_MIN_BATCH", "ONEDNN", "ONEDNN_INFERENCE", "available", "inference_tuned_for",
+__all__ = ["INFERENCE_MIN_BATCH", "ONEDNN", "ONEDNN_INFERENCE", "available",
            "run", "set_num_threads", "unsupported_reason"]
 
 INSTALL_HINT = "rnn_jax_onednn is not installed: pip install ./rnn_jax_onednn"
@@ -283,22 +282,9 @@ def _inference_or_scan_jvp(layer, options, primals, tangents):
   return jax.jvp(scan, primals, tangents)
 
 
-INFERENCE_MIN_BATCH = 128
+INFERENCE_MIN_BATCH = MANY_SEQUENCES.min_batch
 """The fewest sequences in a batch for which the default runs an LSTM with
-``"onednn_inference"`` (:func:`inference_tuned_for`)."""
-
-
-def inference_tuned_for(layer, xs) -> bool:
-  """Whether the default (``kernel=None``) runs ``layer`` over ``xs [T, ..., I]`` with
-  ``"onednn_inference"``: the shape class where it measured faster than the scan.
-
-  An LSTM over a batch of at least :data:`INFERENCE_MIN_BATCH` sequences
-  (the MNIST shape, ``B = 128``); not smaller batches, long sequences of
-  few sequences or the GRU, where the scan's forward was as fast or faster
-  (``python -m experiments.bench_inference``; the Performance guide has the
-  figures).
-  """
-  return _kind(layer) == 0 and math.prod(xs.shape[1:-1]) >= INFERENCE_MIN_BATCH
+``"onednn_inference"`` (the LSTM's ``TUNED_BY_SHAPE``, :data:`rnn_jax.cells.MANY_SEQUENCES`)."""
 
 
 def _inference_run(layer, params, xs, carry, lengths, options, resets=None):
@@ -308,7 +294,7 @@ def _inference_run(layer, params, xs, carry, lengths, options, resets=None):
 
 
 ONEDNN_INFERENCE = kernels.register(
-    kernels.Kernel("onednn_inference", _unsupported, _inference_run, inference_tuned_for))
+    kernels.Kernel("onednn_inference", _unsupported, _inference_run))
 """The kernel ``"onednn_inference"``: oneDNN's forward-inference primitive when the call is
 not differentiated (evaluation, generation over a prompt), the layer's own scan when it is
 (``jax.custom_jvp``: forward and reverse mode differentiate the scan exactly as the

@@ -69,8 +69,8 @@ def matmul(x: jax.Array, w: jax.Array, compute_dtype: Any = None) -> jax.Array:
       when ``x`` or ``w`` is), also in the backward pass (see the module doc).
 
   Returns:
-    ``[..., N]``: for a ``compute_dtype``, in the accumulation dtype
-    (float32 for float32 or bfloat16 operands).
+    The product, ``[..., N]``; for a ``compute_dtype``, in the accumulation
+    dtype (float32 for float32 or bfloat16 operands).
   """
   if compute_dtype is None:
     return x @ w

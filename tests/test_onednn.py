@@ -253,15 +253,25 @@ def test_unknown_kernel_is_rejected():
     rnn_jax.rnn(layer, random_params(layer, 2, 0), np.ones((1, 2, 2), np.float32), kernel="dnn")
 
 
-def test_inference_tuned_for():
+def test_the_lstms_shape_table_names_onednn_inference_for_many_sequences():
   xs = lambda *batch: jax.ShapeDtypeStruct((5, *batch, 3), jnp.float32)
   batch = onednn.INFERENCE_MIN_BATCH
-  assert onednn.inference_tuned_for(rnn_jax.lstm(4), xs(batch))
-  assert onednn.inference_tuned_for(rnn_jax.lstm(4), xs(2, batch // 2))  # Batch axes multiply.
-  assert not onednn.inference_tuned_for(rnn_jax.lstm(4), xs(batch - 1))
-  assert not onednn.inference_tuned_for(rnn_jax.lstm(4, proj_size=2), xs(batch))
-  assert not onednn.inference_tuned_for(rnn_jax.gru(4), xs(batch))
-  assert rnn_jax.kernels.get("onednn_inference").tuned_for is onednn.inference_tuned_for
+  kernel = lambda layer, inputs: layer.tuned_for_shape("cpu", inputs).get("kernel")
+  assert kernel(rnn_jax.lstm(4), xs(batch)) == "onednn_inference"
+  assert kernel(rnn_jax.lstm(4), xs(2, batch // 2)) == "onednn_inference"  # Batch axes multiply.
+  assert kernel(rnn_jax.lstm(4), xs(batch - 1)) is None
+  assert kernel(rnn_jax.gru(4), xs(batch)) is None
+  # A projected LSTM is in the class but oneDNN refuses it: the default resolves to the scan.
+  projected = rnn_jax.lstm(4, proj_size=2)
+  params = projected.init(jax.random.key(0), 3)
+  inputs = jnp.zeros((5, batch, 3))
+  options = rnn_jax.RunOptions().resolve(projected, "cpu", xs=inputs, params=params,
+                                         carry=projected.initial_carry((batch,)))
+  assert options.kernel == "scan"
+  # Long sequences of a narrow batch of many sequences: both classes contribute.
+  narrow = jax.ShapeDtypeStruct((600, batch, 3), jnp.float32)
+  assert rnn_jax.lstm(4).tuned_for_shape("cpu", narrow) == {"vjp": "remat",
+                                                           "kernel": "onednn_inference"}
 
 
 def test_unsupported_reason():
