@@ -162,6 +162,7 @@ def test_a_loaded_run_generates_what_the_command_prints(trained):
     (["--cell=mingru", "--weight_drop=0.1"], "--weight_drop=0.1: --cell=mingru has no"),
     (["--zoneout=1"], "--zoneout"),
     (["--compute_dtype=float16"], "--compute_dtype"),
+    (["--preset=huge"], "--preset=huge: unknown preset; choose one of best"),
 ])
 def test_bad_flag_prints_one_line_and_exits_2(args, flag):
   line = one_line(run_experiment("train_char_lm", *args, "--workdir=/nonexistent/never"), 2)
@@ -231,6 +232,21 @@ def test_compute_dtype_flag_trains_in_bf16_and_is_kept_in_the_config(tiny_text, 
   assert json.load(open(os.path.join(workdir, "config.json")))["compute_dtype"] == "bfloat16"
   assert language_model.load(workdir).model.options.compute_dtype == jnp.bfloat16
   assert "compute_dtype" not in train_char_lm.CharLMConfig().identity()
+
+
+@pytest.mark.slow
+def test_preset_gives_its_values_under_the_flags_given(tiny_text, tmp_path):
+  best = train_char_lm.CharLMConfig.PRESETS["best"]
+  assert "dropout" in best and "steps" in best
+  result = run_experiment("train_char_lm", "--preset=best", f"--text_file={tiny_text}",
+                          "--cell=gru", "--hidden_size=16", "--embed_size=8", "--batch_size=4",
+                          "--window=16", "--steps=4", "--eval_every=0", "--eval_streams=4",
+                          "--eval_window=32", "--sample_length=0", "--plots=false",
+                          f"--workdir={tmp_path / 'best'}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.loads(result.stdout.strip().splitlines()[-1])
+  assert summary["preset"] == "best" and summary["steps"] == 4  # Given: the flag's.
+  assert summary["config"]["dropout"] == best["dropout"]  # Not given: the preset's.
 
 
 def test_missing_text_file_is_one_clear_error(tmp_path):

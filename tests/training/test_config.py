@@ -18,7 +18,8 @@ from rnn_jax.training.script import UsageError
 PUBLISHED_MNIST = {None: "default-17e4a2c6", "lstm100": "lstm100-934830cb",
                    "lstm256x2": "lstm256x2-70ba369e", "rnn150": "rnn150-564e5393",
                    "rnn50": "rnn50-ad5613ca", "best": "best-796f1f4a"}
-PUBLISHED_CHAR_LM = "char_lm-04d5ed9a"
+# The char LM's: the default command's, and --preset=best's since issue 22 published its run.
+PUBLISHED_CHAR_LM = {None: "char_lm-04d5ed9a", "best": "char_lm_best-ff146443"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +43,11 @@ def test_published_mnist_workdirs_keep_their_names(preset, name):
   assert train_mnist.default_workdir(settings, preset) == os.path.join("runs", name)
 
 
-def test_published_char_lm_workdir_keeps_its_name():
-  settings = train_char_lm.CharLMConfig.resolve({})
-  assert settings.default_workdir("char_lm") == os.path.join("runs", PUBLISHED_CHAR_LM)
+@pytest.mark.parametrize("preset, name", sorted(PUBLISHED_CHAR_LM.items(), key=str))
+def test_published_char_lm_workdirs_keep_their_names(preset, name):
+  settings = train_char_lm.CharLMConfig.resolve({}, preset)
+  prefix = train_char_lm.workdir_prefix(preset)
+  assert settings.default_workdir(prefix) == os.path.join("runs", name)
 
 
 def test_a_field_added_later_drops_out_of_the_identity_only_at_its_default():
