@@ -298,20 +298,15 @@ def plot_returns(records: list, path: str, env_steps_per_update: int, title: str
     chosen = [record for record in records if record.get("kind") == kind]
     if not chosen:
       continue
-    steps = [record["step"] * env_steps_per_update for record in chosen]
+    steps = [record["step"] * env_steps_per_update / 1000 for record in chosen]
     returns = [record["episode_return" if kind == "train" else "mean_return"]
                for record in chosen]
     ax_return.plot(steps, returns, style, label=label)
     ax_success.plot(steps, [record["success_rate"] for record in chosen], style, label=label)
-  ax_return.set(xlabel="environment steps", ylabel="mean episode return")
-  ax_success.set(xlabel="environment steps", ylabel="success rate (return > 0)", ylim=(0, 1.02))
-  for axis in (ax_return, ax_success):
-    axis.grid(alpha=0.3)
-    axis.legend()
-  figure.suptitle(title)
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
+  ax_return.set(xlabel="environment steps (thousands)", ylabel="mean episode return")
+  ax_success.set(xlabel="environment steps (thousands)", ylabel="success rate (return > 0)",
+                 ylim=(0, 1.02))
+  plots.save_panels(figure, (ax_return, ax_success), title, path)
 
 
 def run(config: Mapping | PPOConfig, workdir: str | None = None, options: Options = Options(),

@@ -61,7 +61,15 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str, title: str = "") -
       ax_acc.plot(steps, [100 * r[f"{split}_accuracy"] for r in evals], "o-", label=split)
   ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log")
   ax_acc.set(xlabel="step", ylabel="accuracy (%)", ylim=accuracy_limits(plotted))
-  for axis in (ax_loss, ax_acc):
+  save_panels(figure, (ax_loss, ax_acc), title, path)
+
+
+def save_panels(figure, axes, title: str, path: str) -> None:
+  """Finishes a figure of curve panels the way every training plot looks: a light grid and
+  a legend on each of ``axes``, ``title`` above them all, saved as a PNG at ``path`` (100
+  dpi) and closed."""
+  plt = pyplot()
+  for axis in axes:
     axis.grid(alpha=0.3)
     axis.legend()
   figure.suptitle(title)
