@@ -153,8 +153,8 @@ def main(argv=None) -> None:
   search = {}
   if config.quick:
     steps, time_steps, rounds = [100, 400], 50, 1
-    budget = min(budget, 16 * MIB)
-    search = {"cap": 4096, "precision": 0.1}  # A coarse search that stops early.
+    budget = min(budget, 4 * MIB)
+    search = {"cap": 1024, "precision": 0.25}  # A coarse search that stops early.
   table = {str(t): {mode: compiled_memory(mode, t) for mode in MODES} for t in steps}
   longest = {mode: longest_trainable(mode, budget, **search) for mode in MODES}
   timing = time_ratios(time_steps, rounds)
