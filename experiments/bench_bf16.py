@@ -135,27 +135,29 @@ def measure_dots(args: argparse.Namespace) -> list[dict]:
   return rows
 
 
+def _dots(row: dict) -> str:
+  """A row's dot census: ``bf16 (library + XLA) / float32 (library + XLA)``."""
+  return (f"{row['bf16_library']} + {row['bf16_xla']} / {row['f32_library']} + "
+          f"{row['f32_xla']}")
+
+
 def table(rows: list[dict]) -> str:
-  lines = ["| cell | (B, T, I, H) | float32 (ms) | bfloat16 (ms) | bf16 / f32 | bf16 program's "
-           "dots: bf16 (library + XLA) / upcast to f32 (library + XLA) |",
-           "|---|---|---|---|---|---|"]
-  for row in rows:
-    lines.append(f"| {row['cell']} | {tuple(row['shape'])} | {row['float32_ms']:.2f} | "
-                 f"{row['bfloat16_ms']:.2f} | {row['ratio']:.2f}x (minima "
-                 f"{row['ratio_of_minima']:.2f}x) | {row['bf16_library']} + "
-                 f"{row['bf16_xla']} / {row['f32_library']} + {row['f32_xla']} |")
-  return "\n".join(lines)
+  return benchmarking.markdown_table(
+      ["cell", "(B, T, I, H)", "float32 (ms)", "bfloat16 (ms)", "bf16 / f32",
+       "bf16 program's dots: bf16 (library + XLA) / upcast to f32 (library + XLA)"],
+      [[row["cell"], tuple(row["shape"]), f"{row['float32_ms']:.2f}",
+        f"{row['bfloat16_ms']:.2f}",
+        f"{row['ratio']:.2f}x (minima {row['ratio_of_minima']:.2f}x)", _dots(row)]
+       for row in rows])
 
 
 def dots_table(rows: list[dict]) -> str:
-  lines = ["| one matmul | (M, K, N) | float32 (us, min) | bf16 (us, min) | bf16 / f32 | "
-           "dot: bf16 (library + XLA) / f32 (library + XLA) |", "|---|---|---|---|---|---|"]
-  for row in rows:
-    lines.append(f"| {row['layout']} | {tuple(row['mkn'])} | {row['float32_us']:.1f} | "
-                 f"{row['bfloat16_us']:.1f} | {row['ratio_of_minima']:.2f}x | "
-                 f"{row['bf16_library']} + {row['bf16_xla']} / {row['f32_library']} + "
-                 f"{row['f32_xla']} |")
-  return "\n".join(lines)
+  return benchmarking.markdown_table(
+      ["one matmul", "(M, K, N)", "float32 (us, min)", "bf16 (us, min)", "bf16 / f32",
+       "dot: bf16 (library + XLA) / f32 (library + XLA)"],
+      [[row["layout"], tuple(row["mkn"]), f"{row['float32_us']:.1f}",
+        f"{row['bfloat16_us']:.1f}", f"{row['ratio_of_minima']:.2f}x", _dots(row)]
+       for row in rows])
 
 
 def main(argv=None) -> None:

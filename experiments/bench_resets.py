@@ -84,12 +84,10 @@ def measure(args: argparse.Namespace) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-  lines = ["| layer (forward+backward) | without resets (ms) | with resets (ms) | ratio | target |",
-           "|---|---|---|---|---|"]
-  for row in rows:
-    lines.append(f"| {row['layer']} | {row['without_ms']:.2f} | {row['with_ms']:.2f} | "
-                 f"{row['ratio']:.2f}x | <= {row['target']}x |")
-  return "\n".join(lines)
+  return benchmarking.markdown_table(
+      ["layer (forward+backward)", "without resets (ms)", "with resets (ms)", "ratio", "target"],
+      [[row["layer"], f"{row['without_ms']:.2f}", f"{row['with_ms']:.2f}",
+        f"{row['ratio']:.2f}x", f"<= {row['target']}x"] for row in rows])
 
 
 def main(argv=None) -> None:

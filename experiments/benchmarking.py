@@ -42,6 +42,13 @@ class BenchConfig(Config):
   label: str = setting("", "A name for the machine, printed and saved with the results.")
 
 
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A Markdown table: one ``| a | b |`` line per header and row, each cell as written."""
+  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+  lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
 def parse(config_class: type[Config], argv: Sequence[str] | None = None) -> Config:
   """A benchmark's settings from command-line arguments (:meth:`Config.from_argv`; default
   ``sys.argv[1:]``); a refusal is one line on stderr and exit status 2."""
