@@ -217,16 +217,9 @@ class PPOTask:
       params, opt_state, runner, metrics = update(
           state.params, state.opt_state, state.aux, jax.random.fold_in(step_key, state.step))
       finite = [jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(params)]
-      ok = jnp.isfinite(metrics["loss"]) & jnp.stack(finite).all() & (
-          state.bad_step < 0)
-      keep = lambda new, old: jnp.where(ok, new, old)
-      new_state = loop.TrainState(
-          step=keep(state.step + 1, state.step), params=jax.tree.map(keep, params, state.params),
-          opt_state=jax.tree.map(keep, opt_state, state.opt_state),
-          bad_step=jnp.where(ok | (state.bad_step >= 0), state.bad_step, state.step),
-          ema_params=jax.tree.map(keep, params, state.params),
-          aux=jax.tree.map(keep, runner, state.aux))
-      return new_state, metrics
+      finite = jnp.isfinite(metrics["loss"]) & jnp.stack(finite).all()
+      return loop.commit_step(state, finite, params=params, opt_state=opt_state,
+                              aux=runner), metrics
 
     return jax.jit(train_step, donate_argnums=0)
 

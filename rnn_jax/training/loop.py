@@ -147,26 +147,41 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     (loss, (metrics, aux)), grads = grad_fn(state.params, batch, rng, state.aux)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & (state.bad_step < 0)
-    keep = lambda new, old: jnp.where(ok, new, old)
-    params = jax.tree.map(keep, params, state.params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    average = None
     if ema_decay > 0.0:
       step = state.step.astype(jnp.float32)
-      decay = jnp.where(ok, jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step)), 1.0)
-      ema_params = jax.tree.map(lambda avg, new: decay * avg + (1.0 - decay) * new,
-                                state.ema_params, params)
-    else:
-      ema_params = params
-    new_state = TrainState(
-        step=jnp.where(ok, state.step + 1, state.step),
-        params=params,
-        opt_state=jax.tree.map(keep, opt_state, state.opt_state),
-        bad_step=jnp.where(ok | (state.bad_step >= 0), state.bad_step, state.step),
-        ema_params=ema_params,
-        aux=jax.tree.map(keep, aux, state.aux))
+      decay = jnp.where(finite & (state.bad_step < 0),
+                        jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step)), 1.0)
+      average = lambda kept: jax.tree.map(lambda avg, new: decay * avg + (1.0 - decay) * new,
+                                          state.ema_params, kept)
+    new_state = commit_step(state, finite, params=params, opt_state=opt_state, aux=aux,
+                            average=average)
     return new_state, {"loss": loss, **metrics}
 
   return jax.jit(train_step, donate_argnums=0)
+
+
+def commit_step(state: TrainState, finite, *, params, opt_state, aux,
+                average: Callable[[Any], Any] | None = None) -> TrainState:
+  """The state after a step that computed ``params``, ``opt_state`` and ``aux``: taken where
+  ``finite`` (a scalar bool) is true and no earlier step failed (``state.bad_step < 0``), else
+  ``state`` unchanged with the failing step recorded in ``bad_step``.
+
+  ``average`` maps the kept params to the new ``ema_params`` (``None``: the kept params).
+  What every train step of the toolkit ends with (:func:`make_train_step`, and steps written
+  for a task, e.g. PPO's several optimizer updates per step).
+  """
+  ok = finite & (state.bad_step < 0)
+  keep = lambda new, old: jnp.where(ok, new, old)
+  params = jax.tree.map(keep, params, state.params)
+  return TrainState(
+      step=jnp.where(ok, state.step + 1, state.step),
+      params=params,
+      opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+      bad_step=jnp.where(ok | (state.bad_step >= 0), state.bad_step, state.step),
+      ema_params=params if average is None else average(params),
+      aux=jax.tree.map(keep, aux, state.aux))
 
 
 def format_duration(seconds: float) -> str:
