@@ -165,14 +165,17 @@ def rnn_jax_variants(mode: str, unrolls, sweep: bool, cell_name: str | None = No
   ``vjp=None``, ``hoist=None``: chosen per backend and layer, see the
   ``TUNED_*`` attributes in ``rnn_jax.layer.Layer`` and ``rnn_jax.Cell``).
   Where the oneDNN extension can run ``cell_name`` (LSTM, GRU on CPU),
-  "onednn" is ``kernel="onednn"``: the measurement that decides the cells'
-  ``TUNED_KERNEL``. The sweep's variants name their options, all on the scan
+  "onednn" is ``kernel="onednn"`` and, for the LSTM, "cpu_loop" is
+  ``kernel="cpu_loop"`` (the extension's C++ loop): the measurements that
+  decide the cells' tuned kernels. The sweep's variants name their options, all on the scan
   ("u2 hoist" is ``unroll=2, hoist=True`` with autodiff; "u2 fused"
   ``vjp="fused"``).
   """
   variants = {"default": {}}
   if onednn_runs(cell_name):
     variants["onednn"] = {"kernel": "onednn"}
+    if cell_name == "lstm":
+      variants["cpu_loop"] = {"kernel": "cpu_loop"}
   if not sweep:
     return variants
   for unroll in unrolls:
@@ -382,6 +385,7 @@ def build_training(on_gpu, with_torch) -> dict:
            "rnn_jax fused": benchmarking.build_train_step_rnn_jax(vjp="fused", kernel="scan")}
   if onednn_runs("lstm"):
     cases["rnn_jax onednn"] = benchmarking.build_train_step_rnn_jax(kernel="onednn")
+    cases["rnn_jax cpu_loop"] = benchmarking.build_train_step_rnn_jax(kernel="cpu_loop")
   if with_torch:
     cases["torch"] = benchmarking.build_train_step_torch(device="cuda" if on_gpu else "cpu")
   return cases

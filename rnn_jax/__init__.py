@@ -15,7 +15,8 @@ needs torch, and the training toolkit (``rnn_jax.training``) its ``train`` extra
     outputs, (h, c) = rnn_jax.rnn(cell, params, jnp.zeros((32, 28, 28)))
 """
 
-import rnn_jax.onednn  # Registers the "onednn" kernel (the extension itself loads lazily).
+import rnn_jax.onednn  # Registers the "onednn" kernels (the extension itself loads lazily).
+import rnn_jax.cpu_loop  # Registers the "cpu_loop" kernel (likewise).
 from rnn_jax.cells import GRU, LSTM, Cell, LSTMState, SimpleRNN, gru, lstm, simple_rnn
 from rnn_jax.compose import Bidirectional, Remat, Stack, bidirectional, remat, stack
 from rnn_jax.gradient_flow import carry_gradient_norms

@@ -115,10 +115,11 @@ time per call on the 2-core AMD EPYC VM, interleaved (the Performance guide)."""
 
 MANY_SEQUENCES = ShapeClass(min_batch=128)
 """Batches of at least 128 sequences (the MNIST shape, ``B = 128``): where, on CPU, oneDNN's
-inference forward (the ``"onednn_inference"`` kernel, when ``rnn_jax_onednn`` is installed)
-measured faster than the scan's for the LSTM; not smaller batches, long sequences of few
-sequences or the GRU, where the scan's forward was as fast or faster
-(``python -m experiments.bench_inference``; the Performance guide has the figures)."""
+inference forward (when ``rnn_jax_onednn`` is installed) measured faster than the scan's for
+the LSTM, so the LSTM's default kernel (``"cpu_loop"``) runs it for calls nobody
+differentiates; not smaller batches, long sequences of few sequences or the GRU, where the
+scan's forward was as fast or faster (``python -m experiments.bench_inference``; the
+Performance guide has the figures)."""
 
 
 def affine_input(params: Params, x: jax.Array, bias: str, blocks: int = 1,
@@ -346,10 +347,13 @@ class LSTM(Cell, fused.FusedVJP):
   # with glibc's malloc, whose page faults the fused backward's extra buffers
   # pay for (experiments/bench_rnn.py, both allocators).
   TUNED_VJP: ClassVar[Mapping[str, str]] = {"cpu": "autodiff", "gpu": "fused"}
-  # CPU: oneDNN's inference forward where a call is not differentiated, for batches of many
-  # sequences, where it measured faster (MANY_SEQUENCES; runs only with rnn_jax_onednn).
-  TUNED_BY_SHAPE: ClassVar[Mapping] = {"cpu": ((LONG_AND_NARROW, {"vjp": "remat"}),
-                                               (MANY_SEQUENCES, {"kernel": "onednn_inference"}))}
+  # CPU, with rnn_jax_onednn installed: the C++ loop where a call is differentiated (1.6-3.3x
+  # the scan's forward+backward at the three benchmark shapes), and where it is not, the
+  # fastest forward: oneDNN's inference primitive for MANY_SEQUENCES, else the scan
+  # (rnn_jax.cpu_loop; the Performance guide). Without the extension: the scan, with
+  # vjp="remat" for LONG_AND_NARROW inputs.
+  TUNED_KERNEL: ClassVar[Mapping[str, str]] = {"cpu": "cpu_loop"}
+  TUNED_BY_SHAPE: ClassVar[Mapping] = {"cpu": ((LONG_AND_NARROW, {"vjp": "remat"}),)}
   TORCH_MODULE: ClassVar[str] = "LSTM"
 
   hidden_size: int

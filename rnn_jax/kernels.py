@@ -19,7 +19,7 @@ them, so a kernel written without the parameter keeps working without resets
 and is refused, with a reason naming ``resets``, in runs with them
 (:func:`why_unsupported`).
 
-Three kernels are registered with the package:
+Four kernels are registered with the package:
 
 * ``"scan"`` (:data:`SCAN`): the layer's own pure-JAX path, ``layer.scan``
   (``jax.lax.scan`` of its step, the fused backward, or a linear recurrence's
@@ -27,7 +27,10 @@ Three kernels are registered with the package:
 * ``"onednn"``: oneDNN's RNN primitives for LSTM and GRU cells on CPU
   (:mod:`rnn_jax.onednn`, from the optional ``rnn_jax_onednn`` extension);
 * ``"onednn_inference"``: oneDNN's inference primitive where a call is not
-  differentiated, the scan where it is (also :mod:`rnn_jax.onednn`).
+  differentiated, the scan where it is (also :mod:`rnn_jax.onednn`);
+* ``"cpu_loop"``: an LSTM's forward and backward as one C++ loop over oneDNN's
+  GEMM where a call is differentiated, the fastest forward where it is not
+  (:mod:`rnn_jax.cpu_loop`, from the same extension).
 
 Which one runs is ``RunOptions.kernel``: a registered name, or ``None`` for
 the one the layer class records as measured fastest on the backend
@@ -59,11 +62,16 @@ class Kernel(NamedTuple):
       ``None``. Called at trace time, on shapes and dtypes.
     run: ``(layer, params, xs [T, ..., I], carry, lengths, options, resets=None)
       -> (outputs [T, ..., O], final carry)``, outputs in input time order.
+    owns_backward: whether the kernel computes gradients its own way (a
+      ``jax.custom_vjp``), so that ``vjp`` does not apply to it: a run that
+      names a ``vjp`` explicitly and leaves the kernel to the tables keeps the
+      scan, whose backward that choice is about.
   """
 
   name: str
   unsupported: Callable[..., str | None]
   run: Callable[..., tuple[Any, Any]]
+  owns_backward: bool = False
 
 
 def takes_resets(function: Callable) -> bool:

@@ -160,8 +160,10 @@ class RunOptions:
     no entry; a layer's own ``parallel``
     hyperparameter, when set, wins over these options. The kernel is the one
     ``TUNED_BY_SHAPE`` names for the inputs' shape class, else the one
-    ``TUNED_KERNEL`` names, where that kernel can run these inputs, else
-    ``"scan"``; an explicitly named kernel that cannot run them is an error.
+    ``TUNED_KERNEL`` names, where that kernel can run these inputs (and, for a
+    kernel with its own backward, ``Kernel.owns_backward``, where ``vjp`` was
+    not named), else ``"scan"``; an explicitly named kernel that cannot run
+    them is an error.
 
     Args:
       layer: the leaf layer about to run.
@@ -198,6 +200,7 @@ class RunOptions:
       kernel = by_shape.get("kernel", tuned.TUNED_KERNEL.get(backend, kernels.SCAN.name))
       if kernel != kernels.SCAN.name and (
           xs is None or kernel not in kernels.names()
+          or (self.vjp is not None and kernels.get(kernel).owns_backward)
           or kernels.why_unsupported(kernels.get(kernel), layer, params, xs, carry, lengths,
                                      backend, resets)):
         kernel = kernels.SCAN.name

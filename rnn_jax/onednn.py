@@ -23,12 +23,12 @@ Which kernel runs is :class:`rnn_jax.RunOptions`' ``kernel``
 ``ValueError`` saying why it cannot (:func:`unsupported_reason`, resets, or
 the extension missing); ``None`` (the default) runs one only where the
 layer's tables name it for the backend and the input shape, and it can run.
-The LSTM's ``TUNED_BY_SHAPE`` names ``"onednn_inference"`` on CPU for
-batches of at least :data:`INFERENCE_MIN_BATCH` sequences, where
-its forward measured faster than the scan; training runs the scan either
-way. ``"onednn"`` (oneDNN's training primitives too) is opt-in: the scan
-measured faster for training on our CPU (the Performance guide has the
-figures). With oneDNN the ``unroll``, ``hoist`` and ``vjp`` options have no
+The LSTM's default on CPU is the extension's C++ loop (:mod:`rnn_jax.cpu_loop`),
+whose calls that nobody differentiates run oneDNN's inference primitive for
+batches of at least :data:`INFERENCE_MIN_BATCH` sequences, where its forward
+measured faster than the scan. ``"onednn"`` (oneDNN's training primitives
+too) is opt-in: the scan and the C++ loop measured faster for training on our
+CPU (the Performance guide has the figures). With oneDNN the ``unroll``, ``hoist`` and ``vjp`` options have no
 effect on the oneDNN calls.
 
 :func:`run` converts the parameters to oneDNN's gate order and layout inside
@@ -258,7 +258,8 @@ def _kernel_run(layer, params, xs, carry, lengths, options, resets=None):
     return run(layer, params, xs, carry, options.reverse)
 
 
-ONEDNN = kernels.register(kernels.Kernel("onednn", _unsupported, _kernel_run))
+ONEDNN = kernels.register(kernels.Kernel("onednn", _unsupported, _kernel_run,
+                                           owns_backward=True))
 """oneDNN's RNN primitives as the kernel ``"onednn"`` (:mod:`rnn_jax.kernels`)."""
 
 
@@ -283,8 +284,9 @@ def _inference_or_scan_jvp(layer, options, primals, tangents):
 
 
 INFERENCE_MIN_BATCH = MANY_SEQUENCES.min_batch
-"""The fewest sequences in a batch for which the default runs an LSTM with
-``"onednn_inference"`` (the LSTM's ``TUNED_BY_SHAPE``, :data:`rnn_jax.cells.MANY_SEQUENCES`)."""
+"""The fewest sequences in a batch for which an LSTM's forward-only call runs oneDNN's
+inference primitive by default (:func:`rnn_jax.cpu_loop.forward_only_run`,
+:data:`rnn_jax.cells.MANY_SEQUENCES`)."""
 
 
 def _inference_run(layer, params, xs, carry, lengths, options, resets=None):

@@ -22,24 +22,12 @@ from rnn_jax import onednn
 from rnn_jax.layer import RunOptions
 
 import testing
+from testing import assert_trees_close, loss_terms, random_params
 
 needs_extension = pytest.mark.skipif(
     not onednn.available(), reason="rnn_jax_onednn is not installed (pip install ./rnn_jax_onednn)")
 
 TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-def random_params(layer, input_size, seed):
-  shapes = jax.eval_shape(lambda key: layer.init(key, input_size), jax.random.key(0))
-  leaves, treedef = jax.tree.flatten(shapes)
-  return jax.tree.unflatten(treedef, [0.5 * testing.normal(seed + k, leaf.shape)
-                                      for k, leaf in enumerate(leaves)])
-
-
-def loss_terms(outputs, final):
-  """A loss whose cotangents differ per element, for outputs and every final carry leaf."""
-  return jnp.sum(jnp.sin(outputs)) + sum(jnp.sum(jnp.cos(3.0 * leaf)) for leaf in
-                                         jax.tree.leaves(final))
 
 
 @functools.partial(jax.jit, static_argnames=("layer", "reverse", "kernel"))
@@ -53,14 +41,6 @@ def run_and_grad(layer, params, xs, carry, *, reverse, kernel):
 
   grads, values = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, carry)
   return values, grads
-
-
-def assert_trees_close(got, want, **tol):
-  paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(want)[0]]
-  assert jax.tree.structure(got) == jax.tree.structure(want)
-  for path, g, w in zip(paths, jax.tree.leaves(got), jax.tree.leaves(want)):
-    assert g.shape == w.shape and g.dtype == w.dtype, path
-    np.testing.assert_allclose(np.asarray(g), np.asarray(w), err_msg=path, **tol)
 
 
 def uses_onednn(fn, *args) -> bool:
@@ -127,7 +107,9 @@ def test_inference_kernel_runs_onednn_forward_and_differentiates_the_scan(name):
 
 
 @needs_extension
-def test_default_runs_onednn_inference_for_large_lstm_batches_only():
+def test_default_lstm_forward_runs_onednn_inference_for_large_batches_only():
+  """The LSTM's default on CPU, the C++ loop, runs oneDNN's inference primitive for calls
+  nobody differentiates on batches of INFERENCE_MIN_BATCH or more whole sequences."""
   batch = onednn.INFERENCE_MIN_BATCH
   lstm, gru = rnn_jax.lstm(3), rnn_jax.gru(3)
   xs = testing.normal(0, (batch, 4, 2))
@@ -141,13 +123,16 @@ def test_default_runs_onednn_inference_for_large_lstm_batches_only():
   assert not uses_onednn(default(lstm, lengths=jnp.full((batch,), 3)), params, xs)
   assert not uses_onednn(default(gru), random_params(gru, 2, seed=4), xs)
   assert not uses_onednn(default(lstm, kernel="scan"), params, xs)
-  assert not uses_onednn(jax.grad(lambda p, x: jnp.sum(default(lstm)(p, x)[0])), params, xs)
-  # The default's forward equals the scan to 1e-5 and its gradients the scan's exactly.
+  # Differentiated: the C++ loop, not oneDNN's primitives.
+  grad_jaxpr = str(jax.make_jaxpr(jax.grad(lambda p, x: jnp.sum(default(lstm)(p, x)[0])))(
+      params, xs))
+  assert "rnn_jax_onednn_forward" not in grad_jaxpr
+  assert "rnn_jax_lstm_loop_backward" in grad_jaxpr
+  # The default's forward and gradients equal the scan's to 1e-5.
   assert_trees_close(forward_fn(lstm, False, None)(params, xs, carry),
                      forward_fn(lstm, False, "scan")(params, xs, carry), **TOL)
   assert_trees_close(run_and_grad(lstm, params, xs, carry, reverse=False, kernel=None),
-                     run_and_grad(lstm, params, xs, carry, reverse=False, kernel="scan"),
-                     rtol=0, atol=0)
+                     run_and_grad(lstm, params, xs, carry, reverse=False, kernel="scan"), **TOL)
 
 
 @needs_extension
@@ -157,8 +142,8 @@ def test_default_kernel_is_the_cells_tuned_one(monkeypatch):
             rnn_jax.stack([rnn_jax.simple_rnn(2), rnn_jax.gru(2)]))
   params = [random_params(layer, 2, seed=0) for layer in layers]
   default = lambda layer: (lambda p, x: rnn_jax.rnn(layer, p, x))
-  # As measured: at a batch of 2, no cell picks oneDNN by itself (the LSTM's tuned
-  # "onednn_inference" only from INFERENCE_MIN_BATCH sequences).
+  # As measured: at a batch of 2, no cell picks oneDNN by itself (the LSTM's default, the
+  # C++ loop, runs oneDNN's inference forward only from INFERENCE_MIN_BATCH sequences).
   for layer, p in zip(layers, params):
     assert not uses_onednn(default(layer), p, xs), layer
   # A backend entry in TUNED_KERNEL makes the default run oneDNN where it can.
@@ -253,25 +238,27 @@ def test_unknown_kernel_is_rejected():
     rnn_jax.rnn(layer, random_params(layer, 2, 0), np.ones((1, 2, 2), np.float32), kernel="dnn")
 
 
-def test_the_lstms_shape_table_names_onednn_inference_for_many_sequences():
-  xs = lambda *batch: jax.ShapeDtypeStruct((5, *batch, 3), jnp.float32)
+def test_the_lstms_cpu_tables_name_the_cpp_loop_and_remat_for_long_narrow_inputs():
+  xs = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   batch = onednn.INFERENCE_MIN_BATCH
-  kernel = lambda layer, inputs: layer.tuned_for_shape("cpu", inputs).get("kernel")
-  assert kernel(rnn_jax.lstm(4), xs(batch)) == "onednn_inference"
-  assert kernel(rnn_jax.lstm(4), xs(2, batch // 2)) == "onednn_inference"  # Batch axes multiply.
-  assert kernel(rnn_jax.lstm(4), xs(batch - 1)) is None
-  assert kernel(rnn_jax.gru(4), xs(batch)) is None
-  # A projected LSTM is in the class but oneDNN refuses it: the default resolves to the scan.
+  assert rnn_jax.LSTM.TUNED_KERNEL == {"cpu": "cpu_loop"}
+  assert rnn_jax.lstm(4).tuned_for_shape("cpu", xs(5, batch, 3)) == {}
+  assert rnn_jax.lstm(4).tuned_for_shape("cpu", xs(600, 16, 3)) == {"vjp": "remat"}
+  assert rnn_jax.gru(4).tuned_for_shape("cpu", xs(5, batch, 3)) == {}
+  # A projected LSTM: the C++ loop refuses it, so the default resolves to the scan.
   projected = rnn_jax.lstm(4, proj_size=2)
   params = projected.init(jax.random.key(0), 3)
   inputs = jnp.zeros((5, batch, 3))
   options = rnn_jax.RunOptions().resolve(projected, "cpu", xs=inputs, params=params,
                                          carry=projected.initial_carry((batch,)))
   assert options.kernel == "scan"
-  # Long sequences of a narrow batch of many sequences: both classes contribute.
-  narrow = jax.ShapeDtypeStruct((600, batch, 3), jnp.float32)
-  assert rnn_jax.lstm(4).tuned_for_shape("cpu", narrow) == {"vjp": "remat",
-                                                           "kernel": "onednn_inference"}
+  plain = rnn_jax.lstm(4)
+  resolve = lambda **kw: rnn_jax.RunOptions(**kw).resolve(
+      plain, "cpu", xs=inputs, params=plain.init(jax.random.key(0), 3),
+      carry=plain.initial_carry((batch,))).kernel
+  assert resolve() == ("cpu_loop" if onednn.available() else "scan")
+  # A vjp named explicitly is about the scan's backward: the default keeps the scan.
+  assert resolve(vjp="fused") == "scan"
 
 
 def test_unsupported_reason():
@@ -307,7 +294,8 @@ def test_without_the_extension_the_default_is_exactly_the_scan(monkeypatch):
   assert not uses_onednn(lambda p, x: rnn_jax.rnn(layer, p, x), params, xs)
   with pytest.raises(ValueError, match="not installed: pip install ./rnn_jax_onednn"):
     rnn_jax.rnn(layer, params, xs, kernel="onednn")
-  # The LSTM's own TUNED_KERNEL ("onednn_inference") at a batch it is tuned for: the scan too.
+  # The LSTM's own TUNED_KERNEL ("cpu_loop", oneDNN's inference forward at this batch): the
+  # scan too.
   monkeypatch.undo()
   monkeypatch.setattr(onednn, "available", lambda: False)
   lstm, big = rnn_jax.lstm(2), testing.normal(11, (onednn.INFERENCE_MIN_BATCH, 3, 2))

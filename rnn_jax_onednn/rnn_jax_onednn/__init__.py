@@ -6,7 +6,10 @@ Importing this package loads ``_rnn_jax_onednn.so`` (built from
 * ``FORWARD_TARGET``: a whole sequence forward; with ``training=1`` it also
   writes oneDNN's workspace (``workspace_size`` bytes, uint8) for the backward;
 * ``BACKWARD_TARGET``: the gradients with respect to the inputs, the initial
-  states, the weights and the bias, from that workspace.
+  states, the weights and the bias, from that workspace;
+* ``LSTM_LOOP_FORWARD_TARGET`` and ``LSTM_LOOP_BACKWARD_TARGET``: an LSTM's
+  training forward and backward as our own C++ loop over time around oneDNN's
+  GEMM (``src/lstm_loop.cc``), for ``rnn_jax.rnn(..., kernel="cpu_loop")``.
 
 The operand layouts are documented at the top of the C++ source; rnn_jax's
 adapter (``rnn_jax/onednn.py``) converts its parameters to them inside the
@@ -34,11 +37,14 @@ import sys
 
 import jax
 
-__all__ = ["BACKWARD_TARGET", "DEFAULT_THREADS", "FORWARD_TARGET", "KINDS", "get_num_threads",
+__all__ = ["BACKWARD_TARGET", "DEFAULT_THREADS", "FORWARD_TARGET", "KINDS",
+           "LSTM_LOOP_BACKWARD_TARGET", "LSTM_LOOP_FORWARD_TARGET", "get_num_threads",
            "set_num_threads", "workspace_size"]
 
 FORWARD_TARGET = "rnn_jax_onednn_forward"
 BACKWARD_TARGET = "rnn_jax_onednn_backward"
+LSTM_LOOP_FORWARD_TARGET = "rnn_jax_lstm_loop_forward"
+LSTM_LOOP_BACKWARD_TARGET = "rnn_jax_lstm_loop_backward"
 KINDS = {"vanilla_lstm": 0, "lbr_gru": 1, "vanilla_gru": 2}
 """oneDNN algorithm -> the ``kind`` attribute of the FFI targets."""
 DEFAULT_THREADS = 0
@@ -75,6 +81,10 @@ jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(_lib.RnnJaxOnednnF
                             platform="cpu")
 jax.ffi.register_ffi_target(BACKWARD_TARGET, jax.ffi.pycapsule(_lib.RnnJaxOnednnBackward),
                             platform="cpu")
+jax.ffi.register_ffi_target(LSTM_LOOP_FORWARD_TARGET,
+                            jax.ffi.pycapsule(_lib.RnnJaxLstmLoopForward), platform="cpu")
+jax.ffi.register_ffi_target(LSTM_LOOP_BACKWARD_TARGET,
+                            jax.ffi.pycapsule(_lib.RnnJaxLstmLoopBackward), platform="cpu")
 
 
 def workspace_size(kind: int, reverse: bool, steps: int, batch: int, inputs: int,

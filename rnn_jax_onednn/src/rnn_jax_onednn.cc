@@ -33,6 +33,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common.h"
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 
@@ -165,31 +166,8 @@ const Primitives& Get(const Key& k) {
   return *slot;
 }
 
-// Per-thread 64-byte-aligned buffers, grown on demand and kept between calls (reordered
-// weights, diff weights, scratchpads).
-void* Slot(int index, size_t bytes) {
-  struct Slots {
-    std::vector<std::pair<size_t, void*>> s = std::vector<std::pair<size_t, void*>>(8);
-    ~Slots() {
-      for (auto& [size, ptr] : s) std::free(ptr);
-    }
-  };
-  thread_local Slots slots;
-  auto& [size, ptr] = slots.s[index];
-  if (size < bytes) {
-    std::free(ptr);
-    size = (bytes + 63) / 64 * 64;
-    ptr = std::aligned_alloc(64, size);
-  }
-  return ptr;
-}
-
-std::atomic<int> g_num_threads{0};  // 0: OpenMP's own default.
-
-void SetThreads() {
-  const int n = g_num_threads.load();
-  if (n > 0 && omp_get_max_threads() != n) omp_set_num_threads(n);  // This thread's ICV.
-}
+using rnn_jax_onednn::SetThreads;
+using rnn_jax_onednn::Slot;
 
 memory Mem(const memory::desc& md, const void* data) {
   return memory(md, Engine(), const_cast<void*>(data));
@@ -386,11 +364,11 @@ const char* rnn_jax_onednn_last_error() { return g_last_error.c_str(); }
 
 // OpenMP threads for oneDNN inside the handlers; n <= 0 restores OpenMP's default.
 void rnn_jax_onednn_set_num_threads(int n) {
-  g_num_threads.store(n > 0 ? n : 0);
+  rnn_jax_onednn::g_num_threads.store(n > 0 ? n : 0);
 }
 
 int rnn_jax_onednn_get_num_threads() {
-  const int n = g_num_threads.load();
+  const int n = rnn_jax_onednn::g_num_threads.load();
   return n > 0 ? n : omp_get_max_threads();
 }
 

@@ -1,0 +1,213 @@
+"""The ``"cpu_loop"`` kernel: an LSTM's training forward and backward as one C++ loop on CPU.
+
+On CPU the scan's compiled backward runs far below GEMM speed (the Performance
+guide, "Where the backward pass's time goes"). The optional ``rnn_jax_onednn``
+extension carries an LSTM written as our own loop over time around oneDNN's
+GEMM (``rnn_jax_onednn/src/lstm_loop.cc``): the forward is one GEMM for the
+input products of all steps, then per step one recurrent GEMM and the gate
+arithmetic; the backward is per step the gate derivatives and one GEMM for the
+recurrent gradient, then ``w_ih``'s, ``w_hh``'s and the inputs' gradients as
+one GEMM each over all steps. It takes rnn_jax's own parameters, gate order
+and layout, so nothing is reordered.
+
+:func:`run` calls it inside a ``jax.custom_vjp`` (the forward saves the gate
+activations and cell states the backward reads). It runs
+:func:`rnn_jax.lstm` cells (no ``proj_size``, ``layer_norm`` or
+``compute_dtype``) in float32 on CPU, with everything the scan supports:
+``lengths``, ``reverse``, ``resets``, any leading batch axes and ``vmap``.
+With ``lengths`` the loop runs every step and the padded ones are dropped
+after it (each sequence's final carry is its last valid step's; padded outputs
+are zero), so padding costs compute but no correctness; ``reverse`` with
+``lengths`` reverses each valid prefix first, as the scan does.
+
+It registers the kernel :data:`CPU_LOOP` (``rnn(..., kernel="cpu_loop")``);
+which shapes run it by default is the LSTM's ``TUNED_BY_SHAPE`` (the
+Performance guide has the measurements). ``unroll``, ``hoist`` and ``vjp`` do
+not apply to it. This module imports ``rnn_jax_onednn`` only inside functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rnn_jax.kernels as kernels
+from rnn_jax import _scan
+from rnn_jax.cells import LSTM
+from rnn_jax import onednn
+
+__all__ = ["CPU_LOOP", "forward_only_run", "loop_run", "run", "unsupported_reason"]
+
+
+def unsupported_reason(cell, xs, params=None, carry=None,
+                       backend: str | None = None) -> str | None:
+  """Why the C++ loop cannot run ``cell`` over ``xs [T, ..., I]``, or ``None`` when it can
+  (whether the extension is installed is checked apart: :func:`rnn_jax.onednn.available`)."""
+  if type(cell) is not LSTM:  # pylint: disable=unidiomatic-typecheck  # Not subclasses.
+    return f"the cpu_loop kernel runs LSTM cells only, not {type(cell).__name__} ({cell!r})"
+  if cell.proj_size or cell.layer_norm:
+    return "the cpu_loop kernel runs the plain LSTM (no proj_size or layer_norm)"
+  if cell.compute_dtype not in (None, jnp.float32):
+    return (f"the cpu_loop kernel computes in float32, not compute_dtype={cell.compute_dtype}; "
+            "use kernel='scan'")
+  if jnp.dtype(xs.dtype) != jnp.float32:
+    return f"the cpu_loop kernel needs float32 inputs, got xs of dtype {xs.dtype}"
+  for name, tree in (("params", params), ("initial carry", carry)):
+    dtypes = {str(leaf.dtype) for leaf in jax.tree.leaves(tree)} - {"float32"}
+    if dtypes:
+      return f"the cpu_loop kernel needs float32 {name}, got {', '.join(sorted(dtypes))}"
+  if math.prod(xs.shape) == 0:
+    return f"the cpu_loop kernel needs non-empty inputs, got xs of shape {xs.shape}"
+  backend = backend or jax.default_backend()
+  if backend != "cpu":
+    return f"the cpu_loop kernel runs on CPU only (the backend is {backend})"
+  return None
+
+
+def _unsupported(layer, params, xs, carry, lengths, backend, resets=None) -> str | None:
+  del lengths, resets  # Both supported.
+  reason = unsupported_reason(layer, xs, params, carry, backend)
+  if reason is None and not onednn.available():  # Looked up per call (tests patch it).
+    reason = onednn.INSTALL_HINT
+  return reason
+
+
+# ---------------------------------------------------------------------------
+# The FFI calls: x [T, N, I], h0/c0 [N, H], w_ih [I, 4H], w_hh [H, 4H], b [4H] (forget bias
+# folded in), resets [T, N] int8 or [0]; see the top of rnn_jax_onednn/src/lstm_loop.cc.
+
+
+def _forward_call(reverse, x, h0, c0, w_ih, w_hh, b, resets):
+  steps, batch = x.shape[:2]
+  hidden = h0.shape[-1]
+  f32 = jnp.float32
+  result_types = (jax.ShapeDtypeStruct((steps, batch, hidden), f32),       # y
+                  jax.ShapeDtypeStruct((steps, batch, hidden), f32),       # cs
+                  jax.ShapeDtypeStruct((steps, batch, 4 * hidden), f32))   # acts
+  call = jax.ffi.ffi_call(onednn._extension().LSTM_LOOP_FORWARD_TARGET, result_types,
+                          vmap_method="sequential")
+  return call(x, h0, c0, w_ih, w_hh, b, resets, reverse=np.int32(reverse))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _sequence(reverse, x, h0, c0, w_ih, w_hh, b, resets):
+  """``(y, cs)``, each ``[T, N, H]``: every step's hidden and cell state."""
+  return tuple(_forward_call(reverse, x, h0, c0, w_ih, w_hh, b, resets)[:2])
+
+
+def _sequence_fwd(reverse, x, h0, c0, w_ih, w_hh, b, resets):
+  y, cs, acts = _forward_call(reverse, x, h0, c0, w_ih, w_hh, b, resets)
+  return (y, cs), (x, h0, c0, w_ih, w_hh, b, resets, y, cs, acts)
+
+
+def _sequence_bwd(reverse, residuals, cotangents):
+  x, h0, c0, w_ih, w_hh, b, resets = residuals[:7]
+  result_types = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32)
+                       for a in (x, h0, c0, w_ih, w_hh, b))
+  call = jax.ffi.ffi_call(onednn._extension().LSTM_LOOP_BACKWARD_TARGET, result_types,
+                          vmap_method="sequential")
+  grads = call(*residuals, *cotangents, reverse=np.int32(reverse))
+  # resets are integers: their cotangent is float0.
+  return (*grads, np.zeros(resets.shape, jax.dtypes.float0))
+
+
+_sequence.defvjp(_sequence_fwd, _sequence_bwd)
+
+
+def _final(states, lengths, reverse: bool, initial):
+  """The carry after the last step read: ``states [T, N, H]`` at index T-1 (0 when reading
+  backwards over whole sequences); with ``lengths`` (read forwards), row n's state at
+  ``lengths[n] - 1``, or ``initial`` where a length is 0."""
+  if lengths is None:
+    return states[0] if reverse else states[-1]
+  last = jnp.clip(lengths - 1, 0, states.shape[0] - 1)
+  picked = jnp.take_along_axis(states, last[None, :, None], axis=0)[0]
+  return jnp.where((lengths > 0)[:, None], picked, initial)
+
+
+def loop_run(cell, params, xs, carry, lengths=None, reverse: bool = False, resets=None):
+  """Runs an LSTM ``cell`` over ``xs [T, ..., I]`` with the C++ loop, forward and backward.
+
+  Same contract as the ``"scan"`` kernel: returns ``(outputs [T, ..., H], final
+  LSTMState)``, outputs in input time order and zero past each sequence's
+  length; ``lengths [...]`` int32 or ``None``; ``resets [T, ...]`` bool or
+  ``None`` (:func:`rnn_jax.rnn`'s). Callers check :func:`unsupported_reason`
+  first (the kernel's resolution does).
+  """
+  steps, batch_shape, hidden = xs.shape[0], xs.shape[1:-1], cell.hidden_size
+  batch = math.prod(batch_shape)
+  b = jnp.asarray(params["b"], jnp.float32)
+  if cell.forget_bias:
+    b = b.at[hidden:2 * hidden].add(jnp.float32(cell.forget_bias))
+  h0, c0 = (state.reshape(batch, hidden) for state in carry)
+  flat_lengths = None if lengths is None else lengths.reshape(batch)
+  flags = _scan.reset_flags(resets, lengths, reverse)
+
+  def loop(inputs, read_backwards):
+    x, reset = inputs
+    x = x.reshape(steps, batch, x.shape[-1])
+    reset = (jnp.zeros((0,), jnp.int8) if reset is None
+             else reset.reshape(steps, batch).astype(jnp.int8))
+    y, cs = _sequence(bool(read_backwards), x, h0, c0, params["w_ih"], params["w_hh"], b,
+                      reset)
+    final = (_final(y, flat_lengths, read_backwards, h0),
+             _final(cs, flat_lengths, read_backwards, c0))
+    if flat_lengths is not None:
+      valid = _scan.step_indices(steps, 1) < flat_lengths
+      y = jnp.where(valid[..., None], y, 0.0)
+    return y.reshape(steps, *batch_shape, hidden), final
+
+  outputs, (h_t, c_t) = _scan.run_in_valid_order(loop, (xs, flags), lengths, reverse)
+  return outputs, type(carry)(h_t.reshape(*batch_shape, hidden),
+                              c_t.reshape(*batch_shape, hidden))
+
+
+def forward_only_run(cell, params, xs, carry, lengths, options, resets=None):
+  """A call nobody differentiates: the fastest forward measured, not the C++ loop's (which
+  writes the backward's residuals): oneDNN's inference primitive for batches of
+  :data:`rnn_jax.onednn.INFERENCE_MIN_BATCH` or more whole sequences, else the scan."""
+  batch = math.prod(xs.shape[1:-1])
+  if lengths is None and resets is None and batch >= onednn.INFERENCE_MIN_BATCH:
+    return onednn._inference_or_scan(cell, options, params, xs, carry)  # pylint: disable=protected-access
+  return kernels.SCAN.run(cell, params, xs, carry, lengths, options,
+                          **({} if resets is None else {"resets": resets}))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def run(cell, options, params, xs, carry, lengths=None, resets=None):
+  """The kernel's run: :func:`forward_only_run` where nothing differentiates the call,
+  :func:`loop_run`'s C++ forward and backward where something does (``grad``, ``vjp``;
+  forward mode, ``jvp``, is not defined, as for any ``jax.custom_vjp``)."""
+  return forward_only_run(cell, params, xs, carry, lengths, options, resets)
+
+
+def _run_fwd(cell, options, params, xs, carry, lengths, resets):
+  loop = lambda params, xs, carry: loop_run(cell, params, xs, carry, lengths, options.reverse,
+                                            resets)
+  values, pullback = jax.vjp(loop, params, xs, carry)
+  return values, (pullback, lengths, resets)
+
+
+def _run_bwd(cell, options, residuals, cotangents):
+  del cell, options
+  pullback, lengths, resets = residuals
+  zero = lambda a: None if a is None else np.zeros(a.shape, jax.dtypes.float0)
+  return (*pullback(cotangents), zero(lengths), zero(resets))
+
+
+run.defvjp(_run_fwd, _run_bwd)
+
+
+def _kernel_run(layer, params, xs, carry, lengths, options, resets=None):
+  with jax.named_scope("cpu_loop"):
+    return run(layer, options, params, xs, carry, lengths, resets)
+
+
+CPU_LOOP = kernels.register(kernels.Kernel("cpu_loop", _unsupported, _kernel_run,
+                                             owns_backward=True))
+"""The kernel ``"cpu_loop"``: an LSTM's forward and backward as one C++ loop over oneDNN's
+GEMM (:mod:`rnn_jax.cpu_loop`)."""
