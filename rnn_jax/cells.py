@@ -498,6 +498,11 @@ class GRU(Cell, fused.FusedVJP):
   GATES: ClassVar[int] = 3
   TUNED_UNROLL: ClassVar[Mapping[str, int]] = {"cpu": 2, "gpu": 8}
   TUNED_VJP: ClassVar[Mapping[str, str]] = {"cpu": "autodiff", "gpu": "fused"}
+  # CPU, with rnn_jax_onednn installed: the C++ loop where a call is differentiated (1.4-2.5x
+  # the scan's forward+backward at the three benchmark shapes; reset_after=True only), the
+  # scan where it is not (rnn_jax.cpu_loop). Without it: the scan, with vjp="remat" for
+  # LONG_AND_NARROW inputs.
+  TUNED_KERNEL: ClassVar[Mapping[str, str]] = {"cpu": "cpu_loop"}
   TUNED_BY_SHAPE: ClassVar[Mapping] = {"cpu": ((LONG_AND_NARROW, {"vjp": "remat"}),)}
   TORCH_MODULE: ClassVar[str] = "GRU"
 

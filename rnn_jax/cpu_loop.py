@@ -1,29 +1,34 @@
-"""The ``"cpu_loop"`` kernel: an LSTM's training forward and backward as one C++ loop on CPU.
+"""The ``"cpu_loop"`` kernel: an LSTM's or GRU's training forward and backward as one C++ loop.
 
 On CPU the scan's compiled backward runs far below GEMM speed (the Performance
 guide, "Where the backward pass's time goes"). The optional ``rnn_jax_onednn``
-extension carries an LSTM written as our own loop over time around oneDNN's
-GEMM (``rnn_jax_onednn/src/lstm_loop.cc``): the forward is one GEMM for the
-input products of all steps, then per step one recurrent GEMM and the gate
-arithmetic; the backward is per step the gate derivatives and one GEMM for the
-recurrent gradient, then ``w_ih``'s, ``w_hh``'s and the inputs' gradients as
-one GEMM each over all steps. It takes rnn_jax's own parameters, gate order
-and layout, so nothing is reordered.
+extension carries the LSTM and the GRU (``reset_after=True``, PyTorch's)
+written as our own loop over time around oneDNN's GEMM
+(``rnn_jax_onednn/src/lstm_loop.cc``, ``gru_loop.cc``): the forward is one GEMM
+for the input products of all steps, then per step one recurrent GEMM and the
+gate arithmetic; the backward is per step the gate derivatives and one GEMM for
+the carry's gradient, then ``w_ih``'s, ``w_hh``'s and the inputs' gradients as
+one GEMM each over all steps. The batch is split between the extension's
+threads (its rows never interact). It takes rnn_jax's own parameters, gate
+order and layout, so nothing is reordered.
 
-:func:`run` calls it inside a ``jax.custom_vjp`` (the forward saves the gate
-activations and cell states the backward reads). It runs
-:func:`rnn_jax.lstm` cells (no ``proj_size``, ``layer_norm`` or
-``compute_dtype``) in float32 on CPU, with everything the scan supports:
-``lengths``, ``reverse``, ``resets``, any leading batch axes and ``vmap``.
-With ``lengths`` the loop runs every step and the padded ones are dropped
-after it (each sequence's final carry is its last valid step's; padded outputs
-are zero), so padding costs compute but no correctness; ``reverse`` with
-``lengths`` reverses each valid prefix first, as the scan does.
+:func:`run` runs it where a call is differentiated (a ``jax.custom_vjp``; the
+forward saves the gate activations the backward reads) and the fastest forward
+where it is not (:func:`forward_only_run`). It runs :func:`rnn_jax.lstm` cells
+(no ``proj_size`` or ``layer_norm``) and :func:`rnn_jax.gru` cells with
+``reset_after=True``, in float32 (no ``compute_dtype``) on CPU, with
+everything the scan supports: ``lengths``, ``reverse``, ``resets``, any
+leading batch axes and ``vmap``. With ``lengths`` the loop runs every step and
+the padded ones are dropped after it (each sequence's final carry is its last
+valid step's; padded outputs are zero), so padding costs compute but no
+correctness; ``reverse`` with ``lengths`` reverses each valid prefix first, as
+the scan does. Forward-mode differentiation (``jax.jvp``) is not defined for
+it: use ``kernel="scan"``.
 
-It registers the kernel :data:`CPU_LOOP` (``rnn(..., kernel="cpu_loop")``);
-which shapes run it by default is the LSTM's ``TUNED_BY_SHAPE`` (the
-Performance guide has the measurements). ``unroll``, ``hoist`` and ``vjp`` do
-not apply to it. This module imports ``rnn_jax_onednn`` only inside functions.
+It registers the kernel :data:`CPU_LOOP` (``rnn(..., kernel="cpu_loop")``),
+the LSTM's and GRU's ``TUNED_KERNEL`` on CPU (the Performance guide has the
+measurements). ``unroll``, ``hoist`` and ``vjp`` do not apply to it; a run that
+names a ``vjp`` keeps the scan by default (``Kernel.owns_backward``). This module imports ``rnn_jax_onednn`` only inside functions.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import numpy as np
 
 import rnn_jax.kernels as kernels
 from rnn_jax import _scan
-from rnn_jax.cells import LSTM
+from rnn_jax.cells import GRU, LSTM
 from rnn_jax import onednn
 
 __all__ = ["CPU_LOOP", "forward_only_run", "loop_run", "run", "unsupported_reason"]
@@ -47,10 +52,13 @@ def unsupported_reason(cell, xs, params=None, carry=None,
                        backend: str | None = None) -> str | None:
   """Why the C++ loop cannot run ``cell`` over ``xs [T, ..., I]``, or ``None`` when it can
   (whether the extension is installed is checked apart: :func:`rnn_jax.onednn.available`)."""
-  if type(cell) is not LSTM:  # pylint: disable=unidiomatic-typecheck  # Not subclasses.
-    return f"the cpu_loop kernel runs LSTM cells only, not {type(cell).__name__} ({cell!r})"
-  if cell.proj_size or cell.layer_norm:
+  if type(cell) not in (LSTM, GRU):  # pylint: disable=unidiomatic-typecheck  # Not subclasses.
+    return (f"the cpu_loop kernel runs LSTM and GRU cells only, not {type(cell).__name__} "
+            f"({cell!r})")
+  if type(cell) is LSTM and (cell.proj_size or cell.layer_norm):  # pylint: disable=unidiomatic-typecheck
     return "the cpu_loop kernel runs the plain LSTM (no proj_size or layer_norm)"
+  if type(cell) is GRU and not cell.reset_after:  # pylint: disable=unidiomatic-typecheck
+    return "the cpu_loop kernel runs the GRU with reset_after=True (PyTorch's), not False"
   if cell.compute_dtype not in (None, jnp.float32):
     return (f"the cpu_loop kernel computes in float32, not compute_dtype={cell.compute_dtype}; "
             "use kernel='scan'")
@@ -118,6 +126,59 @@ def _sequence_bwd(reverse, residuals, cotangents):
 _sequence.defvjp(_sequence_fwd, _sequence_bwd)
 
 
+# The GRU's (reset_after): x [T, N, I], h0 [N, H], w_ih [I, 3H], w_hh [H, 3H], b_ih, b_hh
+# [3H], resets as above; see the top of rnn_jax_onednn/src/gru_loop.cc.
+
+
+def _gru_forward_call(reverse, x, h0, w_ih, w_hh, b_ih, b_hh, resets):
+  steps, batch = x.shape[:2]
+  hidden = h0.shape[-1]
+  result_types = (jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32),       # y
+                  jax.ShapeDtypeStruct((steps, batch, 4 * hidden), jnp.float32))   # acts
+  call = jax.ffi.ffi_call(onednn._extension().GRU_LOOP_FORWARD_TARGET, result_types,  # pylint: disable=protected-access
+                          vmap_method="sequential")
+  return call(x, h0, w_ih, w_hh, b_ih, b_hh, resets, reverse=np.int32(reverse))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gru_sequence(reverse, x, h0, w_ih, w_hh, b_ih, b_hh, resets):
+  """``y [T, N, H]``: every step's hidden state."""
+  return _gru_forward_call(reverse, x, h0, w_ih, w_hh, b_ih, b_hh, resets)[0]
+
+
+def _gru_sequence_fwd(reverse, x, h0, w_ih, w_hh, b_ih, b_hh, resets):
+  y, acts = _gru_forward_call(reverse, x, h0, w_ih, w_hh, b_ih, b_hh, resets)
+  return y, (x, h0, w_ih, w_hh, b_ih, b_hh, resets, y, acts)
+
+
+def _gru_sequence_bwd(reverse, residuals, dy):
+  result_types = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in residuals[:6])
+  call = jax.ffi.ffi_call(onednn._extension().GRU_LOOP_BACKWARD_TARGET, result_types,  # pylint: disable=protected-access
+                          vmap_method="sequential")
+  grads = call(*residuals, dy, reverse=np.int32(reverse))
+  return (*grads, np.zeros(residuals[6].shape, jax.dtypes.float0))
+
+
+_gru_sequence.defvjp(_gru_sequence_fwd, _gru_sequence_bwd)
+
+
+def _states(cell, params, x, carry, reset, reverse):
+  """Every step's states ``[T, N, H]`` by the C++ loop, one per carry leaf (LSTM: h and c;
+  GRU: h), and the initial carry's leaves ``[N, H]``; ``x [T, N, I]``."""
+  batch, hidden = x.shape[1], cell.hidden_size
+  if type(cell) is GRU:  # pylint: disable=unidiomatic-typecheck
+    h0 = carry.reshape(batch, hidden)
+    y = _gru_sequence(reverse, x, h0, params["w_ih"], params["w_hh"], params["b_ih"],
+                      params["b_hh"], reset)
+    return (y,), (h0,)
+  b = jnp.asarray(params["b"], jnp.float32)
+  if cell.forget_bias:
+    b = b.at[hidden:2 * hidden].add(jnp.float32(cell.forget_bias))
+  h0, c0 = (state.reshape(batch, hidden) for state in carry)
+  y, cs = _sequence(reverse, x, h0, c0, params["w_ih"], params["w_hh"], b, reset)
+  return (y, cs), (h0, c0)
+
+
 def _final(states, lengths, reverse: bool, initial):
   """The carry after the last step read: ``states [T, N, H]`` at index T-1 (0 when reading
   backwards over whole sequences); with ``lengths`` (read forwards), row n's state at
@@ -130,20 +191,17 @@ def _final(states, lengths, reverse: bool, initial):
 
 
 def loop_run(cell, params, xs, carry, lengths=None, reverse: bool = False, resets=None):
-  """Runs an LSTM ``cell`` over ``xs [T, ..., I]`` with the C++ loop, forward and backward.
+  """Runs an LSTM or GRU ``cell`` over ``xs [T, ..., I]`` with the C++ loop, forward and
+  backward.
 
   Same contract as the ``"scan"`` kernel: returns ``(outputs [T, ..., H], final
-  LSTMState)``, outputs in input time order and zero past each sequence's
-  length; ``lengths [...]`` int32 or ``None``; ``resets [T, ...]`` bool or
-  ``None`` (:func:`rnn_jax.rnn`'s). Callers check :func:`unsupported_reason`
-  first (the kernel's resolution does).
+  carry)``, outputs in input time order and zero past each sequence's length;
+  ``lengths [...]`` int32 or ``None``; ``resets [T, ...]`` bool or ``None``
+  (:func:`rnn_jax.rnn`'s). Callers check :func:`unsupported_reason` first (the
+  kernel's resolution does).
   """
   steps, batch_shape, hidden = xs.shape[0], xs.shape[1:-1], cell.hidden_size
   batch = math.prod(batch_shape)
-  b = jnp.asarray(params["b"], jnp.float32)
-  if cell.forget_bias:
-    b = b.at[hidden:2 * hidden].add(jnp.float32(cell.forget_bias))
-  h0, c0 = (state.reshape(batch, hidden) for state in carry)
   flat_lengths = None if lengths is None else lengths.reshape(batch)
   flags = _scan.reset_flags(resets, lengths, reverse)
 
@@ -152,26 +210,26 @@ def loop_run(cell, params, xs, carry, lengths=None, reverse: bool = False, reset
     x = x.reshape(steps, batch, x.shape[-1])
     reset = (jnp.zeros((0,), jnp.int8) if reset is None
              else reset.reshape(steps, batch).astype(jnp.int8))
-    y, cs = _sequence(bool(read_backwards), x, h0, c0, params["w_ih"], params["w_hh"], b,
-                      reset)
-    final = (_final(y, flat_lengths, read_backwards, h0),
-             _final(cs, flat_lengths, read_backwards, c0))
+    states, initial = _states(cell, params, x, carry, reset, bool(read_backwards))
+    final = tuple(_final(s, flat_lengths, read_backwards, s0) for s, s0 in zip(states, initial))
+    y = states[0]
     if flat_lengths is not None:
       valid = _scan.step_indices(steps, 1) < flat_lengths
       y = jnp.where(valid[..., None], y, 0.0)
     return y.reshape(steps, *batch_shape, hidden), final
 
-  outputs, (h_t, c_t) = _scan.run_in_valid_order(loop, (xs, flags), lengths, reverse)
-  return outputs, type(carry)(h_t.reshape(*batch_shape, hidden),
-                              c_t.reshape(*batch_shape, hidden))
+  outputs, final = _scan.run_in_valid_order(loop, (xs, flags), lengths, reverse)
+  final = tuple(state.reshape(*batch_shape, hidden) for state in final)
+  return outputs, (final[0] if type(cell) is GRU else type(carry)(*final))  # pylint: disable=unidiomatic-typecheck
 
 
 def forward_only_run(cell, params, xs, carry, lengths, options, resets=None):
   """A call nobody differentiates: the fastest forward measured, not the C++ loop's (which
-  writes the backward's residuals): oneDNN's inference primitive for batches of
-  :data:`rnn_jax.onednn.INFERENCE_MIN_BATCH` or more whole sequences, else the scan."""
+  writes the backward's residuals): for an LSTM, oneDNN's inference primitive for batches of
+  :data:`rnn_jax.onednn.INFERENCE_MIN_BATCH` or more whole sequences; else the scan."""
   batch = math.prod(xs.shape[1:-1])
-  if lengths is None and resets is None and batch >= onednn.INFERENCE_MIN_BATCH:
+  if (type(cell) is LSTM and lengths is None and resets is None  # pylint: disable=unidiomatic-typecheck
+      and batch >= onednn.INFERENCE_MIN_BATCH):
     return onednn._inference_or_scan(cell, options, params, xs, carry)  # pylint: disable=protected-access
   return kernels.SCAN.run(cell, params, xs, carry, lengths, options,
                           **({} if resets is None else {"resets": resets}))
@@ -209,5 +267,5 @@ def _kernel_run(layer, params, xs, carry, lengths, options, resets=None):
 
 CPU_LOOP = kernels.register(kernels.Kernel("cpu_loop", _unsupported, _kernel_run,
                                              owns_backward=True))
-"""The kernel ``"cpu_loop"``: an LSTM's forward and backward as one C++ loop over oneDNN's
-GEMM (:mod:`rnn_jax.cpu_loop`)."""
+"""The kernel ``"cpu_loop"``: an LSTM's or GRU's forward and backward as one C++ loop over
+oneDNN's GEMM (:mod:`rnn_jax.cpu_loop`)."""

@@ -126,11 +126,14 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
       optional extension ``pip install ./rnn_jax_onednn``; float32, no
       ``lengths``, CPU; ``unroll``, ``hoist`` and ``vjp`` then do nothing),
       ``"onednn_inference"`` (oneDNN's inference forward where the call is
-      not differentiated, the scan where it is) or ``None`` (the default):
-      the scan, unless the cell's ``TUNED_KERNEL`` names a kernel for the
-      backend and these inputs' shape (the LSTM on CPU: ``"onednn_inference"``
-      for large batches, when the extension is installed). See
-      :mod:`rnn_jax.onednn`. Composites pass it to every layer.
+      not differentiated, the scan where it is), ``"cpu_loop"`` (an LSTM's
+      forward and backward as one C++ loop over oneDNN's GEMM where the call
+      is differentiated, the fastest forward where it is not; same
+      extension, :mod:`rnn_jax.cpu_loop`; no forward-mode ``jax.jvp``) or
+      ``None`` (the default): the scan, unless the cell's tables name a
+      kernel for the backend and these inputs' shape that can run them (the
+      LSTM on CPU: ``"cpu_loop"``, when the extension is installed and no
+      ``vjp`` is named). Composites pass it to every layer.
     backward: the old name of ``vjp``; deprecated.
     resets: optional bool ``[..., T]`` (``[T, ...]`` with ``time_major``):
       ``resets[..., t]`` starts a new segment at step ``t``, so the carry
@@ -144,7 +147,7 @@ def rnn(layer: Layer, params, xs: jax.Array, *, initial_carry: Any = None, lengt
       change nothing. A run with no flag set equals a run without resets,
       bitwise. Every layer and mode takes them (the linear recurrences'
       parallel mode as ``a_t = 0`` inside its associative scan) except the
-      oneDNN kernel (``ValueError``). :func:`reset_carry` is the stepping
+      oneDNN kernels (``ValueError``). :func:`reset_carry` is the stepping
       counterpart.
     compute_dtype: ``None`` (default: each layer's own, by default the
       parameters' dtype, bitwise the computation without this option) or a

@@ -63,6 +63,14 @@ CASES = {
     # 20 sequences: the C++ loop splits the batch between threads (slices of >= 8 rows).
     "batch_slices": (rnn_jax.lstm(5), (20,), 6, 3, True, [6, 1, 4, 6, 0] * 4,
                      [(1, 2), (9, 3), (10, 4), (17, 1), (19, 5)]),
+    "gru": (rnn_jax.gru(4), (3,), 5, 3, False, None, None),
+    "gru_reverse_2d_batch": (rnn_jax.gru(3), (2, 3), 4, 2, True, None, None),
+    "gru_h1_t1_b1": (rnn_jax.gru(1), (1,), 1, 2, False, None, None),
+    "gru_lengths_reverse": (rnn_jax.gru(4), (4,), 6, 3, True, [6, 2, 0, 5], None),
+    "gru_resets_lengths_reverse": (rnn_jax.gru(3), (3,), 7, 2, True, [7, 4, 5],
+                                   [(0, 3), (1, 2), (1, 5), (2, 4)]),
+    "gru_batch_slices": (rnn_jax.gru(5), (20,), 6, 3, False, [6, 1, 4, 6, 0] * 4,
+                         [(1, 2), (9, 3), (10, 4), (17, 1), (19, 5)]),
 }
 
 
@@ -89,13 +97,14 @@ def test_outputs_carry_and_all_gradients_match_the_scan(name):
   jaxpr = str(jax.make_jaxpr(functools.partial(run_and_grad.__wrapped__, layer, reverse=reverse,
                                                kernel="cpu_loop"))(params, xs, carry, lengths,
                                                                    resets))
-  assert "rnn_jax_lstm_loop_forward" in jaxpr and "rnn_jax_lstm_loop_backward" in jaxpr
+  target = f"rnn_jax_{layer.name}_loop"
+  assert f"{target}_forward" in jaxpr and f"{target}_backward" in jaxpr
 
 
 @needs_extension
-def test_pixel_mnist_shape_matches_the_scan():
+@pytest.mark.parametrize("layer", [rnn_jax.lstm(32), rnn_jax.gru(32)], ids=["lstm", "gru"])
+def test_pixel_mnist_shape_matches_the_scan(layer):
   """A long sequence of a narrow input (T = 300, I = 1, H = 32): errors do not grow with T."""
-  layer = rnn_jax.lstm(32)
   params = random_params(layer, 1, seed=4)
   params = jax.tree.map(lambda w: 0.3 * w, params)
   xs = testing.normal(5, (2, 300, 1))
@@ -106,17 +115,17 @@ def test_pixel_mnist_shape_matches_the_scan():
 
 
 @needs_extension
-def test_stack_and_bidirectional_run_it_for_every_lstm():
-  layer = rnn_jax.stack([rnn_jax.lstm(3), rnn_jax.bidirectional(rnn_jax.lstm(2),
-                                                                 rnn_jax.gru(2))])
+def test_stack_and_bidirectional_run_it_for_every_leaf():
+  layer = rnn_jax.stack([rnn_jax.lstm(3), rnn_jax.bidirectional(
+      rnn_jax.lstm(2), rnn_jax.gru(2, reset_after=False))])
   params = random_params(layer, 2, seed=7)
   xs = testing.normal(8, (2, 5, 2))
   carry = testing.random_carry(layer, (2,), seed=9)
   lengths = jnp.asarray([5, 3], jnp.int32)
-  with pytest.raises(ValueError, match="LSTM cells only"):  # The GRU half cannot.
+  with pytest.raises(ValueError, match="reset_after=True"):  # The backward half cannot.
     run_and_grad(layer, params, xs, carry, lengths, None, reverse=False, kernel="cpu_loop")
   lstms = rnn_jax.stack([rnn_jax.lstm(3), rnn_jax.bidirectional(rnn_jax.lstm(2),
-                                                                 rnn_jax.lstm(2))])
+                                                                 rnn_jax.gru(2))])
   params = random_params(lstms, 2, seed=7)
   carry = testing.random_carry(lstms, (2,), seed=9)
   want = run_and_grad(lstms, params, xs, carry, lengths, None, reverse=False, kernel="scan")
@@ -138,7 +147,8 @@ def test_vmap_of_per_example_gradients():
 
 
 @pytest.mark.parametrize("layer, dtype, reason", [
-    (rnn_jax.gru(3), jnp.float32, "LSTM cells only"),
+    (rnn_jax.simple_rnn(3), jnp.float32, "LSTM and GRU cells only"),
+    (rnn_jax.gru(3, reset_after=False), jnp.float32, "reset_after=True"),
     (rnn_jax.lstm(3, proj_size=2), jnp.float32, "no proj_size or layer_norm"),
     (rnn_jax.lstm(3, compute_dtype=jnp.bfloat16), jnp.float32, "float32, not compute_dtype"),
     (rnn_jax.lstm(3), jnp.bfloat16, "float32 inputs"),

@@ -9,17 +9,21 @@ Importing this package loads ``_rnn_jax_onednn.so`` (built from
   states, the weights and the bias, from that workspace;
 * ``LSTM_LOOP_FORWARD_TARGET`` and ``LSTM_LOOP_BACKWARD_TARGET``: an LSTM's
   training forward and backward as our own C++ loop over time around oneDNN's
-  GEMM (``src/lstm_loop.cc``), for ``rnn_jax.rnn(..., kernel="cpu_loop")``.
+  GEMM (``src/lstm_loop.cc``), for ``rnn_jax.rnn(..., kernel="cpu_loop")``;
+  ``GRU_LOOP_FORWARD_TARGET`` and ``GRU_LOOP_BACKWARD_TARGET``: the same for a
+  GRU with ``reset_after=True`` (``src/gru_loop.cc``).
 
 The operand layouts are documented at the top of the C++ source; rnn_jax's
 adapter (``rnn_jax/onednn.py``) converts its parameters to them inside the
 traced function. This package has no Python API beyond the ctypes helpers
-below; use it through ``rnn_jax.rnn(..., kernel="onednn")`` or
+below; use it through ``rnn_jax.rnn(..., kernel="onednn")``,
 ``kernel="onednn_inference"`` (the inference forward only, the scan when
-differentiated), which the default, ``kernel=None``, picks for an LSTM's
-batches of 128 or more on CPU: see ``rnn_jax.onednn``.
+differentiated) or ``kernel="cpu_loop"`` (the C++ loop when differentiated,
+the fastest forward when not), which the default, ``kernel=None``, picks for
+an LSTM on CPU: see ``rnn_jax.onednn`` and ``rnn_jax.cpu_loop``.
 
-Threads: oneDNN runs its own OpenMP threads inside each call (beside XLA's
+Threads: oneDNN (and the C++ loop, which splits the batch between them) runs its own OpenMP
+threads inside each call (beside XLA's
 thread pool; the count is set per calling thread, so nothing else's OpenMP
 changes). ``RNN_JAX_ONEDNN_THREADS`` (read at import) or
 :func:`set_num_threads` sets how many; the default, ``DEFAULT_THREADS = 0``,
@@ -37,14 +41,16 @@ import sys
 
 import jax
 
-__all__ = ["BACKWARD_TARGET", "DEFAULT_THREADS", "FORWARD_TARGET", "KINDS",
-           "LSTM_LOOP_BACKWARD_TARGET", "LSTM_LOOP_FORWARD_TARGET", "get_num_threads",
+__all__ = ["BACKWARD_TARGET", "DEFAULT_THREADS", "FORWARD_TARGET", "GRU_LOOP_BACKWARD_TARGET",
+           "GRU_LOOP_FORWARD_TARGET", "KINDS", "LSTM_LOOP_BACKWARD_TARGET", "LSTM_LOOP_FORWARD_TARGET", "get_num_threads",
            "set_num_threads", "workspace_size"]
 
 FORWARD_TARGET = "rnn_jax_onednn_forward"
 BACKWARD_TARGET = "rnn_jax_onednn_backward"
 LSTM_LOOP_FORWARD_TARGET = "rnn_jax_lstm_loop_forward"
 LSTM_LOOP_BACKWARD_TARGET = "rnn_jax_lstm_loop_backward"
+GRU_LOOP_FORWARD_TARGET = "rnn_jax_gru_loop_forward"
+GRU_LOOP_BACKWARD_TARGET = "rnn_jax_gru_loop_backward"
 KINDS = {"vanilla_lstm": 0, "lbr_gru": 1, "vanilla_gru": 2}
 """oneDNN algorithm -> the ``kind`` attribute of the FFI targets."""
 DEFAULT_THREADS = 0
@@ -85,6 +91,10 @@ jax.ffi.register_ffi_target(LSTM_LOOP_FORWARD_TARGET,
                             jax.ffi.pycapsule(_lib.RnnJaxLstmLoopForward), platform="cpu")
 jax.ffi.register_ffi_target(LSTM_LOOP_BACKWARD_TARGET,
                             jax.ffi.pycapsule(_lib.RnnJaxLstmLoopBackward), platform="cpu")
+jax.ffi.register_ffi_target(GRU_LOOP_FORWARD_TARGET,
+                            jax.ffi.pycapsule(_lib.RnnJaxGruLoopForward), platform="cpu")
+jax.ffi.register_ffi_target(GRU_LOOP_BACKWARD_TARGET,
+                            jax.ffi.pycapsule(_lib.RnnJaxGruLoopBackward), platform="cpu")
 
 
 def workspace_size(kind: int, reverse: bool, steps: int, batch: int, inputs: int,

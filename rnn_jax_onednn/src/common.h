@@ -13,7 +13,7 @@
 namespace rnn_jax_onednn {
 
 // Per-thread 64-byte-aligned buffers, grown on demand and kept between calls; `index` < 8
-// names a buffer (rnn_jax_onednn.cc uses 0-4, lstm_loop.cc 5-7).
+// names a buffer, used within one handler call (rnn_jax_onednn.cc uses 0-4, the loops 4-7).
 inline void* Slot(int index, size_t bytes) {
   struct Slots {
     std::vector<std::pair<size_t, void*>> s = std::vector<std::pair<size_t, void*>>(8);

@@ -28,116 +28,14 @@
 #include <cstring>
 
 #include "common.h"
-#include "oneapi/dnnl/dnnl.h"
+#include "loop_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-using F32 = ffi::Buffer<ffi::F32>;
-using RetF32 = ffi::ResultBuffer<ffi::F32>;
-using I8 = ffi::Buffer<ffi::S8>;
-
-// exp(x) without libm, so that the gate loops vectorise: Cephes' expf (range reduction by
-// ln 2, a degree-5 polynomial; relative error under 2e-7 on [-87, 88]).
-inline float Exp(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);  // Keeps 2^n a normal float.
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = p * r * r + r + 1.0f;
-  // 2^n, built in the exponent field.
-  return e * __builtin_bit_cast(float, (int32_t(n) + 127) << 23);
-}
-
-inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
-
-// tanh from exp(-2|x|), with its odd Taylor series near 0 where 1 - e would cancel.
-inline float Tanh(float x) {
-  const float a = std::fabs(x);
-  const float e = Exp(-2.0f * a);
-  const float far = (1.0f - e) / (1.0f + e);
-  const float a2 = a * a;
-  const float near = a * (1.0f + a2 * (-0.333333333f + a2 * (0.133333333f + a2 * -0.053968254f)));
-  return std::copysign(a < 0.0625f ? near : far, x);
-}
-
-// Row-major C = alpha * op(A) @ op(B) + beta * C by oneDNN; throws nothing (checks status).
-bool Gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  if (m == 0 || n == 0) return true;
-  if (k == 0) {  // oneDNN wants k > 0; C = beta * C.
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t j = 0; j < n; ++j) c[r * ldc + j] = beta == 0.0f ? 0.0f : beta * c[r * ldc + j];
-    return true;
-  }
-  return dnnl_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc) == dnnl_success;
-}
-
-// The loop over time is split by batch rows, which never interact: each thread runs every
-// step for its own slice of rows (its own single-threaded GEMMs) and the threads meet once,
-// at the end. One OpenMP team per call: inside an XLA program, multi-threaded GEMMs at
-// every step made the per-step GEMMs 1.5-5x slower (at (64, 256, 128, 256) and
-// (16, 784, 1, 128)). A slice has at least kMinRows rows.
-constexpr int64_t kMinRows = 8;
-
-// Runs rows(n0, n1) -> bool on slices of [0, N), one per thread of the extension's team
-// (rnn_jax_onednn.set_num_threads); true if every slice returned true.
-template <typename Rows>
-bool ForEachSlice(int64_t N, Rows&& rows) {
-  const int64_t team = std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), N / kMinRows));
-  bool ok = true;
-#pragma omp parallel num_threads(team) reduction(&& : ok)
-  {
-    const int64_t k = omp_get_thread_num(), n = omp_get_num_threads();
-    const int outer = omp_get_max_threads();
-    omp_set_num_threads(1);  // This thread's GEMMs: one thread (no nested team).
-    ok = rows(N * k / n, N * (k + 1) / n);
-    omp_set_num_threads(outer);
-  }
-  return ok;
-}
-
-struct Shape {
-  int64_t T, N, I, H;
-};
-
-ffi::Error CheckShapes(const F32& x, const F32& h0, const F32& w_ih, const F32& w_hh,
-                       const F32& b, const I8& resets, Shape* s) {
-  auto xd = x.dimensions();
-  auto hd = h0.dimensions();
-  if (xd.size() != 3 || hd.size() != 2 || hd[0] != xd[1])
-    return ffi::Error::InvalidArgument("expected x [T, N, I] and h0 [N, H]");
-  *s = Shape{xd[0], xd[1], xd[2], hd[1]};
-  if (w_ih.element_count() != size_t(s->I * 4 * s->H) ||
-      w_hh.element_count() != size_t(s->H * 4 * s->H) || b.element_count() != size_t(4 * s->H))
-    return ffi::Error::InvalidArgument("expected w_ih [I, 4H], w_hh [H, 4H] and b [4H]");
-  if (resets.element_count() != 0 && resets.element_count() != size_t(s->T * s->N))
-    return ffi::Error::InvalidArgument("expected resets [T, N] or [0]");
-  return ffi::Error::Success();
-}
-
-// The carry rows [n0, n1) of a step start from: the previous step's (or the initial)
-// state `prev` (row n0 first, rows of H), or zeros for the rows that reset at step t
-// (copied into `scratch` only when one of them resets).
-const float* CarryIn(const float* prev, const int8_t* resets, int64_t t, int64_t N, int64_t n0,
-                     int64_t n1, int64_t H, float* scratch) {
-  if (resets == nullptr) return prev;
-  const int8_t* row = resets + t * N;
-  if (std::none_of(row + n0, row + n1, [](int8_t r) { return r != 0; })) return prev;
-  for (int64_t n = n0; n < n1; ++n) {
-    float* out = scratch + (n - n0) * H;
-    if (row[n]) std::memset(out, 0, H * sizeof(float));
-    else std::memcpy(out, prev + (n - n0) * H, H * sizeof(float));
-  }
-  return scratch;
-}
+using namespace rnn_jax_onednn::loop;  // NOLINT: the loops' shared helpers.
 
 // One batch row of a forward step: z [4H] (the step's products, bias not yet added) becomes
 // the gate activations; writes the new cell state c [H] and hidden state h [H].
@@ -184,7 +82,7 @@ void BackwardRow(int64_t H, const float* __restrict a, const float* __restrict c
 ffi::Error Forward(F32 x, F32 h0, F32 c0, F32 w_ih, F32 w_hh, F32 b, I8 resets, RetF32 y,
                    RetF32 cs, RetF32 acts, int32_t reverse) {
   Shape s;
-  if (auto err = CheckShapes(x, h0, w_ih, w_hh, b, resets, &s); err.failure()) return err;
+  if (auto err = CheckShapes(x, h0, w_ih, w_hh, {&b}, resets, 4, &s); err.failure()) return err;
   const int64_t T = s.T, N = s.N, I = s.I, H = s.H, G = 4 * H;
   rnn_jax_onednn::SetThreads();
   float* z_all = acts->typed_data();
@@ -225,7 +123,7 @@ ffi::Error Backward(F32 x, F32 h0, F32 c0, F32 w_ih, F32 w_hh, F32 b, I8 resets,
                     F32 cs, F32 acts, F32 dy, F32 dcs, RetF32 dx, RetF32 dh0,
                     RetF32 dc0, RetF32 dw_ih, RetF32 dw_hh, RetF32 db, int32_t reverse) {
   Shape s;
-  if (auto err = CheckShapes(x, h0, w_ih, w_hh, b, resets, &s); err.failure()) return err;
+  if (auto err = CheckShapes(x, h0, w_ih, w_hh, {&b}, resets, 4, &s); err.failure()) return err;
   const int64_t T = s.T, N = s.N, I = s.I, H = s.H, G = 4 * H;
   rnn_jax_onednn::SetThreads();
   const int8_t* reset = resets.element_count() ? resets.typed_data() : nullptr;
@@ -284,13 +182,7 @@ ffi::Error Backward(F32 x, F32 h0, F32 c0, F32 w_ih, F32 w_hh, F32 b, I8 resets,
       !Gemm('T', 'N', I, G, T * N, x.typed_data(), I, dz_all, G, 0.0f, dw_ih->typed_data(), G) ||
       !Gemm('N', 'T', T * N, I, G, dz_all, G, w_ih.typed_data(), G, 0.0f, dx->typed_data(), I))
     return ffi::Error::Internal("dnnl_sgemm failed (weight or input gradients)");
-  float* dbias = db->typed_data();
-  std::fill(dbias, dbias + G, 0.0f);
-  for (int64_t r = 0; r < T * N; ++r) {
-    const float* row = dz_all + r * G;
-#pragma omp simd
-    for (int64_t j = 0; j < G; ++j) dbias[j] += row[j];
-  }
+  ColumnSums(dz_all, T * N, G, db->typed_data());
   return ffi::Error::Success();
 }
 
