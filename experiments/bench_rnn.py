@@ -14,8 +14,10 @@ user's training script runs it) of:
 * rnn_jax's ``rnn`` with its defaults, and a sweep of ``unroll``, ``hoist``
   and ``vjp`` ("autodiff" or "fused");
 * for LSTM and GRU on CPU, when the ``rnn_jax_onednn`` extension is installed
-  (``pip install ./rnn_jax_onednn``), oneDNN's RNN primitives
-  (``kernel="onednn"``, the "onednn" variant);
+  (``pip install ./rnn_jax_onednn``; the defaults then run its C++ loop,
+  ``kernel="cpu_loop"``), oneDNN's RNN primitives (``kernel="onednn"``, the
+  "onednn" variant) and the pure-JAX scan (``kernel="scan"``, the "scan"
+  variant);
 * Flax Linen ``nn.RNN`` over SimpleCell / OptimizedLSTMCell / GRUCell;
 * PyTorch ``nn.RNN/LSTM/GRU`` when torch is installed, with as many threads as
   JAX has cores;
@@ -164,18 +166,17 @@ def rnn_jax_variants(mode: str, unrolls, sweep: bool, cell_name: str | None = No
   "default" is ``rnn``'s defaults (``kernel=None``, ``unroll=None``,
   ``vjp=None``, ``hoist=None``: chosen per backend and layer, see the
   ``TUNED_*`` attributes in ``rnn_jax.layer.Layer`` and ``rnn_jax.Cell``).
-  Where the oneDNN extension can run ``cell_name`` (LSTM, GRU on CPU),
-  "onednn" is ``kernel="onednn"`` and, for the LSTM, "cpu_loop" is
-  ``kernel="cpu_loop"`` (the extension's C++ loop): the measurements that
-  decide the cells' tuned kernels. The sweep's variants name their options, all on the scan
+  Where the oneDNN extension can run ``cell_name`` (LSTM, GRU on CPU; the
+  default is then its C++ loop, ``kernel="cpu_loop"``), "onednn" is
+  ``kernel="onednn"`` and "scan" is ``kernel="scan"`` with the tuned options:
+  the measurements that decide the cells' tuned kernels. The sweep's variants name their options, all on the scan
   ("u2 hoist" is ``unroll=2, hoist=True`` with autodiff; "u2 fused"
   ``vjp="fused"``).
   """
   variants = {"default": {}}
   if onednn_runs(cell_name):
     variants["onednn"] = {"kernel": "onednn"}
-    if cell_name == "lstm":
-      variants["cpu_loop"] = {"kernel": "cpu_loop"}
+    variants["scan"] = {"kernel": "scan"}
   if not sweep:
     return variants
   for unroll in unrolls:
@@ -380,12 +381,13 @@ def format_sweep(rows) -> str:
 
 def build_training(on_gpu, with_torch) -> dict:
   """The MNIST-rows training step (batch 128, LSTM 128, Adam): ``name -> (step, args)`` for
-  rnn_jax's default, fused backward, oneDNN (where it runs) and torch."""
+  rnn_jax's default, fused backward, oneDNN and the scan (where the extension is installed)
+  and torch."""
   cases = {"rnn_jax": benchmarking.build_train_step_rnn_jax(),
            "rnn_jax fused": benchmarking.build_train_step_rnn_jax(vjp="fused", kernel="scan")}
   if onednn_runs("lstm"):
     cases["rnn_jax onednn"] = benchmarking.build_train_step_rnn_jax(kernel="onednn")
-    cases["rnn_jax cpu_loop"] = benchmarking.build_train_step_rnn_jax(kernel="cpu_loop")
+    cases["rnn_jax scan"] = benchmarking.build_train_step_rnn_jax(kernel="scan")
   if with_torch:
     cases["torch"] = benchmarking.build_train_step_torch(device="cuda" if on_gpu else "cpu")
   return cases
