@@ -59,21 +59,8 @@ def unsupported_reason(cell, xs, params=None, carry=None,
     return "the cpu_loop kernel runs the plain LSTM (no proj_size or layer_norm)"
   if type(cell) is GRU and not cell.reset_after:  # pylint: disable=unidiomatic-typecheck
     return "the cpu_loop kernel runs the GRU with reset_after=True (PyTorch's), not False"
-  if cell.compute_dtype not in (None, jnp.float32):
-    return (f"the cpu_loop kernel computes in float32, not compute_dtype={cell.compute_dtype}; "
-            "use kernel='scan'")
-  if jnp.dtype(xs.dtype) != jnp.float32:
-    return f"the cpu_loop kernel needs float32 inputs, got xs of dtype {xs.dtype}"
-  for name, tree in (("params", params), ("initial carry", carry)):
-    dtypes = {str(leaf.dtype) for leaf in jax.tree.leaves(tree)} - {"float32"}
-    if dtypes:
-      return f"the cpu_loop kernel needs float32 {name}, got {', '.join(sorted(dtypes))}"
-  if math.prod(xs.shape) == 0:
-    return f"the cpu_loop kernel needs non-empty inputs, got xs of shape {xs.shape}"
-  backend = backend or jax.default_backend()
-  if backend != "cpu":
-    return f"the cpu_loop kernel runs on CPU only (the backend is {backend})"
-  return None
+  return onednn.float32_cpu_reason("the C++ loops (kernel='cpu_loop')", cell, xs, params, carry,
+                                   backend)
 
 
 def _unsupported(layer, params, xs, carry, lengths, backend, resets=None) -> str | None:

@@ -115,22 +115,31 @@ def unsupported_reason(cell, xs, lengths, params=None, carry=None,
   if _kind(cell) is None:
     return (f"oneDNN kernels run LSTM and GRU cells only (an LSTM without proj_size or "
             f"layer_norm), not {type(cell).__name__} ({cell!r})")
-  if cell.compute_dtype not in (None, jnp.float32):
-    return (f"oneDNN kernels compute in float32, not compute_dtype={cell.compute_dtype}; "
-            "use kernel='scan' (or compute_dtype=None)")
   if lengths is not None:
     return "oneDNN's RNN primitives have no variable lengths (lengths=...); use kernel='scan'"
+  return float32_cpu_reason("oneDNN kernels", cell, xs, params, carry, backend)
+
+
+def float32_cpu_reason(kernels_name: str, cell, xs, params=None, carry=None,
+                       backend: str | None = None) -> str | None:
+  """Why the extension's kernels (``kernels_name`` in the message) cannot run ``cell`` over
+  ``xs [T, ..., I]`` as float32 on CPU, or ``None``: they compute in float32 (no other
+  ``compute_dtype``), need float32 inputs, parameters and carry and non-empty inputs, and run
+  on CPU (``backend`` defaults to JAX's)."""
+  if cell.compute_dtype not in (None, jnp.float32):
+    return (f"{kernels_name} compute in float32, not compute_dtype={cell.compute_dtype}; "
+            "use kernel='scan' (or compute_dtype=None)")
   if jnp.dtype(xs.dtype) != jnp.float32:
-    return f"oneDNN kernels need float32 inputs, got xs of dtype {xs.dtype}"
+    return f"{kernels_name} need float32 inputs, got xs of dtype {xs.dtype}"
   for name, tree in (("params", params), ("initial carry", carry)):
     dtypes = {str(leaf.dtype) for leaf in jax.tree.leaves(tree)} - {"float32"}
     if dtypes:
-      return f"oneDNN kernels need float32 {name}, got {', '.join(sorted(dtypes))}"
+      return f"{kernels_name} need float32 {name}, got {', '.join(sorted(dtypes))}"
   if math.prod(xs.shape) == 0:
-    return f"oneDNN kernels need non-empty inputs, got xs of shape {xs.shape}"
+    return f"{kernels_name} need non-empty inputs, got xs of shape {xs.shape}"
   backend = backend or jax.default_backend()
   if backend != "cpu":
-    return f"oneDNN kernels run on CPU only (the backend is {backend})"
+    return f"{kernels_name} run on CPU only (the backend is {backend})"
   return None
 
 

@@ -124,16 +124,8 @@ ffi::Error Backward(F32 x, F32 h0, F32 w_ih, F32 w_hh, F32 b_ih, F32 b_hh, I8 re
   float* du_all = static_cast<float*>(rnn_jax_onednn::Slot(6, T * N * G * sizeof(float)));
   float* h_prev_all = static_cast<float*>(rnn_jax_onednn::Slot(7, T * N * H * sizeof(float)));
   const float* y_all = y.typed_data();
-  // The state each step read (for w_hh's gradient and the gates'), by step t.
-  for (int64_t step = 0; step < T; ++step) {
-    const int64_t t = reverse ? T - 1 - step : step;
-    const float* prev = step == 0 ? h0.typed_data() : y_all + (reverse ? t + 1 : t - 1) * N * H;
-    float* dst = h_prev_all + t * N * H;
-    std::memcpy(dst, prev, N * H * sizeof(float));
-    if (reset)
-      for (int64_t n = 0; n < N; ++n)
-        if (reset[t * N + n]) std::memset(dst + n * H, 0, H * sizeof(float));
-  }
+  // The state each step read, for w_hh's gradient (and the GRU's gates).
+  StatesRead(T, N, H, reverse, h0.typed_data(), y_all, reset, h_prev_all);
   float* dh = dh0->typed_data();  // The running carry gradient, left at dh0.
   std::fill(dh, dh + N * H, 0.0f);
   const bool ok = ForEachSlice(N, [&](int64_t n0, int64_t n1) {
@@ -160,9 +152,9 @@ ffi::Error Backward(F32 x, F32 h0, F32 w_ih, F32 w_hh, F32 b_ih, F32 b_hh, I8 re
   });
   if (!ok) return ffi::Error::Internal("dnnl_sgemm failed (recurrent gradient)");
   // Weight, bias and input gradients over all steps at once.
-  if (!Gemm('T', 'N', H, G, T * N, h_prev_all, H, du_all, G, 0.0f, dw_hh->typed_data(), G) ||
-      !Gemm('T', 'N', I, G, T * N, x.typed_data(), I, da_all, G, 0.0f, dw_ih->typed_data(), G) ||
-      !Gemm('N', 'T', T * N, I, G, da_all, G, w_ih.typed_data(), G, 0.0f, dx->typed_data(), I))
+  if (!WeightAndInputGradients(T * N, I, H, G, h_prev_all, du_all, x.typed_data(), da_all,
+                               w_ih.typed_data(), dw_hh->typed_data(), dw_ih->typed_data(),
+                               dx->typed_data()))
     return ffi::Error::Internal("dnnl_sgemm failed (weight or input gradients)");
   ColumnSums(da_all, T * N, G, db_ih->typed_data());
   ColumnSums(du_all, T * N, G, db_hh->typed_data());

@@ -128,6 +128,33 @@ inline const float* CarryIn(const float* prev, const int8_t* resets, int64_t t, 
   return scratch;
 }
 
+// The hidden state each step read, by step t, into h_read [T, N, H]: the previous step's output
+// in y [T, N, H] (h0 [N, H] for the first step read), zeros for rows that reset at step t.
+inline void StatesRead(int64_t T, int64_t N, int64_t H, bool reverse, const float* h0,
+                       const float* y, const int8_t* resets, float* h_read) {
+  for (int64_t step = 0; step < T; ++step) {
+    const int64_t t = reverse ? T - 1 - step : step;
+    const float* prev = step == 0 ? h0 : y + (reverse ? t + 1 : t - 1) * N * H;
+    float* dst = h_read + t * N * H;
+    std::memcpy(dst, prev, N * H * sizeof(float));
+    if (resets)
+      for (int64_t n = 0; n < N; ++n)
+        if (resets[t * N + n]) std::memset(dst + n * H, 0, H * sizeof(float));
+  }
+}
+
+// The gradients over all R = T * N rows at once, from the input pre-activations' gradients
+// da [R, G] and the recurrent ones du [R, G] (the same array for an LSTM): dw_hh = h_read^T @ du,
+// dw_ih = x^T @ da and dx = da @ w_ih^T; false if a GEMM failed.
+inline bool WeightAndInputGradients(int64_t R, int64_t I, int64_t H, int64_t G,
+                                    const float* h_read, const float* du, const float* x,
+                                    const float* da, const float* w_ih, float* dw_hh,
+                                    float* dw_ih, float* dx) {
+  return Gemm('T', 'N', H, G, R, h_read, H, du, G, 0.0f, dw_hh, G) &&
+         Gemm('T', 'N', I, G, R, x, I, da, G, 0.0f, dw_ih, G) &&
+         Gemm('N', 'T', R, I, G, da, G, w_ih, G, 0.0f, dx, I);
+}
+
 // sums[j] = sum over rows r of m[r, j], for m [rows, width] (a bias's gradient).
 inline void ColumnSums(const float* m, int64_t rows, int64_t width, float* sums) {
   std::fill(sums, sums + width, 0.0f);
