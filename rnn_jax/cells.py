@@ -473,6 +473,15 @@ class LSTM(Cell, fused.FusedVJP):
   def hidden(self, state):
     return state.h
 
+  def folded_bias(self, params) -> jax.Array:
+    """``b [4H]`` with ``forget_bias`` added to the forget gate's block: the one bias that
+    kernels taking a plain LSTM's parameters (oneDNN, the C++ loop) use."""
+    bias = jnp.asarray(params["b"])
+    if not self.forget_bias:
+      return bias
+    hidden = self.hidden_size
+    return bias.at[hidden:2 * hidden].add(jnp.asarray(self.forget_bias, bias.dtype))
+
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class GRU(Cell, fused.FusedVJP):

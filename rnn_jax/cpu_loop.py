@@ -72,98 +72,66 @@ def _unsupported(layer, params, xs, carry, lengths, backend, resets=None) -> str
 
 
 # ---------------------------------------------------------------------------
-# The FFI calls: x [T, N, I], h0/c0 [N, H], w_ih [I, 4H], w_hh [H, 4H], b [4H] (forget bias
-# folded in), resets [T, N] int8 or [0]; see the top of rnn_jax_onednn/src/lstm_loop.cc.
+# The FFI calls, one pair per cell (see the tops of rnn_jax_onednn/src/lstm_loop.cc and
+# gru_loop.cc). Inputs: x [T, N, I], the initial carry's leaves [N, H] (LSTM: h0, c0; GRU: h0),
+# w_ih [I, G*H], w_hh [H, G*H], the biases (LSTM: b [4H] with the forget bias folded in; GRU:
+# b_ih, b_hh [3H]), resets [T, N] int8 or [0]. The forward returns every step's states
+# [T, N, H], one per carry leaf, and the gate activations [T, N, 4H] (both cells) that the
+# backward reads with the inputs, states and the states' cotangents.
+
+_TARGETS = {"lstm": ("LSTM_LOOP_FORWARD_TARGET", "LSTM_LOOP_BACKWARD_TARGET", 2),
+            "gru": ("GRU_LOOP_FORWARD_TARGET", "GRU_LOOP_BACKWARD_TARGET", 1)}
+"""Cell name -> (forward target, backward target, carry leaves): attributes of the extension."""
 
 
-def _forward_call(reverse, x, h0, c0, w_ih, w_hh, b, resets):
-  steps, batch = x.shape[:2]
-  hidden = h0.shape[-1]
-  f32 = jnp.float32
-  result_types = (jax.ShapeDtypeStruct((steps, batch, hidden), f32),       # y
-                  jax.ShapeDtypeStruct((steps, batch, hidden), f32),       # cs
-                  jax.ShapeDtypeStruct((steps, batch, 4 * hidden), f32))   # acts
-  call = jax.ffi.ffi_call(onednn._extension().LSTM_LOOP_FORWARD_TARGET, result_types,
+def _call(target: str, result_types, *operands, reverse: bool):
+  call = jax.ffi.ffi_call(getattr(onednn._extension(), target), result_types,  # pylint: disable=protected-access
                           vmap_method="sequential")
-  return call(x, h0, c0, w_ih, w_hh, b, resets, reverse=np.int32(reverse))
+  return call(*operands, reverse=np.int32(reverse))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _sequence(reverse, x, h0, c0, w_ih, w_hh, b, resets):
-  """``(y, cs)``, each ``[T, N, H]``: every step's hidden and cell state."""
-  return tuple(_forward_call(reverse, x, h0, c0, w_ih, w_hh, b, resets)[:2])
+def _forward_call(name, reverse, inputs):
+  forward, _, leaves = _TARGETS[name]
+  x, h0 = inputs[:2]
+  steps, batch, hidden = x.shape[0], x.shape[1], h0.shape[-1]
+  state = jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)
+  acts = jax.ShapeDtypeStruct((steps, batch, 4 * hidden), jnp.float32)
+  return _call(forward, (state,) * leaves + (acts,), *inputs, reverse=reverse)
 
 
-def _sequence_fwd(reverse, x, h0, c0, w_ih, w_hh, b, resets):
-  y, cs, acts = _forward_call(reverse, x, h0, c0, w_ih, w_hh, b, resets)
-  return (y, cs), (x, h0, c0, w_ih, w_hh, b, resets, y, cs, acts)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _sequence(name, reverse, inputs):
+  """Every step's states ``[T, N, H]``, one per carry leaf, by the C++ loop of cell ``name``."""
+  return tuple(_forward_call(name, reverse, inputs)[:-1])
 
 
-def _sequence_bwd(reverse, residuals, cotangents):
-  x, h0, c0, w_ih, w_hh, b, resets = residuals[:7]
-  result_types = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32)
-                       for a in (x, h0, c0, w_ih, w_hh, b))
-  call = jax.ffi.ffi_call(onednn._extension().LSTM_LOOP_BACKWARD_TARGET, result_types,
-                          vmap_method="sequential")
-  grads = call(*residuals, *cotangents, reverse=np.int32(reverse))
+def _sequence_fwd(name, reverse, inputs):
+  *states, acts = _forward_call(name, reverse, inputs)
+  return tuple(states), (inputs, tuple(states), acts)
+
+
+def _sequence_bwd(name, reverse, residuals, cotangents):
+  inputs, states, acts = residuals
+  *differentiable, resets = inputs
+  result_types = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in differentiable)
+  grads = _call(_TARGETS[name][1], result_types, *inputs, *states, acts, *cotangents,
+                reverse=reverse)
   # resets are integers: their cotangent is float0.
-  return (*grads, np.zeros(resets.shape, jax.dtypes.float0))
+  return ((*grads, np.zeros(resets.shape, jax.dtypes.float0)),)
 
 
 _sequence.defvjp(_sequence_fwd, _sequence_bwd)
-
-
-# The GRU's (reset_after): x [T, N, I], h0 [N, H], w_ih [I, 3H], w_hh [H, 3H], b_ih, b_hh
-# [3H], resets as above; see the top of rnn_jax_onednn/src/gru_loop.cc.
-
-
-def _gru_forward_call(reverse, x, h0, w_ih, w_hh, b_ih, b_hh, resets):
-  steps, batch = x.shape[:2]
-  hidden = h0.shape[-1]
-  result_types = (jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32),       # y
-                  jax.ShapeDtypeStruct((steps, batch, 4 * hidden), jnp.float32))   # acts
-  call = jax.ffi.ffi_call(onednn._extension().GRU_LOOP_FORWARD_TARGET, result_types,  # pylint: disable=protected-access
-                          vmap_method="sequential")
-  return call(x, h0, w_ih, w_hh, b_ih, b_hh, resets, reverse=np.int32(reverse))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _gru_sequence(reverse, x, h0, w_ih, w_hh, b_ih, b_hh, resets):
-  """``y [T, N, H]``: every step's hidden state."""
-  return _gru_forward_call(reverse, x, h0, w_ih, w_hh, b_ih, b_hh, resets)[0]
-
-
-def _gru_sequence_fwd(reverse, x, h0, w_ih, w_hh, b_ih, b_hh, resets):
-  y, acts = _gru_forward_call(reverse, x, h0, w_ih, w_hh, b_ih, b_hh, resets)
-  return y, (x, h0, w_ih, w_hh, b_ih, b_hh, resets, y, acts)
-
-
-def _gru_sequence_bwd(reverse, residuals, dy):
-  result_types = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in residuals[:6])
-  call = jax.ffi.ffi_call(onednn._extension().GRU_LOOP_BACKWARD_TARGET, result_types,  # pylint: disable=protected-access
-                          vmap_method="sequential")
-  grads = call(*residuals, dy, reverse=np.int32(reverse))
-  return (*grads, np.zeros(residuals[6].shape, jax.dtypes.float0))
-
-
-_gru_sequence.defvjp(_gru_sequence_fwd, _gru_sequence_bwd)
 
 
 def _states(cell, params, x, carry, reset, reverse):
   """Every step's states ``[T, N, H]`` by the C++ loop, one per carry leaf (LSTM: h and c;
   GRU: h), and the initial carry's leaves ``[N, H]``; ``x [T, N, I]``."""
   batch, hidden = x.shape[1], cell.hidden_size
-  if type(cell) is GRU:  # pylint: disable=unidiomatic-typecheck
-    h0 = carry.reshape(batch, hidden)
-    y = _gru_sequence(reverse, x, h0, params["w_ih"], params["w_hh"], params["b_ih"],
-                      params["b_hh"], reset)
-    return (y,), (h0,)
-  b = jnp.asarray(params["b"], jnp.float32)
-  if cell.forget_bias:
-    b = b.at[hidden:2 * hidden].add(jnp.float32(cell.forget_bias))
-  h0, c0 = (state.reshape(batch, hidden) for state in carry)
-  y, cs = _sequence(reverse, x, h0, c0, params["w_ih"], params["w_hh"], b, reset)
-  return (y, cs), (h0, c0)
+  initial = tuple(leaf.reshape(batch, hidden) for leaf in jax.tree.leaves(carry))
+  biases = ((params["b_ih"], params["b_hh"]) if type(cell) is GRU  # pylint: disable=unidiomatic-typecheck
+            else (cell.folded_bias(params),))
+  inputs = (x, *initial, params["w_ih"], params["w_hh"], *biases, reset)
+  return _sequence(cell.name, reverse, inputs), initial
 
 
 def _final(states, lengths, reverse: bool, initial):
@@ -206,8 +174,8 @@ def loop_run(cell, params, xs, carry, lengths=None, reverse: bool = False, reset
     return y.reshape(steps, *batch_shape, hidden), final
 
   outputs, final = _scan.run_in_valid_order(loop, (xs, flags), lengths, reverse)
-  final = tuple(state.reshape(*batch_shape, hidden) for state in final)
-  return outputs, (final[0] if type(cell) is GRU else type(carry)(*final))  # pylint: disable=unidiomatic-typecheck
+  final = [state.reshape(*batch_shape, hidden) for state in final]
+  return outputs, jax.tree.unflatten(jax.tree.structure(carry), final)
 
 
 def forward_only_run(cell, params, xs, carry, lengths, options, resets=None):

@@ -174,9 +174,7 @@ def onednn_params(cell, params) -> tuple[int, jax.Array, jax.Array, jax.Array]:
   kind, hidden = _kind(cell), cell.hidden_size
   params = jax.tree.map(jnp.asarray, params)
   if kind == 0:
-    bias = params["b"].reshape(4, hidden)
-    if cell.forget_bias:
-      bias = bias.at[1].add(jnp.float32(cell.forget_bias))
+    bias = cell.folded_bias(params).reshape(4, hidden)
     return (kind, _gates(params["w_ih"], 4, hidden, None), _gates(params["w_hh"], 4, hidden, None),
             bias)
   order = (1, 0, 2)  # (r, z, n) -> (z, r, n)

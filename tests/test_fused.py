@@ -12,6 +12,8 @@ import rnn_jax
 from rnn_jax import _scan, fused
 from rnn_jax.cells import Cell
 
+from testing import assert_trees_close
+
 
 def scan_cell(cell, params, xs, carry, lengths, reverse, unroll):
   """The plain scan, differentiated by autodiff."""
@@ -81,12 +83,7 @@ def test_fused_matches_autodiff_float32(name):
   value_auto, grads_auto = _grad_fn(scan_cell, cell)(*args)
   value_fused, grads_fused = _grad_fn(fused_scan, cell)(*args)
   np.testing.assert_allclose(value_fused, value_auto, rtol=1e-6)
-  flat_auto, tree_auto = jax.tree.flatten(grads_auto)
-  flat_fused, tree_fused = jax.tree.flatten(grads_fused)
-  assert tree_auto == tree_fused
-  for auto, fused in zip(flat_auto, flat_fused):
-    assert auto.dtype == fused.dtype and auto.shape == fused.shape
-    np.testing.assert_allclose(fused, auto, atol=1e-5, rtol=1e-5)
+  assert_trees_close(grads_fused, grads_auto, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["simple_tanh", "lstm", "gru_reset_before"])
@@ -97,8 +94,7 @@ def test_remat_matches_autodiff_float32(name):
   value_auto, grads_auto = _grad_fn(scan_cell, cell)(*args)
   value_remat, grads_remat = _grad_fn(remat_scan, cell)(*args)
   np.testing.assert_allclose(value_remat, value_auto, rtol=1e-6)
-  for auto, remat in zip(jax.tree.leaves(grads_auto), jax.tree.leaves(grads_remat)):
-    np.testing.assert_allclose(remat, auto, atol=1e-6, rtol=1e-6)
+  assert_trees_close(grads_remat, grads_auto, atol=1e-6, rtol=1e-6)
 
 
 def test_rnn_vjp_remat_with_resets_and_hoist_and_its_memory():
