@@ -113,15 +113,6 @@ and 1.00x with glibc, 1.25x for the LSTM with tcmalloc), and at (128, 28, 28, 12
 24 MiB are under glibc's mapping threshold (1.04x): there autodiff stays. Single-threaded CPU
 time per call on the 2-core AMD EPYC VM, interleaved (the Performance guide)."""
 
-MANY_SEQUENCES = ShapeClass(min_batch=128)
-"""Batches of at least 128 sequences (the MNIST shape, ``B = 128``): where, on CPU, oneDNN's
-inference forward (when ``rnn_jax_onednn`` is installed) measured faster than the scan's for
-the LSTM, so the LSTM's default kernel (``"cpu_loop"``) runs it for calls nobody
-differentiates; not smaller batches, long sequences of few sequences or the GRU, where the
-scan's forward was as fast or faster (``python -m experiments.bench_inference``; the
-Performance guide has the figures)."""
-
-
 def affine_input(params: Params, x: jax.Array, bias: str, blocks: int = 1,
                  compute_dtype: Any = None) -> jax.Array:
   """``x @ w_ih + params[bias]``, ``[..., I] -> [..., blocks*H]``; promotes bfloat16 inputs
@@ -347,11 +338,11 @@ class LSTM(Cell, fused.FusedVJP):
   # with glibc's malloc, whose page faults the fused backward's extra buffers
   # pay for (experiments/bench_rnn.py, both allocators).
   TUNED_VJP: ClassVar[Mapping[str, str]] = {"cpu": "autodiff", "gpu": "fused"}
-  # CPU, with rnn_jax_onednn installed: the C++ loop where a call is differentiated (1.6-3.3x
-  # the scan's forward+backward at the three benchmark shapes), and where it is not, the
-  # fastest forward: oneDNN's inference primitive for MANY_SEQUENCES, else the scan
-  # (rnn_jax.cpu_loop; the Performance guide). Without the extension: the scan, with
-  # vjp="remat" for LONG_AND_NARROW inputs.
+  # CPU, with rnn_jax_onednn installed: the C++ loop, its forward and backward where a call is
+  # differentiated and its forward without residuals where it is not (faster than the scan
+  # and than oneDNN's primitives at the three benchmark shapes; rnn_jax.cpu_loop, the
+  # Performance guide). Without the extension: the scan, with vjp="remat" for
+  # LONG_AND_NARROW inputs.
   TUNED_KERNEL: ClassVar[Mapping[str, str]] = {"cpu": "cpu_loop"}
   TUNED_BY_SHAPE: ClassVar[Mapping] = {"cpu": ((LONG_AND_NARROW, {"vjp": "remat"}),)}
   TORCH_MODULE: ClassVar[str] = "LSTM"

@@ -13,17 +13,19 @@ threads (its rows never interact). It takes rnn_jax's own parameters, gate
 order and layout, so nothing is reordered.
 
 :func:`run` runs it where a call is differentiated (a ``jax.custom_vjp``; the
-forward saves the gate activations the backward reads) and the fastest forward
-where it is not (:func:`forward_only_run`). It runs :func:`rnn_jax.lstm` cells
-(no ``proj_size`` or ``layer_norm``) and :func:`rnn_jax.gru` cells with
-``reset_after=True``, in float32 (no ``compute_dtype``) on CPU, with
-everything the scan supports: ``lengths``, ``reverse``, ``resets``, any
-leading batch axes and ``vmap``. With ``lengths`` the loop runs every step and
-the padded ones are dropped after it (each sequence's final carry is its last
-valid step's; padded outputs are zero), so padding costs compute but no
-correctness; ``reverse`` with ``lengths`` reverses each valid prefix first, as
-the scan does. Forward-mode differentiation (``jax.jvp``) is not defined for
-it: use ``kernel="scan"``.
+forward saves the gate activations the backward reads) and the same forward
+without those residuals where it is not (:func:`forward_only_run`). It runs
+:func:`rnn_jax.lstm` cells (no ``proj_size`` or ``layer_norm``) and
+:func:`rnn_jax.gru` cells with ``reset_after=True``, in float32 (no
+``compute_dtype``) on CPU, with everything the scan supports: ``lengths``,
+``reverse``, ``resets``, any leading batch axes and ``vmap``. With ``lengths``
+the loop runs every step and drops the padded ones (each sequence's final carry
+is its last valid step's; padded outputs are zero and get no gradient), so
+padding costs compute but no correctness; ``reverse`` with ``lengths`` reverses
+each valid prefix first, as the scan does. The calls take and return
+batch-major sequences (``rnn``'s default layout, so the transposes around them
+cancel). Forward-mode differentiation (``jax.jvp``) is not defined for it: use
+``kernel="scan"``.
 
 It registers the kernel :data:`CPU_LOOP` (``rnn(..., kernel="cpu_loop")``),
 the LSTM's and GRU's ``TUNED_KERNEL`` on CPU (the Performance guide has the
@@ -73,15 +75,19 @@ def _unsupported(layer, params, xs, carry, lengths, backend, resets=None) -> str
 
 # ---------------------------------------------------------------------------
 # The FFI calls, one pair per cell (see the tops of rnn_jax_onednn/src/lstm_loop.cc and
-# gru_loop.cc). Inputs: x [T, N, I], the initial carry's leaves [N, H] (LSTM: h0, c0; GRU: h0),
-# w_ih [I, G*H], w_hh [H, G*H], the biases (LSTM: b [4H] with the forget bias folded in; GRU:
-# b_ih, b_hh [3H]), resets [T, N] int8 or [0]. The forward returns every step's states
-# [T, N, H], one per carry leaf, and the gate activations [T, N, 4H] (both cells) that the
-# backward reads with the inputs, states and the states' cotangents.
+# gru_loop.cc). Inputs: x [N, T, I] (batch-major), the initial carry's leaves [N, H] (LSTM:
+# h0, c0; GRU: h0), w_ih [I, G*H], w_hh [H, G*H], the biases (LSTM: b [4H] with the forget
+# bias folded in; GRU: b_ih, b_hh [3H]), resets [T, N] int8 or [0], lengths [N] int32 or [0].
+# The forward returns the outputs y [N, T, H] (zero past each length), the final carry's
+# leaves [N, H], and what the backward reads: the LSTM's cell states [N, T, H] and the gate
+# activations [N, T, 4H]
+# (both cells; [0] for a forward nobody differentiates). The backward takes the inputs, y,
+# those residuals and the cotangents of y and of the final carry.
 
 _TARGETS = {"lstm": ("LSTM_LOOP_FORWARD_TARGET", "LSTM_LOOP_BACKWARD_TARGET", 2),
             "gru": ("GRU_LOOP_FORWARD_TARGET", "GRU_LOOP_BACKWARD_TARGET", 1)}
-"""Cell name -> (forward target, backward target, carry leaves): attributes of the extension."""
+"""Cell name -> (forward target, backward target, carry leaves): attributes of the extension.
+An LSTM's forward also returns its cell states (a residual): one per carry leaf after y."""
 
 
 def _call(target: str, result_types, *operands, reverse: bool):
@@ -90,88 +96,80 @@ def _call(target: str, result_types, *operands, reverse: bool):
   return call(*operands, reverse=np.int32(reverse))
 
 
-def _forward_call(name, reverse, inputs):
+def _forward_call(name, reverse, inputs, save: bool = True):
+  """``(y, final carry leaves, residuals)`` of the C++ forward; with ``save=False`` (a forward
+  nobody differentiates) the gate activations stay in the extension's scratch."""
   forward, _, leaves = _TARGETS[name]
   x, h0 = inputs[:2]
-  steps, batch, hidden = x.shape[0], x.shape[1], h0.shape[-1]
-  state = jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)
-  acts = jax.ShapeDtypeStruct((steps, batch, 4 * hidden), jnp.float32)
-  return _call(forward, (state,) * leaves + (acts,), *inputs, reverse=reverse)
+  batch, steps, hidden = x.shape[0], x.shape[1], h0.shape[-1]
+  states = jax.ShapeDtypeStruct((batch, steps, hidden), jnp.float32)
+  final = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
+  acts = jax.ShapeDtypeStruct((batch, steps, 4 * hidden) if save else (0,), jnp.float32)
+  y, *rest = _call(forward, (states,) + (final,) * leaves + (states,) * (leaves - 1) + (acts,),
+                   *inputs, reverse=reverse)
+  return y, tuple(rest[:leaves]), tuple(rest[leaves:])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _sequence(name, reverse, inputs):
-  """Every step's states ``[T, N, H]``, one per carry leaf, by the C++ loop of cell ``name``."""
-  return tuple(_forward_call(name, reverse, inputs)[:-1])
+  """``(y [N, T, H], final carry leaves [N, H])`` by the C++ loop of cell ``name``."""
+  return _forward_call(name, reverse, inputs)[:2]
 
 
 def _sequence_fwd(name, reverse, inputs):
-  *states, acts = _forward_call(name, reverse, inputs)
-  return tuple(states), (inputs, tuple(states), acts)
+  y, final, residuals = _forward_call(name, reverse, inputs)
+  return (y, final), (inputs, y, residuals)
 
 
-def _sequence_bwd(name, reverse, residuals, cotangents):
-  inputs, states, acts = residuals
-  *differentiable, resets = inputs
+def _sequence_bwd(name, reverse, saved, cotangents):
+  inputs, y, residuals = saved
+  dy, dfinal = cotangents
+  *differentiable, resets, lengths = inputs
   result_types = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in differentiable)
-  grads = _call(_TARGETS[name][1], result_types, *inputs, *states, acts, *cotangents,
+  grads = _call(_TARGETS[name][1], result_types, *inputs, y, *residuals, dy, *dfinal,
                 reverse=reverse)
-  # resets are integers: their cotangent is float0.
-  return ((*grads, np.zeros(resets.shape, jax.dtypes.float0)),)
+  # resets and lengths are integers: their cotangents are float0.
+  integer_zero = lambda a: np.zeros(a.shape, jax.dtypes.float0)
+  return ((*grads, integer_zero(resets), integer_zero(lengths)),)
 
 
 _sequence.defvjp(_sequence_fwd, _sequence_bwd)
 
 
-def _states(cell, params, x, carry, reset, reverse):
-  """Every step's states ``[T, N, H]`` by the C++ loop, one per carry leaf (LSTM: h and c;
-  GRU: h), and the initial carry's leaves ``[N, H]``; ``x [T, N, I]``."""
-  batch, hidden = x.shape[1], cell.hidden_size
-  initial = tuple(leaf.reshape(batch, hidden) for leaf in jax.tree.leaves(carry))
-  biases = ((params["b_ih"], params["b_hh"]) if type(cell) is GRU  # pylint: disable=unidiomatic-typecheck
-            else (cell.folded_bias(params),))
-  inputs = (x, *initial, params["w_ih"], params["w_hh"], *biases, reset)
-  return _sequence(cell.name, reverse, inputs), initial
-
-
-def _final(states, lengths, reverse: bool, initial):
-  """The carry after the last step read: ``states [T, N, H]`` at index T-1 (0 when reading
-  backwards over whole sequences); with ``lengths`` (read forwards), row n's state at
-  ``lengths[n] - 1``, or ``initial`` where a length is 0."""
-  if lengths is None:
-    return states[0] if reverse else states[-1]
-  last = jnp.clip(lengths - 1, 0, states.shape[0] - 1)
-  picked = jnp.take_along_axis(states, last[None, :, None], axis=0)[0]
-  return jnp.where((lengths > 0)[:, None], picked, initial)
-
-
-def loop_run(cell, params, xs, carry, lengths=None, reverse: bool = False, resets=None):
+def loop_run(cell, params, xs, carry, lengths=None, reverse: bool = False, resets=None,
+             differentiable: bool = True):
   """Runs an LSTM or GRU ``cell`` over ``xs [T, ..., I]`` with the C++ loop, forward and
   backward.
 
   Same contract as the ``"scan"`` kernel: returns ``(outputs [T, ..., H], final
   carry)``, outputs in input time order and zero past each sequence's length;
   ``lengths [...]`` int32 or ``None``; ``resets [T, ...]`` bool or ``None``
-  (:func:`rnn_jax.rnn`'s). Callers check :func:`unsupported_reason` first (the
-  kernel's resolution does).
+  (:func:`rnn_jax.rnn`'s). ``differentiable=False`` runs the C++ forward without
+  saving the backward's residuals (not differentiable). Callers check
+  :func:`unsupported_reason` first (the kernel's resolution does).
   """
   steps, batch_shape, hidden = xs.shape[0], xs.shape[1:-1], cell.hidden_size
   batch = math.prod(batch_shape)
-  flat_lengths = None if lengths is None else lengths.reshape(batch)
   flags = _scan.reset_flags(resets, lengths, reverse)
+  initial = tuple(leaf.reshape(batch, hidden) for leaf in jax.tree.leaves(carry))
+  biases = ((params["b_ih"], params["b_hh"]) if type(cell) is GRU  # pylint: disable=unidiomatic-typecheck
+            else (cell.folded_bias(params),))
 
   def loop(inputs, read_backwards):
     x, reset = inputs
-    x = x.reshape(steps, batch, x.shape[-1])
     reset = (jnp.zeros((0,), jnp.int8) if reset is None
              else reset.reshape(steps, batch).astype(jnp.int8))
-    states, initial = _states(cell, params, x, carry, reset, bool(read_backwards))
-    final = tuple(_final(s, flat_lengths, read_backwards, s0) for s, s0 in zip(states, initial))
-    y = states[0]
-    if flat_lengths is not None:
-      valid = _scan.step_indices(steps, 1) < flat_lengths
-      y = jnp.where(valid[..., None], y, 0.0)
-    return y.reshape(steps, *batch_shape, hidden), final
+    valid = (jnp.zeros((0,), jnp.int32) if lengths is None
+             else lengths.reshape(batch).astype(jnp.int32))
+    # Batch-major in the calls: rnn_jax.rnn's default layout, so these transposes and
+    # rnn's own cancel out (time-major callers pay them instead).
+    x = jnp.swapaxes(x.reshape(steps, batch, x.shape[-1]), 0, 1)
+    operands = (x, *initial, params["w_ih"], params["w_hh"], *biases, reset, valid)
+    if differentiable:
+      y, final = _sequence(cell.name, bool(read_backwards), operands)
+    else:
+      y, final, _ = _forward_call(cell.name, bool(read_backwards), operands, save=False)
+    return jnp.swapaxes(y, 0, 1).reshape(steps, *batch_shape, hidden), final
 
   outputs, final = _scan.run_in_valid_order(loop, (xs, flags), lengths, reverse)
   final = [state.reshape(*batch_shape, hidden) for state in final]
@@ -179,15 +177,11 @@ def loop_run(cell, params, xs, carry, lengths=None, reverse: bool = False, reset
 
 
 def forward_only_run(cell, params, xs, carry, lengths, options, resets=None):
-  """A call nobody differentiates: the fastest forward measured, not the C++ loop's (which
-  writes the backward's residuals): for an LSTM, oneDNN's inference primitive for batches of
-  :data:`rnn_jax.onednn.INFERENCE_MIN_BATCH` or more whole sequences; else the scan."""
-  batch = math.prod(xs.shape[1:-1])
-  if (type(cell) is LSTM and lengths is None and resets is None  # pylint: disable=unidiomatic-typecheck
-      and batch >= onednn.INFERENCE_MIN_BATCH):
-    return onednn._inference_or_scan(cell, options, params, xs, carry)  # pylint: disable=protected-access
-  return kernels.SCAN.run(cell, params, xs, carry, lengths, options,
-                          **({} if resets is None else {"resets": resets}))
+  """A call nobody differentiates: the C++ loop's forward without the backward's residuals
+  (1.3-2.1x the scan's forward at the three benchmark shapes, and faster than oneDNN's
+  inference primitive; the Performance guide)."""
+  return loop_run(cell, params, xs, carry, lengths, options.reverse, resets,
+                  differentiable=False)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))

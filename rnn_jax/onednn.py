@@ -23,13 +23,11 @@ Which kernel runs is :class:`rnn_jax.RunOptions`' ``kernel``
 ``ValueError`` saying why it cannot (:func:`unsupported_reason`, resets, or
 the extension missing); ``None`` (the default) runs one only where the
 layer's tables name it for the backend and the input shape, and it can run.
-The LSTM's default on CPU is the extension's C++ loop (:mod:`rnn_jax.cpu_loop`),
-whose calls that nobody differentiates run oneDNN's inference primitive for
-batches of at least :data:`INFERENCE_MIN_BATCH` sequences, where its forward
-measured faster than the scan. ``"onednn"`` (oneDNN's training primitives
-too) is opt-in: the scan and the C++ loop measured faster for training on our
-CPU (the Performance guide has the figures). With oneDNN the ``unroll``, ``hoist`` and ``vjp`` options have no
-effect on the oneDNN calls.
+The LSTM's and GRU's default on CPU is the extension's C++ loop
+(:mod:`rnn_jax.cpu_loop`), whose own forward also measured faster than oneDNN's
+inference primitive, so ``"onednn"`` and ``"onednn_inference"`` are opt-in (the
+Performance guide has the figures). With oneDNN the ``unroll``, ``hoist`` and
+``vjp`` options have no effect on the oneDNN calls.
 
 :func:`run` converts the parameters to oneDNN's gate order and layout inside
 the traced function (so gradients flow back through the conversion) and
@@ -58,9 +56,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnn_jax.kernels as kernels
-from rnn_jax.cells import GRU, LSTM, MANY_SEQUENCES
+from rnn_jax.cells import GRU, LSTM
 
-__all__ = ["INFERENCE_MIN_BATCH", "ONEDNN", "ONEDNN_INFERENCE", "available",
+__all__ = ["ONEDNN", "ONEDNN_INFERENCE", "available",
            "run", "set_num_threads", "unsupported_reason"]
 
 INSTALL_HINT = "rnn_jax_onednn is not installed: pip install ./rnn_jax_onednn"
@@ -288,12 +286,6 @@ def _inference_or_scan_jvp(layer, options, primals, tangents):
   # kernel's program (the same options: unroll, hoist, vjp), bit for bit.
   scan = lambda params, xs, carry: layer.scan(params, xs, carry, None, options)
   return jax.jvp(scan, primals, tangents)
-
-
-INFERENCE_MIN_BATCH = MANY_SEQUENCES.min_batch
-"""The fewest sequences in a batch for which an LSTM's forward-only call runs oneDNN's
-inference primitive by default (:func:`rnn_jax.cpu_loop.forward_only_run`,
-:data:`rnn_jax.cells.MANY_SEQUENCES`)."""
 
 
 def _inference_run(layer, params, xs, carry, lengths, options, resets=None):

@@ -168,16 +168,20 @@ def test_refuses_other_backends_and_empty_inputs():
 
 
 @needs_extension
-@pytest.mark.parametrize("batch, onednn_forward", [(2, False), (128, True)])
-def test_a_call_nobody_differentiates_runs_the_fastest_forward(batch, onednn_forward):
-  """Forward-only calls skip the loop (which writes the backward's residuals): oneDNN's
-  inference primitive for 128 or more sequences, else the scan; the same values."""
-  layer = rnn_jax.lstm(3)
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.parametrize("kwargs", [{}, {"lengths": np.array([4, 0, 2])}, {"reverse": True}],
+                         ids=["whole", "lengths", "reverse"])
+def test_a_call_nobody_differentiates_runs_the_forward_without_residuals(name, kwargs):
+  """Forward-only calls run the C++ forward that keeps no residuals (its activations output
+  is empty), no backward and no oneDNN primitive; the scan's values."""
+  layer = getattr(rnn_jax, name)(3)
   params = random_params(layer, 2, seed=12)
-  xs = testing.normal(13, (batch, 4, 2))
-  forward = lambda kernel: (lambda p, x: rnn_jax.rnn(layer, p, x, kernel=kernel))
+  xs = testing.normal(13, (3, 4, 2))
+  forward = lambda kernel: (lambda p, x: rnn_jax.rnn(layer, p, x, kernel=kernel, **kwargs))
   jaxpr = str(jax.make_jaxpr(forward("cpu_loop"))(params, xs))
-  assert "rnn_jax_lstm_loop_forward" not in jaxpr
-  assert ("rnn_jax_onednn_forward" in jaxpr) == onednn_forward
+  assert f"rnn_jax_{name}_loop_forward" in jaxpr and "f32[0]" in jaxpr
+  assert "loop_backward" not in jaxpr and "rnn_jax_onednn_forward" not in jaxpr
   assert_trees_close(jax.jit(forward("cpu_loop"))(params, xs),
                      jax.jit(forward("scan"))(params, xs), **TOL)
+
+

@@ -107,28 +107,22 @@ def test_inference_kernel_runs_onednn_forward_and_differentiates_the_scan(name):
 
 
 @needs_extension
-def test_default_lstm_forward_runs_onednn_inference_for_large_batches_only():
-  """The LSTM's default on CPU, the C++ loop, runs oneDNN's inference primitive for calls
-  nobody differentiates on batches of INFERENCE_MIN_BATCH or more whole sequences."""
-  batch = onednn.INFERENCE_MIN_BATCH
+def test_the_defaults_run_the_cpp_loop_not_onednns_primitives():
+  """The LSTM's and GRU's default on CPU, the C++ loop, runs its own forward for calls nobody
+  differentiates at any batch (it measured faster than oneDNN's inference primitive) and
+  its forward and backward for gradients; both equal the scan's to 1e-5."""
   lstm, gru = rnn_jax.lstm(3), rnn_jax.gru(3)
-  xs = testing.normal(0, (batch, 4, 2))
-  carry = testing.random_carry(lstm, (batch,), seed=1)
+  xs = testing.normal(0, (128, 4, 2))
+  carry = testing.random_carry(lstm, (128,), seed=1)
   params = random_params(lstm, 2, seed=2)
   default = lambda layer, **kw: (lambda p, x: rnn_jax.rnn(layer, p, x, **kw))
-  assert uses_onednn(default(lstm), params, xs)
-  assert uses_onednn(default(rnn_jax.stack([lstm, lstm])), [params, random_params(lstm, 3, 3)],
-                     xs)
-  assert not uses_onednn(default(lstm), params, xs[:batch - 1])  # A smaller batch: the scan.
-  assert not uses_onednn(default(lstm, lengths=jnp.full((batch,), 3)), params, xs)
-  assert not uses_onednn(default(gru), random_params(gru, 2, seed=4), xs)
-  assert not uses_onednn(default(lstm, kernel="scan"), params, xs)
-  # Differentiated: the C++ loop, not oneDNN's primitives.
+  for layer, p in ((lstm, params), (gru, random_params(gru, 2, seed=4)),
+                   (rnn_jax.stack([lstm, lstm]), [params, random_params(lstm, 3, 3)])):
+    assert not uses_onednn(default(layer), p, xs), layer
   grad_jaxpr = str(jax.make_jaxpr(jax.grad(lambda p, x: jnp.sum(default(lstm)(p, x)[0])))(
       params, xs))
   assert "rnn_jax_onednn_forward" not in grad_jaxpr
   assert "rnn_jax_lstm_loop_backward" in grad_jaxpr
-  # The default's forward and gradients equal the scan's to 1e-5.
   assert_trees_close(forward_fn(lstm, False, None)(params, xs, carry),
                      forward_fn(lstm, False, "scan")(params, xs, carry), **TOL)
   assert_trees_close(run_and_grad(lstm, params, xs, carry, reverse=False, kernel=None),
@@ -142,8 +136,7 @@ def test_default_kernel_is_the_cells_tuned_one(monkeypatch):
             rnn_jax.stack([rnn_jax.simple_rnn(2), rnn_jax.gru(2)]))
   params = [random_params(layer, 2, seed=0) for layer in layers]
   default = lambda layer: (lambda p, x: rnn_jax.rnn(layer, p, x))
-  # As measured: at a batch of 2, no cell picks oneDNN by itself (the LSTM's default, the
-  # C++ loop, runs oneDNN's inference forward only from INFERENCE_MIN_BATCH sequences).
+  # As measured: no cell picks oneDNN by itself (the LSTM's and GRU's default is the C++ loop).
   for layer, p in zip(layers, params):
     assert not uses_onednn(default(layer), p, xs), layer
   # A backend entry in TUNED_KERNEL makes the default run oneDNN where it can.
@@ -218,18 +211,6 @@ def test_onednn_kernels_raise_for_float64(x64, kernel):
     rnn_jax.rnn(layer, params, xs, kernel=kernel)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"lengths": np.full(onednn.INFERENCE_MIN_BATCH, 3)},
-                                    {"resets": np.eye(onednn.INFERENCE_MIN_BATCH, 3, dtype=bool)}],
-                         ids=["whole", "lengths", "resets"])
-def test_default_for_a_large_lstm_batch_falls_back_to_the_scan_where_onednn_cannot_run(kwargs):
-  layer = rnn_jax.lstm(2)
-  params = random_params(layer, 2, seed=0)
-  xs = testing.normal(1, (onednn.INFERENCE_MIN_BATCH, 3, 2))
-  jaxpr = str(jax.make_jaxpr(lambda p, x: rnn_jax.rnn(layer, p, x, **kwargs))(params, xs))
-  assert ("rnn_jax_onednn_forward" in jaxpr) == (not kwargs and onednn.available())
-  assert "scan[" in jaxpr or "rnn_jax_onednn_forward" in jaxpr
-
-
 def test_unknown_kernel_is_rejected():
   with pytest.raises(ValueError, match="kernel must be one of"):
     RunOptions(kernel="cudnn")
@@ -240,7 +221,7 @@ def test_unknown_kernel_is_rejected():
 
 def test_the_lstms_cpu_tables_name_the_cpp_loop_and_remat_for_long_narrow_inputs():
   xs = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
-  batch = onednn.INFERENCE_MIN_BATCH
+  batch = 128
   assert rnn_jax.LSTM.TUNED_KERNEL == {"cpu": "cpu_loop"}
   assert rnn_jax.lstm(4).tuned_for_shape("cpu", xs(5, batch, 3)) == {}
   assert rnn_jax.lstm(4).tuned_for_shape("cpu", xs(600, 16, 3)) == {"vjp": "remat"}
@@ -294,11 +275,10 @@ def test_without_the_extension_the_default_is_exactly_the_scan(monkeypatch):
   assert not uses_onednn(lambda p, x: rnn_jax.rnn(layer, p, x), params, xs)
   with pytest.raises(ValueError, match="not installed: pip install ./rnn_jax_onednn"):
     rnn_jax.rnn(layer, params, xs, kernel="onednn")
-  # The LSTM's own TUNED_KERNEL ("cpu_loop", oneDNN's inference forward at this batch): the
-  # scan too.
+  # The LSTM's own TUNED_KERNEL ("cpu_loop"): the scan too, at a large batch as at a small one.
   monkeypatch.undo()
   monkeypatch.setattr(onednn, "available", lambda: False)
-  lstm, big = rnn_jax.lstm(2), testing.normal(11, (onednn.INFERENCE_MIN_BATCH, 3, 2))
+  lstm, big = rnn_jax.lstm(2), testing.normal(11, (128, 3, 2))
   lstm_params = random_params(lstm, 2, seed=12)
   forward = lambda kernel: jax.jit(lambda p, x: rnn_jax.rnn(lstm, p, x, kernel=kernel))
   assert_trees_close(forward(None)(lstm_params, big), forward("scan")(lstm_params, big),
@@ -324,8 +304,8 @@ for reverse in (False, True):
   for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(scan)):
     np.testing.assert_array_equal(a, b)
 assert "rnn_jax_onednn" not in str(jax.make_jaxpr(lambda x: rnn_jax.rnn(layer, params, x))(xs))
-rnn_jax.LSTM.TUNED_KERNEL = {"cpu": "onednn_inference"}  # A batch it is tuned for: the scan.
-big = np.random.default_rng(1).standard_normal((onednn.INFERENCE_MIN_BATCH, 3, 2)).astype("f")
+rnn_jax.LSTM.TUNED_KERNEL = {"cpu": "onednn_inference"}  # Without the extension: the scan.
+big = np.random.default_rng(1).standard_normal((128, 3, 2)).astype("f")
 for a, b in zip(jax.tree.leaves(rnn_jax.rnn(layer, params, big)),
                 jax.tree.leaves(rnn_jax.rnn(layer, params, big, kernel="scan"))):
   np.testing.assert_array_equal(a, b)
