@@ -19,9 +19,14 @@ namespace rnn_jax_onednn {
 // Why: the loops' residuals are 100 MB and more; glibc's malloc maps such blocks afresh on
 // every call, and faulting them in 4 KiB pages cost the LSTM loop 15-20% at (64, 256, 128,
 // 256). Memory already in use (tcmalloc's, reused) is left as it is. A hint: where huge
-// pages are off ("never") or the call fails, nothing changes.
+// pages are off ("never") or the call fails, nothing changes; RNN_JAX_ONEDNN_NO_HUGE_PAGES=1
+// in the environment turns it off.
 inline void PreferHugePages(void* p, size_t bytes) {
-  if (getenv("NOHUGE")) return;
+  static const bool off = [] {
+    const char* value = std::getenv("RNN_JAX_ONEDNN_NO_HUGE_PAGES");
+    return value != nullptr && value[0] != '\0' && value[0] != '0';
+  }();
+  if (off) return;
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
