@@ -8,8 +8,10 @@ primitive (``kernel="onednn_inference"``), the default (``kernel=None``) and PyT
 as a user's script passes them, and each one's speed relative to the scan
 (``scan time / its time``; the minimum is steadier on a loaded machine). PyTorch runs
 ``nn.LSTM`` / ``nn.GRU`` with ``batch_first=True`` under ``torch.no_grad()`` on
-``--torch_threads`` threads. The measurement behind the cells' ``TUNED_KERNEL``
-and :func:`rnn_jax.onednn.inference_wins` (the Performance guide has the figures).
+``--torch_threads`` threads. With the extension installed the default is the C++
+loop's forward (``kernel="cpu_loop"`` without residuals), which replaced
+``"onednn_inference"`` as the LSTM's forward-only default (the Performance guide has
+the figures).
 Needs the ``rnn_jax_onednn`` extension (``pip install ./rnn_jax_onednn``).
 """
 
