@@ -1,8 +1,11 @@
 """Helpers shared by the tests that run an experiment script as a subprocess."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -10,9 +13,22 @@ from rnn_jax.training import idx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+_COMPILATION_CACHE = []
+
+
+def compilation_cache_dir() -> str:
+  """JAX's persistent compilation cache shared by this test process's script runs (made on
+  first use, removed at exit): a script run whose programs an earlier run compiled (the same
+  tiny model, flags and devices) loads them instead of compiling again."""
+  if not _COMPILATION_CACHE:
+    _COMPILATION_CACHE.append(tempfile.mkdtemp(prefix="rnn_jax_tests_jax_cache_"))
+    atexit.register(shutil.rmtree, _COMPILATION_CACHE[0], ignore_errors=True)
+  return _COMPILATION_CACHE[0]
+
 
 def _command_and_env(module: str, args, devices: int | None):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compilation_cache_dir(),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   if devices is not None:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return [sys.executable, "-m", f"experiments.{module}", *args], env

@@ -22,38 +22,19 @@ import pytest
 
 from experiments import train_mnist
 from rnn_jax.training import classification, datasets, idx, optim, script
-from scripts import write_tiny_mnist
+from scripts import run_experiment, start_experiment, write_tiny_mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--cell=gru", "--hidden_size=8", "--batch_size=16", "--unroll=1", "--log_every=1",
         "--checkpoint_every=4", "--eval_batch_size=16", "--plots=false"]
 
 
-_COMPILATION_CACHE = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _shared_compilation_cache(tmp_path_factory):
-  """The script runs of this module share JAX's persistent cache: later runs skip compiling."""
-  _COMPILATION_CACHE["dir"] = str(tmp_path_factory.mktemp("jax_cache"))
-  yield
-  _COMPILATION_CACHE.clear()
-
-
-def _script(*args, timeout=120, devices=None, **popen):
-  """The script in a subprocess; ``devices``: that many forced CPU devices."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  if devices is not None:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  if "dir" in _COMPILATION_CACHE:
-    env.update(JAX_COMPILATION_CACHE_DIR=_COMPILATION_CACHE["dir"],
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  command = [sys.executable, "-m", "experiments.train_mnist", *args]
+def _script(*args, timeout=120, devices=None, popen=False):
+  """The script in a subprocess (JAX's compilation cache shared with the other script runs);
+  ``devices``: that many forced CPU devices; ``popen``: started in the background."""
   if popen:
-    return subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-  return subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True,
-                        timeout=timeout)
+    return start_experiment("train_mnist", *args, devices=devices)
+  return run_experiment("train_mnist", *args, timeout=timeout, devices=devices)
 
 
 @pytest.fixture(scope="module")
