@@ -4,7 +4,6 @@
 #define RNN_JAX_ONEDNN_COMMON_H_
 
 #include <omp.h>
-#include <sys/mman.h>
 
 #include <atomic>
 #include <cstdint>
@@ -13,29 +12,6 @@
 #include <vector>
 
 namespace rnn_jax_onednn {
-
-// Asks Linux for 2 MiB pages (transparent huge pages) over the whole 2 MiB blocks of
-// [p, p + bytes), if that memory is fresh (its first block's first page not yet touched).
-// Why: the loops' residuals are 100 MB and more; glibc's malloc maps such blocks afresh on
-// every call, and faulting them in 4 KiB pages cost the LSTM loop 15-20% at (64, 256, 128,
-// 256). Memory already in use (tcmalloc's, reused) is left as it is. A hint: where huge
-// pages are off ("never") or the call fails, nothing changes; RNN_JAX_ONEDNN_NO_HUGE_PAGES=1
-// in the environment turns it off.
-inline void PreferHugePages(void* p, size_t bytes) {
-  static const bool off = [] {
-    const char* value = std::getenv("RNN_JAX_ONEDNN_NO_HUGE_PAGES");
-    return value != nullptr && value[0] != '\0' && value[0] != '0';
-  }();
-  if (off) return;
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
-  if (end <= begin) return;
-  unsigned char resident = 1;
-  void* block = reinterpret_cast<void*>(begin);
-  if (mincore(block, 1, &resident) == 0 && !(resident & 1))
-    madvise(block, end - begin, MADV_HUGEPAGE);
-}
 
 // Per-thread 64-byte-aligned buffers, grown on demand and kept between calls; `index` < 10
 // names a buffer, used within one handler call (rnn_jax_onednn.cc uses 0-4, the loops 4-9).
@@ -52,7 +28,6 @@ inline void* Slot(int index, size_t bytes) {
     std::free(ptr);
     size = (bytes + 63) / 64 * 64;
     ptr = std::aligned_alloc(64, size);
-    PreferHugePages(ptr, size);
   }
   return ptr;
 }

@@ -90,8 +90,6 @@ ffi::Error Forward(F32 x, F32 h0, F32 w_ih, F32 w_hh, F32 b_ih, F32 b_hh, I8 res
   // acts of shape [0]: a forward nobody differentiates; each step's activations go to scratch.
   const bool save = acts->element_count() != 0;
   float* acts_all = acts->typed_data();
-  PreferHugePages(y_all, T * N * H * sizeof(float));
-  if (save) PreferHugePages(acts_all, T * N * 4 * H * sizeof(float));
   // The input products of every step, with b_ih: one GEMM into a scratch [N, T, 3H].
   float* a_all = static_cast<float*>(rnn_jax_onednn::Slot(5, T * N * G * sizeof(float)));
   for (int64_t row = 0; row < T * N; ++row)
@@ -144,7 +142,6 @@ ffi::Error Backward(F32 x, F32 h0, F32 w_ih, F32 w_hh, F32 b_ih, F32 b_hh, I8 re
   const float* y_all = y.typed_data();
   // The state each step read, for w_hh's gradient (and the GRU's gates).
   StatesRead(T, N, H, reverse, h0.typed_data(), y_all, reset, h_prev_all);
-  PreferHugePages(dx->typed_data(), T * N * I * sizeof(float));
   float* dh = dh0->typed_data();  // The running carry gradient, left at dh0.
   std::fill(dh, dh + N * H, 0.0f);
   const float* w_t = Transposed(w_hh.typed_data(), H, G, 8);  // w_hh^T [3H, H].

@@ -20,8 +20,6 @@ namespace rnn_jax_onednn::loop {
 
 namespace ffi = xla::ffi;
 
-using rnn_jax_onednn::PreferHugePages;
-
 using F32 = ffi::Buffer<ffi::F32>;
 using RetF32 = ffi::ResultBuffer<ffi::F32>;
 using I8 = ffi::Buffer<ffi::S8>;

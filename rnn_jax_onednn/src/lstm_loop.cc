@@ -98,9 +98,6 @@ ffi::Error Forward(F32 x, F32 h0, F32 c0, F32 w_ih, F32 w_hh, F32 b, I8 resets, 
                       : static_cast<float*>(rnn_jax_onednn::Slot(4, T * N * G * sizeof(float)));
   float* c_all = cs->typed_data();
   float* y_all = y->typed_data();
-  if (save) PreferHugePages(z_all, T * N * G * sizeof(float));
-  PreferHugePages(c_all, T * N * H * sizeof(float));
-  PreferHugePages(y_all, T * N * H * sizeof(float));
   const float* bias = b.typed_data();
   const int8_t* reset = resets.element_count() ? resets.typed_data() : nullptr;
   const float* w = w_hh.typed_data();
@@ -150,7 +147,6 @@ ffi::Error Backward(F32 x, F32 h0, F32 c0, F32 w_ih, F32 w_hh, F32 b, I8 resets,
   const int8_t* reset = resets.element_count() ? resets.typed_data() : nullptr;
   float* dz_all = static_cast<float*>(rnn_jax_onednn::Slot(5, T * N * G * sizeof(float)));
   float* h_prev_all = static_cast<float*>(rnn_jax_onednn::Slot(6, T * N * H * sizeof(float)));
-  PreferHugePages(dx->typed_data(), T * N * I * sizeof(float));
   float* dh = dh0->typed_data();  // The running carry gradients, left at dh0 and dc0.
   float* dc = dc0->typed_data();
   std::fill(dh, dh + N * H, 0.0f);
