@@ -22,9 +22,8 @@ import pytest
 
 from experiments import train_mnist
 from rnn_jax.training import classification, datasets, idx, optim, script
-from scripts import run_experiment, start_experiment, write_tiny_mnist
+from scripts import REPO, run_experiment, start_experiment, write_tiny_mnist
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--cell=gru", "--hidden_size=8", "--batch_size=16", "--unroll=1", "--log_every=1",
         "--checkpoint_every=4", "--eval_batch_size=16", "--plots=false"]
 
