@@ -34,7 +34,9 @@ fractions above 1 are left out). Then the MNIST-rows training step against
 PyTorch. It writes ``results.json`` and ``results.png`` to ``--out``. By
 default it runs in one process per allocator (glibc's malloc, which a user's
 own program gets, and tcmalloc preloaded, which our scripts use;
-``--allocator``) and prints both tables together, each row naming its
+``--allocator``; ``--allocator=all`` adds glibc after
+:func:`rnn_jax.training.runtime.keep_freed_memory`, which the scripts use where
+tcmalloc is not installed) and prints the tables together, each row naming its
 allocator; ``--write_guide`` then rewrites the block between
 ``<!-- bench_rnn:begin -->`` and ``<!-- bench_rnn:end -->`` of
 ``docs/guides/performance.md`` with the tables, the CPU model and flags, the
@@ -57,7 +59,9 @@ import time
 
 from rnn_jax.training import runtime
 
-ALLOCATORS = ("both", "tcmalloc", "glibc")
+ALLOCATORS = ("both", "all", "tcmalloc", "glibc", "glibc_kept")
+RUNS_OF = {"both": ("glibc", "tcmalloc"), "all": ("glibc", "glibc_kept", "tcmalloc")}
+"""The single-allocator runs of ``--allocator=both`` and ``--allocator=all``."""
 
 
 def _requested_allocator(argv) -> str:
@@ -73,6 +77,8 @@ def _requested_allocator(argv) -> str:
 
 if __name__ == "__main__" and _requested_allocator(sys.argv[1:]) == "tcmalloc":
   runtime.use_fast_allocator()  # Re-executes this script with tcmalloc preloaded.
+if __name__ == "__main__" and _requested_allocator(sys.argv[1:]) == "glibc_kept":
+  runtime.keep_freed_memory()  # Before JAX starts its threads.
 
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
@@ -100,7 +106,7 @@ class BenchRnnConfig(benchmarking.BenchConfig):
   are aliases of ``--no_sweep``, ...)."""
 
   out: str = setting("experiments/results/bench", "Folder the results are written to (with "
-                     "--allocator=both, one subfolder per allocator).")
+                     "--allocator=both or all, one subfolder per allocator).")
   quick: bool = setting(False, "Tiny shapes, few rounds, one run and a small GEMM peak: a smoke "
                         "run.")
   cells: tuple[str, ...] = setting(PUBLISHED_CELLS, "Cells to time.",
@@ -126,9 +132,10 @@ class BenchRnnConfig(benchmarking.BenchConfig):
   no_sweep: bool = setting(False, "Time only rnn_jax's defaults (and oneDNN where it runs).",
                            aliases=("no-sweep",))
   allocator: str = setting("both", "malloc of the timed process: glibc's (what a user's own "
-                           "program gets), tcmalloc preloaded (what our scripts use), or both, "
-                           "one process each, results in <out>/glibc and <out>/tcmalloc.",
-                           choices=ALLOCATORS)
+                           "program gets), glibc_kept (glibc after runtime.keep_freed_memory(), "
+                           "what our scripts use without tcmalloc), tcmalloc preloaded (what "
+                           "they use with it); both (glibc and tcmalloc) or all three, one "
+                           "process each, results in <out>/<allocator>.", choices=ALLOCATORS)
   write_guide: bool = setting(False, "Rewrite the tables between the bench_rnn markers of "
                               "--guide with this run's.", aliases=("write-guide",))
   guide: str = setting("docs/guides/performance.md", "The page --write_guide rewrites.")
@@ -577,10 +584,14 @@ def combine(records: dict, argv) -> dict:
 
 def check_allocator(wanted: str) -> None:
   """Exits with a one-line error unless this process runs with the ``wanted`` allocator."""
-  active = "tcmalloc" if runtime.fast_allocator_active() else "glibc"
+  active = "tcmalloc" if runtime.fast_allocator_active() else (
+      "glibc_kept" if runtime.allocator_name() == "glibc_kept" else "glibc")
   if wanted == "tcmalloc" and active != "tcmalloc":
     raise SystemExit("error: --allocator=tcmalloc: tcmalloc is not installed (Debian/Ubuntu: "
                      "apt-get install libtcmalloc-minimal4); use --allocator=glibc")
+  if wanted == "glibc_kept" and active != "glibc_kept":
+    raise SystemExit("error: --allocator=glibc_kept: glibc's mallopt is not available here "
+                     "(tcmalloc preloaded, or another C library); use --allocator=glibc")
   if wanted == "glibc" and active != "glibc":
     raise SystemExit("error: --allocator=glibc: tcmalloc is preloaded (LD_PRELOAD); unset it")
 
@@ -601,15 +612,17 @@ def without_flags(argv, names) -> list:
 
 
 def run_both_allocators(argv, config) -> None:
-  """Runs this benchmark once per allocator, each in its own process, and prints both tables
-  (and, with ``--write_guide``, rewrites the guide from both)."""
+  """Runs this benchmark once per allocator of ``--allocator=both`` or ``all``, each in its own
+  process, and prints their tables together (and, with ``--write_guide``, rewrites the guide
+  from them)."""
   if runtime.find_tcmalloc() is None:
-    raise SystemExit("error: --allocator=both: tcmalloc is not installed (Debian/Ubuntu: "
-                     "apt-get install libtcmalloc-minimal4); use --allocator=glibc")
+    raise SystemExit(f"error: --allocator={config.allocator}: tcmalloc is not installed "
+                     "(Debian/Ubuntu: apt-get install libtcmalloc-minimal4); use "
+                     "--allocator=glibc")
   given = list(sys.argv[1:] if argv is None else argv)
   rest = without_flags(given, ("allocator", "out", "write_guide"))
   records = {}
-  for allocator in ("glibc", "tcmalloc"):
+  for allocator in RUNS_OF[config.allocator]:
     folder = os.path.join(config.out, allocator)
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "RNN_JAX_NO_TCMALLOC")}
     print(f"\n## allocator {allocator}: {folder}", flush=True)
@@ -618,7 +631,8 @@ def run_both_allocators(argv, config) -> None:
     with open(os.path.join(folder, "results.json")) as f:
       records[allocator] = json.load(f)
   record = combine(records, given)
-  print("\n## both allocators\n" + format_table(record["summary"], sweep=not config.no_sweep))
+  print(f"\n## allocators {', '.join(records)}\n"
+        + format_table(record["summary"], sweep=not config.no_sweep))
   write_json(config.out, record)
   if config.write_guide:
     write_guide(config.guide, record)
@@ -626,7 +640,7 @@ def run_both_allocators(argv, config) -> None:
 
 def main(argv=None) -> None:
   config = benchmarking.parse(BenchRnnConfig, argv)
-  if config.allocator == "both":
+  if config.allocator in RUNS_OF:
     run_both_allocators(argv, config)
     return
   check_allocator(config.allocator)
