@@ -23,6 +23,10 @@ user's training script runs it) of:
   JAX has cores;
 * ``jax.experimental.rnn.lstm`` (cuDNN) on GPU.
 
+Every case is timed in turn with the others, round after round in shuffled
+order, each timed call right after an untimed call of the same case (as in a
+training loop: a call that follows another library's long call runs on cold
+cores, :func:`experiments.benchmarking.time_interleaved`'s ``rewarm``).
 The whole table is timed ``--repeats`` times (3 by default) in one process;
 each row's median ms and ratios (Flax's and torch's time over ours, and our
 forward+backward over our forward) are printed as the median over those runs
@@ -242,7 +246,7 @@ def build_group(cell_name, shape, mode, config, on_gpu, with_torch) -> Group:
 def time_group(group: Group, config, run: int, peak_gflops: float) -> list:
   """Times every case of ``group`` interleaved; returns one result row per case for ``run``."""
   timings = benchmarking.time_interleaved(group.cases, rounds=config.rounds,
-                                          min_round_s=config.min_time)
+                                          min_round_s=config.min_time, rewarm=True)
   rows = []
   for name, timing in timings.items():
     library, variant = group.meta[name]
@@ -403,7 +407,7 @@ def build_training(on_gpu, with_torch) -> dict:
 def time_training(cases, config) -> dict:
   """One run of the training step cases: ``name -> median ms`` and ``torch_over_rnn_jax``."""
   timings = benchmarking.time_interleaved(cases, rounds=max(config.rounds, 20),
-                                          min_round_s=config.min_time)
+                                          min_round_s=config.min_time, rewarm=True)
   result = {name: 1e3 * t["median_s"] for name, t in timings.items()}
   if "torch" in result:
     result["torch_over_rnn_jax"] = result["torch"] / result["rnn_jax"]

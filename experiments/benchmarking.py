@@ -162,7 +162,7 @@ def time_function(fn: Callable[..., Any], *args, repeats: int = 20, warmup: int 
 
 
 def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
-                     min_round_s: float = 0.0) -> dict:
+                     min_round_s: float = 0.0, rewarm: bool = False) -> dict:
   """Times several ``name -> (fn, args)`` side by side, one call of each per round.
 
   Interleaving puts every case under the same background load (the machine is
@@ -170,6 +170,14 @@ def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
   runs. The order is shuffled every round (seeded), so that no case always
   follows the same one (PyTorch's OpenMP threads keep spinning for a while
   after a call and slow whatever runs next). Each case is warmed up first.
+
+  ``rewarm=True`` calls each case once more, untimed, right before its timed
+  call in every round, so the timed call runs as in a loop that calls it again
+  and again (a training loop) rather than right after another library's call:
+  on our 2-core VM any call that follows a third of a second in which the
+  cores idled (a sleep, or one of PyTorch's long mostly one-threaded calls)
+  took 5-12 ms longer, rnn_jax's and Flax's alike
+  (``experiments/results/README.md``, "cold calls").
 
   Returns:
     ``name -> dict`` as :func:`time_function` returns, ``warmup_s`` included.
@@ -191,6 +199,8 @@ def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
     shuffler.shuffle(order)
     for name in order:
       fn, args = cases[name]
+      if rewarm:
+        jax.block_until_ready(fn(*args))
       start = time.perf_counter()
       jax.block_until_ready(fn(*args))
       times[name].append(time.perf_counter() - start)

@@ -46,6 +46,21 @@ def test_time_interleaved_runs_every_case_each_round():
   assert set(result) == {"a", "b"} and result["a"]["repeats"] == 3
 
 
+def test_time_interleaved_rewarm_calls_each_case_untimed_before_its_timed_call():
+  log = []
+
+  def make(name):
+    def fn():
+      log.append(name)
+    return fn
+
+  result = benchmarking.time_interleaved({"a": (make("a"), ()), "b": (make("b"), ())},
+                                         rounds=3, warmup=1, rewarm=True)
+  timed = log[2:]  # After one warm-up call each: every round runs a, a, b, b or b, b, a, a.
+  assert len(timed) == 12 and all(timed[i] == timed[i + 1] for i in range(0, 12, 2))
+  assert result["a"]["repeats"] == result["b"]["repeats"] == 3
+
+
 def test_model_flops():
   # LSTM forward: 2 * T * B * (I + H) * 4H, backward twice that again.
   assert benchmarking.model_flops("lstm", SHAPE, "fwd") == 2 * 3 * 2 * (2 + 4) * 16
