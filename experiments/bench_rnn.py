@@ -257,7 +257,8 @@ def time_group(group: Group, config, run: int, peak_gflops: float) -> list:
         "name": name, "library": library, "variant": variant,
         "median_ms": 1e3 * timing["median_s"], "min_ms": 1e3 * timing["min_s"],
         "stdev_ms": 1e3 * timing["stdev_s"], "repeats": timing["repeats"],
-        "compile_s": timing["warmup_s"], "gflops": gflops,
+        "compile_s": timing["warmup_s"], "faults_per_call": timing["faults_per_call"],
+        "gflops": gflops,
         "peak_fraction": benchmarking.peak_fraction(gflops, peak_gflops),
     })
   return rows
@@ -285,7 +286,8 @@ def summarize(rows) -> list:
     line = {"cell": cell_name, "shape": list(shape), "mode": mode, "run": run,
             "rnn_jax_ms": default["median_ms"], "best_ms": best["median_ms"],
             "best_variant": best["variant"], "gflops": default["gflops"],
-            "peak_fraction": default["peak_fraction"]}
+            "peak_fraction": default["peak_fraction"],
+            "faults_per_call": default.get("faults_per_call")}
     for other in ("flax", "torch", "jax cudnn"):
       if other in group:
         line[f"{other}_ms"] = group[other]["median_ms"]
@@ -324,6 +326,8 @@ def aggregate(per_run) -> list:
     line["best_variant"] = max(variants, key=variants.count)
     fractions = [s["peak_fraction"] for s in lines if s["peak_fraction"] is not None]
     line["peak_fraction"] = statistics.median(fractions) if fractions else None
+    faults = [s["faults_per_call"] for s in lines if s.get("faults_per_call") is not None]
+    line["faults_per_call"] = statistics.median(faults) if faults else None
     for ratio in RATIOS:
       if ratio in lines[0]:
         line[f"{ratio}_spread"] = spread([s[ratio] for s in lines])
@@ -345,6 +349,12 @@ def format_ratio(line, ratio: str) -> str:
   return f"{values['median']:.2f} ({values['min']:.2f}-{values['max']:.2f})"
 
 
+def format_faults(line) -> str:
+  """rnn_jax's minor page faults per call (median over runs), ``"-"`` where not recorded."""
+  faults = line.get("faults_per_call")
+  return "-" if faults is None else f"{faults:,.0f}"
+
+
 def format_fraction(fraction: float | None) -> str:
   """A peak fraction in percent, ``"-"`` for one left out (above 1)."""
   return "-" if fraction is None else f"{100 * fraction:.1f}"
@@ -358,7 +368,7 @@ def format_table(summary, sweep: bool = True) -> str:
       "best sweep (ms)"] * sweep
   for other in others:
     header += [f"{other} ms", f"{other}/ours"]
-  header += ["fwd+bwd/fwd", "GFLOP/s", "% GEMM peak"]
+  header += ["fwd+bwd/fwd", "GFLOP/s", "% GEMM peak", "page faults / call"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for s in summary:
     cells = [s["cell"], ",".join(map(str, s["shape"])), s["mode"]] + [
@@ -368,7 +378,7 @@ def format_table(summary, sweep: bool = True) -> str:
       cells += ([f"{s[other + '_ms']:.2f}", format_ratio(s, f"{other}_over_rnn_jax")]
                 if f"{other}_ms" in s else ["-", "-"])
     cells += [format_ratio(s, "fwd_bwd_over_fwd"), f"{s['gflops']:.1f}",
-              format_fraction(s["peak_fraction"])]
+              format_fraction(s["peak_fraction"]), format_faults(s)]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -501,7 +511,9 @@ def guide_block(record: dict) -> str:
       f"{peaks} GFLOP/s. Ratios are the other's time over rnn_jax's (above 1: rnn_jax is "
       "faster), as the median over runs (min-max). GFLOP/s counts the matmuls only, "
       "2·B·T·(I+H)·G·H forward and three times that forward+backward "
-      "(`experiments.benchmarking.model_flops`); % of peak is left out (-) above 100.")
+      "(`experiments.benchmarking.model_flops`); % of peak is left out (-) above 100. Page "
+      "faults / call: the process's minor page faults during one of rnn_jax's calls (median over "
+      "calls and runs), each a fresh 4 KiB page the kernel zeroes.")
   lines = [
       "<!-- Written by the command below (--write_guide); edits inside this block are lost. -->",
       "",
@@ -515,12 +527,13 @@ def guide_block(record: dict) -> str:
              "the parameters and the inputs), rnn_jax's defaults:"),
             ("fwd", "Forward only (evaluation, generation):"))
   for mode, title in passes:
-    header = ["cell", "B, T, I, H", "allocator", "rnn_jax ms", "Flax / ours", "torch / ours"]
+    header = ["cell", "B, T, I, H", "allocator", "rnn_jax ms (page faults / call)",
+              "Flax / ours", "torch / ours"]
     header += ["ours fwd+bwd / fwd"] * (mode == "fwd+bwd") + ["GFLOP/s (% of peak)"]
     lines += ["", title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in (s for s in record["summary"] if s["mode"] == mode):
       cells = [s["cell"], ", ".join(map(str, s["shape"])), s["allocator"],
-               f"{s['rnn_jax_ms']:.2f}", format_ratio(s, "flax_over_rnn_jax"),
+               f"{s['rnn_jax_ms']:.2f} ({format_faults(s)})", format_ratio(s, "flax_over_rnn_jax"),
                format_ratio(s, "torch_over_rnn_jax")]
       cells += [format_ratio(s, "fwd_bwd_over_fwd")] * (mode == "fwd+bwd")
       cells.append(f"{s['gflops']:.1f} ({format_fraction(s['peak_fraction'])})")

@@ -180,7 +180,9 @@ def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
   (``experiments/results/README.md``, "cold calls").
 
   Returns:
-    ``name -> dict`` as :func:`time_function` returns, ``warmup_s`` included.
+    ``name -> dict`` as :func:`time_function` returns, ``warmup_s`` included, and
+    ``faults_per_call``: the median over the timed calls of the process's minor
+    page faults during each (:func:`minor_faults`; ``None`` where unknown).
   """
   warmup_s = {name: 0.0 for name in cases}
   for name, (fn, args) in cases.items():
@@ -190,6 +192,7 @@ def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
       if i == 0:
         warmup_s[name] = time.perf_counter() - start
   times = {name: [] for name in cases}
+  faults = {name: [] for name in cases}
   order = list(cases)
   shuffler = random.Random(0)
   elapsed_rounds = 0.0
@@ -201,15 +204,34 @@ def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
       fn, args = cases[name]
       if rewarm:
         jax.block_until_ready(fn(*args))
+      faults_before = minor_faults()
       start = time.perf_counter()
       jax.block_until_ready(fn(*args))
       times[name].append(time.perf_counter() - start)
+      if faults_before is not None:
+        faults[name].append(minor_faults() - faults_before)
     elapsed_rounds += time.perf_counter() - round_start
     done += 1
   return {name: {"median_s": statistics.median(t), "min_s": min(t), "mean_s": statistics.fmean(t),
                  "stdev_s": statistics.stdev(t) if len(t) > 1 else 0.0, "repeats": len(t),
-                 "warmup_s": warmup_s[name], "times_s": t}
+                 "warmup_s": warmup_s[name], "times_s": t,
+                 "faults_per_call": statistics.median(faults[name]) if faults[name] else None}
           for name, t in times.items()}
+
+
+def minor_faults() -> int | None:
+  """The process's minor page faults so far (``getrusage``), all threads; ``None`` off POSIX.
+
+  A call that touches freshly mapped memory takes one per 4 KiB page it touches (fewer with
+  huge pages): glibc's malloc maps blocks over 32 MiB anew on every allocation, tcmalloc and
+  :func:`rnn_jax.training.runtime.keep_freed_memory` reuse them (the Performance guide's "memory
+  allocator").
+  """
+  try:
+    import resource  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 # ---------------------------------------------------------------------------
 # Models to compare. Every builder returns ``(forward, forward_backward, args)``:

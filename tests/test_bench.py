@@ -3,6 +3,7 @@
 import dataclasses
 import importlib
 import json
+import mmap
 import pathlib
 import re
 import shlex
@@ -59,6 +60,21 @@ def test_time_interleaved_rewarm_calls_each_case_untimed_before_its_timed_call()
   timed = log[2:]  # After one warm-up call each: every round runs a, a, b, b or b, b, a, a.
   assert len(timed) == 12 and all(timed[i] == timed[i + 1] for i in range(0, 12, 2))
   assert result["a"]["repeats"] == result["b"]["repeats"] == 3
+
+
+def test_time_interleaved_counts_the_page_faults_of_a_call():
+  """A call that writes every page of a fresh 4 MiB anonymous mapping faults each in (1,024 of
+  4 KiB; at least 2 where transparent huge pages are always on); a call that does nothing, none."""
+  def touch_fresh_pages():
+    pages = mmap.mmap(-1, 4 << 20)
+    for offset in range(0, len(pages), mmap.PAGESIZE):
+      pages[offset] = 1
+    pages.close()
+
+  result = benchmarking.time_interleaved({"fresh": (touch_fresh_pages, ()),
+                                          "nothing": (lambda: None, ())}, rounds=5, warmup=1)
+  assert result["fresh"]["faults_per_call"] >= 2
+  assert result["nothing"]["faults_per_call"] == 0
 
 
 def test_model_flops():
@@ -135,6 +151,7 @@ def test_suite_writes_json_and_chart(tmp_path):
     assert line["allocator"] == "glibc"
   fwd, fwd_bwd = sorted(record["summary"], key=lambda s: s["mode"])
   assert fwd_bwd["fwd_bwd_over_fwd"] == pytest.approx(fwd_bwd["rnn_jax_ms"] / fwd["rnn_jax_ms"])
+  assert fwd_bwd["faults_per_call"] >= 0
 
 
 def fake_rows(ms_per_run, runs):
@@ -146,7 +163,8 @@ def fake_rows(ms_per_run, runs):
       gflops = benchmarking.achieved_gflops("lstm", SHAPE, mode, ms / 1e3)
       rows.append({"cell": "lstm", "shape": list(SHAPE), "mode": mode, "run": run, "name": name,
                    "library": library, "variant": "default", "median_ms": ms, "gflops": gflops,
-                   "peak_fraction": benchmarking.peak_fraction(gflops, 1e-3)})
+                   "peak_fraction": benchmarking.peak_fraction(gflops, 1e-3),
+                   "faults_per_call": 1000.0 * run if mode == "fwd+bwd" else 0.0})
   return rows
 
 
@@ -186,9 +204,9 @@ def test_ratios_spread_over_runs_and_the_guide_block_round_trips(tmp_path):
   block = bench_rnn.guide_block(record)
   assert ('python -m experiments.bench_rnn --no-sweep --label="2-core VM" --write_guide'
           in block)
-  assert ("| lstm | 2, 3, 2, 4 | glibc | 4.00 | - | 1.25 (1.00-1.50) | 3.00 (2.00-4.00) "
-          "| 0.0 (86.4) |") in block
-  assert "| lstm | 2, 3, 2, 4 | glibc | 1.00 | - | 2.00 (1.50-4.00) | 0.0 (57.6) |" in block
+  assert ("| lstm | 2, 3, 2, 4 | glibc | 4.00 (1,000) | - | 1.25 (1.00-1.50) | 3.00 (2.00-4.00) "
+          "| 0.0 (86.4) |") in block  # Page faults per run 0, 1000, 2000: their median.
+  assert "| lstm | 2, 3, 2, 4 | glibc | 1.00 (0) | - | 2.00 (1.50-4.00) | 0.0 (57.6) |" in block
   assert "| glibc | 10.00 | 12.00 | 1.20 |" in block and "glibc 100 GFLOP/s" in block
   assert "AMD EPYC x2 (avx512f)" in block and "2026-12-07" in block
   # The guide's block: written, read back the same, rewritten unchanged; the rest untouched.
@@ -206,6 +224,26 @@ def test_ratios_spread_over_runs_and_the_guide_block_round_trips(tmp_path):
   path.write_text(text)
   bench_rnn.write_guide(str(path), record)
   assert path.read_text() == written
+
+
+def test_cold_calls_times_each_way_and_writes_json(tmp_path, capsys, monkeypatch):
+  from experiments import bench_cold_calls  # pylint: disable=import-outside-toplevel
+  sleeps, calls = [], []
+  monkeypatch.setattr(bench_cold_calls.time, "sleep", sleeps.append)
+  result = bench_cold_calls.measure(lambda: calls.append(1), (), calls=3, idle=(0.25, 0.5))
+  # Two warm-up calls, three back to back, three after each pause.
+  assert len(calls) == 2 + 3 + 3 + 3 and sleeps == [0.25] * 3 + [0.5] * 3
+  assert set(result) == {"back_to_back_ms", "after_idle_ms"}
+  assert set(result["after_idle_ms"]) == {0.25, 0.5}
+  monkeypatch.undo()
+  bench_cold_calls.main(["--cells", "gru", "--shapes", "2,3,2,4", "--calls", "1", "--idle", "0",
+                         "--no-flax", "--out", str(tmp_path)])
+  record = json.loads((tmp_path / "bench_cold_calls.json").read_text())
+  assert [(r["library"], r["mode"]) for r in record["rows"]] == [
+      ("rnn_jax", "fwd"), ("rnn_jax", "fwd+bwd"), ("rnn_jax scan", "fwd"),
+      ("rnn_jax scan", "fwd+bwd")]
+  assert all(r["back_to_back_ms"] > 0 and r["after_idle_ms"]["0.0"] > 0 for r in record["rows"])
+  assert "| gru | 2, 3, 2, 4 | rnn_jax | fwd+bwd |" in capsys.readouterr().out
 
 
 def test_init_benchmark_times_fresh_processes(tmp_path, capsys):
@@ -226,7 +264,8 @@ def test_init_benchmark_times_fresh_processes(tmp_path, capsys):
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPTS = ("bench_rnn", "bench_parallel", "bench_init", "bench_devices", "bench_export",
-           "bench_char_lm", "bench_memory", "gradient_flow", "hopfield_capacity")
+           "bench_char_lm", "bench_memory", "gradient_flow", "hopfield_capacity",
+           "bench_cold_calls")
 
 
 def settings_classes(name: str) -> list[type[Config]]:

@@ -125,17 +125,22 @@ def _assert_trees_close(got, want, what):
 
 # Forwards with lengths is the simplest path (length masks and forward flags, each also met by
 # "whole" and "lengths_reverse"): run for the kinds with step code of their own, not for the
-# wrappers and composites around them.
+# wrappers and composites around them. Nor do those run "reverse" without lengths: they pass
+# `reverse` to the layers inside, which "lengths_reverse" checks, and `lengths=None` is "whole"'s.
 LENGTHS_FORWARD_KINDS = ("lstm_fused", "gru_autodiff", "mingru_parallel", "lru_sequential")
+WRAPPER_KINDS = ("stack", "remat", "remat_every", "remat_parallel")
 
 
 def _cases():
   """Every layer kind with lengths and reverse (the hardest) in the fast suite, and without
-  lengths forwards and backwards (each case compiles two gradient programs: 5-30 s on a loaded
-  2-core machine, so those are marked slow); forwards with lengths for the kinds above."""
+  lengths forwards (and backwards, but for the wrappers; each case compiles two gradient
+  programs: 5-30 s on a loaded 2-core machine, so those are marked slow); forwards with lengths
+  for the kinds above."""
   for kind in LAYERS:
     for config in CONFIGS:
       if config == "lengths" and kind not in LENGTHS_FORWARD_KINDS:
+        continue
+      if config == "reverse" and kind in WRAPPER_KINDS:
         continue
       yield pytest.param(kind, config, id=f"{kind}-{config}",
                          marks=() if config == "lengths_reverse" else pytest.mark.slow)

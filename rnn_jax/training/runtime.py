@@ -59,8 +59,9 @@ def keep_freed_memory() -> bool:
   heap (``M_ARENA_MAX=1``: XLA's worker threads allocate the scratch block, and
   a thread's own arena maps any block over 64 MiB afresh). With them an LSTM's
   forward+backward at (B, T, I, H) = (64, 256, 128, 256) takes no page faults
-  per call instead of 32,000 and runs about 1.3x faster; the process keeps its
-  peak memory until it exits, as with tcmalloc.
+  per call instead of about 29,000 and runs 1.26x faster (the Performance
+  guide's tables); the process keeps its peak memory until it exits, as with
+  tcmalloc.
 
   Call it before JAX runs anything (its threads keep the arena they started
   with). Does nothing and returns ``False`` where the C library is not glibc or
