@@ -174,10 +174,11 @@ def time_interleaved(cases: dict, rounds: int = 10, warmup: int = 2,
   ``rewarm=True`` calls each case once more, untimed, right before its timed
   call in every round, so the timed call runs as in a loop that calls it again
   and again (a training loop) rather than right after another library's call:
-  on our 2-core VM any call that follows a third of a second in which the
-  cores idled (a sleep, or one of PyTorch's long mostly one-threaded calls)
-  took 5-12 ms longer, rnn_jax's and Flax's alike
-  (``experiments/results/README.md``, "cold calls").
+  on our 2-core VM a call that follows a tenth of a second or more in which
+  the cores idled (a sleep, or one of PyTorch's long mostly one-threaded
+  calls) ran slower whichever library made it, up to twice as slow for the
+  C++ loop's short calls (``experiments.bench_cold_calls``;
+  ``experiments/results/README.md``, ``cold_calls/``).
 
   Returns:
     ``name -> dict`` as :func:`time_function` returns, ``warmup_s`` included, and
