@@ -42,7 +42,6 @@ import jax  # pylint: disable=wrong-import-position
 
 from experiments import benchmarking  # pylint: disable=wrong-import-position
 from rnn_jax.training.config import setting  # pylint: disable=wrong-import-position
-from rnn_jax.training.script import UsageError  # pylint: disable=wrong-import-position
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +57,7 @@ class ColdCallsConfig(benchmarking.BenchConfig):
   no_flax: bool = setting(False, "Leave Flax Linen out.", aliases=("no-flax",))
 
   def check(self) -> None:
-    if len(self.shapes) % 4:
-      raise UsageError(f"flag --shapes={','.join(map(str, self.shapes))}: a shape is B,T,I,H; "
-                       "give four integers per shape")
+    benchmarking.split_shapes(self.shapes)
 
 
 def timed_call(fn, args) -> float:
@@ -74,9 +71,7 @@ def measure(fn, args, calls: int, idle) -> dict:
   """``{"back_to_back_ms": ms, "after_idle_ms": {seconds: ms}}``: the medians of ``calls``
   calls made one after another, and of ``calls`` calls each after ``seconds`` of sleep, for
   each of ``idle``."""
-  for _ in range(2):
-    timed_call(fn, args)
-  back_to_back = [timed_call(fn, args) for _ in range(calls)]
+  back_to_back = benchmarking.time_function(fn, *args, repeats=calls, warmup=2)["median_s"]
   after_idle = {}
   for seconds in idle:
     times = []
@@ -84,16 +79,15 @@ def measure(fn, args, calls: int, idle) -> dict:
       time.sleep(seconds)
       times.append(timed_call(fn, args))
     after_idle[seconds] = statistics.median(times)
-  return {"back_to_back_ms": statistics.median(back_to_back), "after_idle_ms": after_idle}
+  return {"back_to_back_ms": 1e3 * back_to_back, "after_idle_ms": after_idle}
 
 
 def main(argv=None) -> None:
   config = benchmarking.parse(ColdCallsConfig, argv)
   machine = benchmarking.describe_machine(config.label)
-  shapes = [tuple(config.shapes[i:i + 4]) for i in range(0, len(config.shapes), 4)]
   rows = []
   for cell in config.cells:
-    for shape in shapes:
+    for shape in benchmarking.split_shapes(config.shapes):
       builds = {"rnn_jax": benchmarking.build_rnn_jax(cell, shape, time_major=False),
                 "rnn_jax scan": benchmarking.build_rnn_jax(cell, shape, time_major=False,
                                                            kernel="scan")}

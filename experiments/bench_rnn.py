@@ -79,17 +79,17 @@ def _requested_allocator(argv) -> str:
   return "both"
 
 
-if __name__ == "__main__" and _requested_allocator(sys.argv[1:]) == "tcmalloc":
-  runtime.use_fast_allocator()  # Re-executes this script with tcmalloc preloaded.
-if __name__ == "__main__" and _requested_allocator(sys.argv[1:]) == "glibc_kept":
-  runtime.keep_freed_memory()  # Before JAX starts its threads.
+if __name__ == "__main__":
+  if _requested_allocator(sys.argv[1:]) == "tcmalloc":
+    runtime.use_fast_allocator()  # Re-executes this script with tcmalloc preloaded.
+  elif _requested_allocator(sys.argv[1:]) == "glibc_kept":
+    runtime.keep_freed_memory()  # Before JAX starts its threads.
 
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from experiments import benchmarking  # pylint: disable=wrong-import-position
 from rnn_jax.training.config import setting  # pylint: disable=wrong-import-position
-from rnn_jax.training.script import UsageError  # pylint: disable=wrong-import-position
 
 
 PUBLISHED_CELLS = ("lstm", "gru")
@@ -145,9 +145,7 @@ class BenchRnnConfig(benchmarking.BenchConfig):
   guide: str = setting("docs/guides/performance.md", "The page --write_guide rewrites.")
 
   def check(self) -> None:
-    if len(self.shapes) % 4:
-      raise UsageError(f"flag --shapes={','.join(map(str, self.shapes))}: a shape is B,T,I,H; "
-                       "give four integers per shape")
+    benchmarking.split_shapes(self.shapes)
 
   def resolved(self) -> BenchRnnConfig:
     """The config with the ``--quick`` and ordinary defaults of ``unrolls``, ``rounds``,
@@ -162,7 +160,7 @@ class BenchRnnConfig(benchmarking.BenchConfig):
     """The ``(B, T, I, H)`` shapes to time."""
     if not self.shapes:
       return list(benchmarking.QUICK_SHAPES if self.quick else benchmarking.DEFAULT_SHAPES)
-    return [tuple(self.shapes[at:at + 4]) for at in range(0, len(self.shapes), 4)]
+    return benchmarking.split_shapes(self.shapes)
 
 
 def onednn_runs(cell_name: str) -> bool:
@@ -601,8 +599,8 @@ def combine(records: dict, argv) -> dict:
 
 def check_allocator(wanted: str) -> None:
   """Exits with a one-line error unless this process runs with the ``wanted`` allocator."""
-  active = "tcmalloc" if runtime.fast_allocator_active() else (
-      "glibc_kept" if runtime.allocator_name() == "glibc_kept" else "glibc")
+  name = runtime.allocator_name()
+  active = name if name in ("tcmalloc", "glibc_kept") else "glibc"  # Or glibc with tunables.
   if wanted == "tcmalloc" and active != "tcmalloc":
     raise SystemExit("error: --allocator=tcmalloc: tcmalloc is not installed (Debian/Ubuntu: "
                      "apt-get install libtcmalloc-minimal4); use --allocator=glibc")

@@ -23,6 +23,11 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+try:
+  import resource  # getrusage's page-fault counts (POSIX only).
+except ImportError:  # pragma: no cover
+  resource = None
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -228,9 +233,7 @@ def minor_faults() -> int | None:
   :func:`rnn_jax.training.runtime.keep_freed_memory` reuse them (the Performance guide's "memory
   allocator").
   """
-  try:
-    import resource  # pylint: disable=import-outside-toplevel
-  except ImportError:
+  if resource is None:
     return None
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
@@ -245,6 +248,19 @@ CELLS = ("simple_rnn", "lstm", "gru")
 GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
 DEFAULT_SHAPES = ((128, 28, 28, 128), (64, 256, 128, 256), (16, 784, 1, 128))
 QUICK_SHAPES = ((16, 12, 8, 32), (8, 40, 4, 16))
+
+
+def split_shapes(shapes: Sequence[int]) -> list[tuple[int, int, int, int]]:
+  """A ``--shapes`` flag's integers, ``B,T,I,H`` one shape after the other, as ``(B, T, I, H)``
+  tuples.
+
+  Raises:
+    UsageError: their number is not a multiple of four.
+  """
+  if len(shapes) % 4:
+    raise UsageError(f"flag --shapes={','.join(map(str, shapes))}: a shape is B,T,I,H; "
+                     "give four integers per shape")
+  return [tuple(shapes[at:at + 4]) for at in range(0, len(shapes), 4)]
 
 
 def _inputs(shape, seed: int = 0, time_major: bool = True) -> np.ndarray:

@@ -64,8 +64,9 @@ def keep_freed_memory() -> bool:
   tcmalloc.
 
   Call it before JAX runs anything (its threads keep the arena they started
-  with). Does nothing and returns ``False`` where the C library is not glibc or
-  ``mallopt`` refuses a setting; calling it again returns ``True`` at once.
+  with). Returns ``False`` where the C library is not glibc (having done
+  nothing) or ``mallopt`` refuses a setting (those before it stay made);
+  calling it again after success returns ``True`` at once.
   """
   global _kept
   if _kept:
